@@ -1,0 +1,350 @@
+"""BufferStore: the DuckDB file that keeps every reading durably; one batch is one transaction.
+
+One owner (the gateway's writer thread) calls the writing methods; readers take their own
+`reader()` cursor, which DuckDB's MVCC keeps consistent while batches commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from gateway.buffer.schema import COUNTERS, DDL, SCHEMA_VERSION
+from gateway.errors import BufferStoreError
+from gateway.ingest.redelivery import InflightEntry
+from gateway.model import IngestBatch
+
+logger = logging.getLogger(__name__)
+
+# The gateway's own database never touches other files: users' SQL goes through it, so reading
+# files, ATTACH, COPY and extension downloads stay off for good (locked).
+SAFE_DUCKDB_CONFIG: dict[str, Any] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "lock_configuration": True,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    first_id: int  # position of the batch's first reading (or the next position if none)
+    readings: int
+    quarantined: int
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    readings: int
+    quarantine: int
+    unsent: int  # readings dropped before every sink had them (on_full: drop_oldest)
+
+
+def connect(path: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open the buffer file with file access locked off; a clear error when it cannot be opened."""
+    try:
+        return duckdb.connect(str(path), read_only=read_only, config=dict(SAFE_DUCKDB_CONFIG))
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            raise BufferStoreError(
+                f"buffer {path}: held by another process (a running gateway?); "
+                f"query it through that gateway's API instead"
+            ) from None
+        raise BufferStoreError(f"buffer {path}: cannot open: {text}") from None
+    except duckdb.Error as exc:
+        raise BufferStoreError(
+            f"buffer {path}: cannot open ({exc}); if the file is damaged, run "
+            f"`edge-gateway buffer recover {path}` (see docs/operations.md)"
+        ) from None
+
+
+class BufferStore:
+    """The writable buffer. Not thread-safe for writes: one thread owns it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = connect(self.path, read_only=False)
+        self._lock = threading.Lock()  # guards cursor creation against concurrent close
+        try:
+            for statement in DDL:
+                self._con.execute(statement)
+            self._init_meta()
+            self._next_reading_id = self._max_id("readings") + 1
+            self._next_quarantine_id = self._max_id("quarantine") + 1
+            self._next_alert_id = self._max_id("alerts") + 1
+        except duckdb.Error as exc:
+            self._con.close()
+            raise BufferStoreError(f"buffer {self.path}: cannot prepare tables: {exc}") from None
+        self._event_prefix = f"{self.buffer_uid}-"
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _init_meta(self) -> None:
+        self._con.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('buffer_uid', ?), ('schema_version', ?)",
+            [secrets.token_hex(8), SCHEMA_VERSION],
+        )
+        self._con.execute(
+            "INSERT OR IGNORE INTO counters SELECT unnest(?::VARCHAR[]), 0", [list(COUNTERS)]
+        )
+        row = self._con.execute("SELECT value FROM meta WHERE key = 'buffer_uid'").fetchone()
+        assert row is not None
+        self.buffer_uid: str = row[0]
+
+    def _max_id(self, table: str) -> int:
+        row = self._con.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def reader(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for reading from another thread (sinks, the API, status)."""
+        with self._lock:
+            return self._con.cursor()
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._con.execute("CHECKPOINT")
+            except duckdb.Error as exc:
+                logger.warning("buffer %s: checkpoint on close failed: %s", self.path, exc)
+            self._con.close()
+
+    # -- writing --------------------------------------------------------------------------
+    @property
+    def next_reading_id(self) -> int:
+        return self._next_reading_id
+
+    def inflight_entries(self) -> list[InflightEntry]:
+        rows = self._con.execute("SELECT mid, topic, digest, batch FROM mqtt_inflight").fetchall()
+        return [(int(m), str(t), int(d), int(b)) for m, t, d, b in rows]
+
+    def append(
+        self, batch: IngestBatch, inflight: list[InflightEntry], forget_upto_batch: int = 0
+    ) -> CommitResult:
+        """Commit a batch's readings, quarantine rows and redelivery entries in one transaction.
+
+        Redelivery entries of batches up to `forget_upto_batch` are deleted in the same commit.
+        """
+        readings = batch.readings
+        n = readings.num_rows
+        first = self._next_reading_id
+        ids = pa.array(range(first, first + n), pa.int64())
+        event_ids = pc.binary_join_element_wise(self._event_prefix, pc.cast(ids, pa.string()), "")
+        readings = readings.add_column(0, "event_id", event_ids).add_column(0, "id", ids)
+        q = batch.quarantine
+        q_first = self._next_quarantine_id
+        q = q.add_column(0, "id", pa.array(range(q_first, q_first + q.num_rows), pa.int64()))
+        con = self._con
+        try:
+            con.begin()
+            if n:
+                con.register("_batch_readings", readings)
+                con.execute("INSERT INTO readings SELECT * FROM _batch_readings")
+                con.unregister("_batch_readings")
+            if q.num_rows:
+                con.register("_batch_quarantine", q)
+                con.execute("INSERT INTO quarantine SELECT * FROM _batch_quarantine")
+                con.unregister("_batch_quarantine")
+            if forget_upto_batch:
+                con.execute("DELETE FROM mqtt_inflight WHERE batch <= ?", [forget_upto_batch])
+            if inflight:
+                last = {mid: (topic, digest, b) for mid, topic, digest, b in inflight}
+                entries = pa.table(
+                    {
+                        "mid": pa.array(list(last), pa.int32()),
+                        "topic": pa.array([v[0] for v in last.values()], pa.string()),
+                        "digest": pa.array([v[1] for v in last.values()], pa.int64()),
+                        "batch": pa.array([v[2] for v in last.values()], pa.int64()),
+                    }
+                )
+                con.register("_batch_inflight", entries)
+                con.execute(
+                    "DELETE FROM mqtt_inflight WHERE mid IN (SELECT mid FROM _batch_inflight)"
+                )
+                con.execute("INSERT INTO mqtt_inflight SELECT * FROM _batch_inflight")
+                con.unregister("_batch_inflight")
+            self._add_counters(
+                readings_total=n,
+                quarantined_total=q.num_rows,
+                duplicates_dropped_total=batch.duplicates,
+            )
+            con.commit()
+        except duckdb.Error as exc:
+            try:
+                con.rollback()
+            except duckdb.Error:
+                pass
+            raise BufferStoreError(f"buffer {self.path}: commit failed: {exc}") from exc
+        self._next_reading_id += n
+        self._next_quarantine_id += q.num_rows
+        return CommitResult(first_id=first, readings=n, quarantined=q.num_rows)
+
+    def _add_counters(self, **increments: int) -> None:
+        for name, amount in increments.items():
+            if amount:
+                self._con.execute(
+                    "UPDATE counters SET value = value + ? WHERE name = ?", [amount, name]
+                )
+
+    def append_alerts(self, alerts: pa.Table) -> int:
+        """Append alert rows (ALERTS columns but `id` and `event_id`); returns the first id."""
+        n = alerts.num_rows
+        first = self._next_alert_id
+        ids = pa.array(range(first, first + n), pa.int64())
+        prefix = f"{self.buffer_uid}-a"
+        event_ids = pc.binary_join_element_wise(prefix, pc.cast(ids, pa.string()), "")
+        table = alerts.add_column(0, "event_id", event_ids).add_column(0, "id", ids)
+        try:
+            self._con.begin()
+            self._con.register("_batch_alerts", table)
+            self._con.execute("INSERT INTO alerts BY NAME SELECT * FROM _batch_alerts")
+            self._con.unregister("_batch_alerts")
+            self._add_counters(alerts_total=n)
+            self._con.commit()
+        except duckdb.Error as exc:
+            self._con.rollback()
+            raise BufferStoreError(f"buffer {self.path}: alert commit failed: {exc}") from exc
+        self._next_alert_id += n
+        return first
+
+    # -- state and cursors ----------------------------------------------------------------
+    def put_state(self, owner: str, items: dict[str, Any]) -> None:
+        """Replace an owner's persisted state (rule engine, decoders) in one transaction."""
+        now = time.time()
+        try:
+            self._con.begin()
+            self._con.execute("DELETE FROM state WHERE owner = ?", [owner])
+            if items:
+                table = pa.table(
+                    {
+                        "owner": [owner] * len(items),
+                        "key": list(items),
+                        "value": [json.dumps(v) for v in items.values()],
+                        "updated_at": pa.array([int(now * 1e6)] * len(items), pa.int64()).view(
+                            pa.timestamp("us", tz="UTC")
+                        ),
+                    }
+                )
+                self._con.register("_state", table)
+                self._con.execute("INSERT INTO state SELECT * FROM _state")
+                self._con.unregister("_state")
+            self._con.commit()
+        except duckdb.Error as exc:
+            self._con.rollback()
+            raise BufferStoreError(f"buffer {self.path}: saving {owner} state failed: {exc}") from exc
+
+    def get_state(self, owner: str) -> dict[str, Any]:
+        rows = self._con.execute("SELECT key, value FROM state WHERE owner = ?", [owner]).fetchall()
+        return {key: json.loads(value) for key, value in rows}
+
+    def get_cursor(self, sink: str, stream: str = "readings") -> int:
+        row = self._con.execute(
+            "SELECT position FROM sink_cursors WHERE sink = ? AND stream = ?", [sink, stream]
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_cursor(self, sink: str, position: int, stream: str = "readings") -> None:
+        self._con.execute(
+            "INSERT OR REPLACE INTO sink_cursors VALUES (?, ?, ?, now())", [sink, stream, position]
+        )
+
+    # -- retention ------------------------------------------------------------------------
+    def used_bytes(self) -> int:
+        row = self._con.execute("SELECT used_blocks * block_size FROM pragma_database_size()")
+        result = row.fetchone()
+        return int(result[0]) if result else 0
+
+    def purge(
+        self,
+        *,
+        now: float,
+        max_age: float,
+        max_bytes: int,
+        protected_after: int | None,
+        drop_unsent: bool,
+    ) -> PurgeResult:
+        """Delete readings older than max_age, then the oldest while the file is over max_bytes.
+
+        Readings with id > protected_after (not yet confirmed by every sink) are kept unless
+        drop_unsent; quarantine rows only follow the age limit and the size limit.
+        """
+        con = self._con
+        limit = protected_after if protected_after is not None else self._next_reading_id
+        cutoff = now - max_age
+        purged = quarantine = unsent = 0
+        con.begin()
+        try:
+            purged += self._delete(
+                "DELETE FROM readings WHERE ingest_time < to_timestamp(?) AND id <= ?",
+                [cutoff, limit],
+            )
+            quarantine += self._delete(
+                "DELETE FROM quarantine WHERE received_at < to_timestamp(?)", [cutoff]
+            )
+            con.commit()
+        except duckdb.Error as exc:
+            con.rollback()
+            raise BufferStoreError(f"buffer {self.path}: retention failed: {exc}") from exc
+        if purged or quarantine:
+            con.execute("CHECKPOINT")
+        # Over the size cap: drop the oldest tenth at a time until under it (or nothing left).
+        for _ in range(20):
+            if self.used_bytes() <= max_bytes:
+                break
+            row = con.execute("SELECT min(id), max(id), count(*) FROM readings").fetchone()
+            if not row or not row[2]:
+                break
+            low, high, count = int(row[0]), int(row[1]), int(row[2])
+            upto = low + max(count // 10, 1) - 1
+            if not drop_unsent:
+                upto = min(upto, limit)
+                if upto < low:
+                    logger.warning(
+                        "buffer %s is over max_bytes but every reading is still unsent; "
+                        "keeping them (retention.on_full: keep_unsent)",
+                        self.path,
+                    )
+                    break
+            con.begin()
+            deleted = self._delete("DELETE FROM readings WHERE id <= ?", [upto])
+            unsent_now = max(0, min(upto, high) - limit) if upto > limit else 0
+            q = self._delete(
+                "DELETE FROM quarantine WHERE id <= (SELECT coalesce(min(id), 0) + "
+                "count(*) // 10 FROM quarantine)",
+                [],
+            )
+            self._add_counters(purged_unsent_total=unsent_now)
+            con.commit()
+            purged += deleted
+            quarantine += q
+            unsent += unsent_now
+            con.execute("CHECKPOINT")
+        if purged or quarantine:
+            self._add_counters(purged_readings_total=purged, purged_quarantine_total=quarantine)
+            logger.info(
+                "retention purged %d readings (%d unsent) and %d quarantined messages",
+                purged,
+                unsent,
+                quarantine,
+            )
+        return PurgeResult(readings=purged, quarantine=quarantine, unsent=unsent)
+
+    def _delete(self, sql: str, params: list[Any]) -> int:
+        row = self._con.execute(sql, params).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- figures --------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        rows = self._con.cursor().execute("SELECT name, value FROM counters").fetchall()
+        return {str(name): int(value) for name, value in rows}

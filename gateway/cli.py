@@ -1,0 +1,195 @@
+"""The `edge-gateway` command line; heavy imports live inside commands so `--help` starts fast."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from gateway.errors import GatewayError
+
+app = typer.Typer(
+    name="edge-gateway",
+    help="IoT edge gateway: MQTT in, local rules, durable DuckDB buffer, Snowflake/Kafka out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="EDGE_GATEWAY_CONFIG", help="Gateway config file (YAML)."),
+]
+BufferOption = Annotated[
+    Path | None,
+    typer.Option("--buffer", "-b", envvar="EDGE_GATEWAY_BUFFER", help="Buffer file (default: from config)."),
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load(config: Path | None):  # type: ignore[no-untyped-def]
+    from gateway.config import GatewayConfig, load_config
+
+    return load_config(config) if config else GatewayConfig()
+
+
+def _buffer_path(config: Path | None, buffer: Path | None) -> Path:
+    if buffer is not None:
+        return buffer
+    return Path(_load(config).buffer.path)
+
+
+@config_app.command("check")
+def config_check(files: Annotated[list[Path], typer.Argument(help="Config files to validate.")]) -> None:
+    """Validate config files; prints every problem with its key path and exits non-zero."""
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+
+    failed = False
+    for file in files:
+        try:
+            load_config(file)
+            console.print(f"{file}: ok")
+        except ConfigError as exc:
+            failed = True
+            err.print(str(exc), highlight=False, markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(config: ConfigOption = None) -> None:
+    """Run the gateway in the foreground until SIGTERM or Ctrl-C."""
+    import asyncio
+    import signal
+
+    from gateway.app import Gateway
+
+    try:
+        cfg = _load(config)
+    except GatewayError as exc:
+        raise fail(str(exc)) from None
+    setup_logging(cfg.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Gateway(cfg).run(stop)
+
+    try:
+        asyncio.run(main())
+    except GatewayError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One SELECT statement.")],
+    config: ConfigOption = None,
+    buffer: BufferOption = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+    limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
+    token: Annotated[str | None, typer.Option(envvar="EDGE_GATEWAY_TOKEN", help="API token.")] = None,
+) -> None:
+    """Query the buffer with read-only SQL (works while the gateway runs and while it is stopped)."""
+    from gateway.output import render
+    from gateway.sqlclient import query as run_sql
+
+    if fmt not in ("table", "csv", "json"):
+        raise fail(f"--format must be table, csv or json, not {fmt!r}", 2)
+    try:
+        table = run_sql(_buffer_path(config, buffer), query, token=token, limit=limit)
+    except GatewayError as exc:
+        raise fail(str(exc)) from None
+    render(table, fmt, console)  # type: ignore[arg-type]
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Argument(help="Parquet file to write.")],
+    since: Annotated[str, typer.Option(help="How far back, e.g. 1h, 7d.")] = "1h",
+    config: ConfigOption = None,
+    buffer: BufferOption = None,
+    token: Annotated[str | None, typer.Option(envvar="EDGE_GATEWAY_TOKEN", help="API token.")] = None,
+) -> None:
+    """Export readings newer than --since to a Parquet file."""
+    import time
+
+    import pyarrow.parquet as pq
+
+    from gateway.sqlclient import query as run_sql
+    from gateway.units import parse_duration
+
+    try:
+        seconds = parse_duration(since)
+    except ValueError as exc:
+        raise fail(f"--since: {exc}", 2) from None
+    cutoff = time.time() - seconds
+    statement = (
+        f"SELECT * FROM readings WHERE ingest_time >= to_timestamp({cutoff!r}) ORDER BY id"
+    )
+    with console.status(f"exporting readings since {since} ago"):
+        try:
+            table = run_sql(_buffer_path(config, buffer), statement, token=token)
+        except GatewayError as exc:
+            raise fail(str(exc)) from None
+        pq.write_table(table, output, compression="zstd")
+    console.print(f"wrote {table.num_rows} readings to {output}")
+
+
+@app.command()
+def status(
+    config: ConfigOption = None,
+    buffer: BufferOption = None,
+    token: Annotated[str | None, typer.Option(envvar="EDGE_GATEWAY_TOKEN", help="API token.")] = None,
+) -> None:
+    """Readings per second, buffer size and quarantine count."""
+    from gateway.status import show_status
+
+    try:
+        show_status(_buffer_path(config, buffer), console, token)
+    except GatewayError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def demo(
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
+    ] = None,
+    workdir: Annotated[Path, typer.Option(help="Where the demo keeps its buffer.")] = Path(".demo"),
+) -> None:
+    """Start a private Mosquitto, simulated devices and the gateway, and show what arrives."""
+    from gateway.demo import run_demo
+
+    setup_logging("warning")
+    try:
+        run_demo(workdir, duration, console)
+    except GatewayError as exc:
+        raise fail(str(exc)) from None
+
+
+def main() -> None:
+    app()

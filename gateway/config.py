@@ -1,0 +1,240 @@
+"""Configuration: pydantic models that mirror the YAML file one-to-one, and the loader.
+
+Secrets are written as `${VAR}` in the file and read from the environment; they are held as
+`SecretStr` so they never show in logs, errors or `config check` output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from gateway.errors import ConfigError
+from gateway.units import Duration, Size
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Model):
+    """TLS towards the broker; without `ca_file` the system's trusted CAs are used."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password: SecretStr | None = None
+    insecure: bool = False  # skip host name verification (test brokers only)
+
+
+class Subscription(_Model):
+    topic: str
+    qos: Literal[0, 1, 2] = 1
+
+    @field_validator("topic")
+    @classmethod
+    def _valid_filter(cls, topic: str) -> str:
+        levels = topic.split("/")
+        if not topic:
+            raise ValueError("must not be empty")
+        for i, level in enumerate(levels):
+            if "#" in level and (level != "#" or i != len(levels) - 1):
+                raise ValueError(f"{topic!r}: '#' must be a whole level and the last one")
+            if "+" in level and level != "+":
+                raise ValueError(f"{topic!r}: '+' must be a whole level")
+        return topic
+
+
+class ReconnectConfig(_Model):
+    """Capped exponential backoff with full jitter between reconnect attempts."""
+
+    min_delay: Duration = 0.5
+    max_delay: Duration = Field(default=30.0, le=30.0)
+
+
+class MqttConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    client_id: str = "edge-gateway"
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    # A persistent session makes the broker keep QoS 1/2 messages for us while we are down.
+    clean_start: bool = False
+    session_expiry: Duration = 7 * 86400.0  # MQTT 5 only; 3.1.1 sessions never expire
+    subscriptions: list[Subscription] = Field(
+        default_factory=lambda: [Subscription(topic="sensors/#", qos=1)], min_length=1
+    )
+    reconnect: ReconnectConfig = ReconnectConfig()
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port_range(cls, port: Any) -> Any:
+        if isinstance(port, int) and not 1 <= port <= 65535:
+            raise ValueError("must be 1..65535")
+        return port
+
+
+DecoderName = Literal["auto", "number", "text", "json", "zigbee2mqtt", "tasmota"]
+
+
+class RouteConfig(_Model):
+    """Maps topics to device, metric and tags, and picks the decoder.
+
+    `pattern` is an MQTT-style filter whose levels may be named: `sensors/{site}/{device}/{metric}`.
+    `{device}` and `{metric}` fill those fields; other names become tags.
+    """
+
+    pattern: str
+    decoder: DecoderName = "auto"
+    device: str | None = None  # fixed device when the pattern has no {device}
+    metric: str | None = None  # fixed metric when the pattern has no {metric}
+    unit: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _names_device(self) -> RouteConfig:
+        if "{device}" not in self.pattern.split("/") and self.device is None:
+            raise ValueError(f"{self.pattern!r}: needs a {{device}} level or a fixed `device:`")
+        return self
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_levels(cls, pattern: str) -> str:
+        names: set[str] = set()
+        levels = pattern.split("/")
+        for i, level in enumerate(levels):
+            if level.startswith("{") and level.endswith("}"):
+                name = level[1:-1]
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                    raise ValueError(f"{pattern!r}: {level!r} is not a valid segment name")
+                if name in names:
+                    raise ValueError(f"{pattern!r}: segment {{{name}}} appears twice")
+                names.add(name)
+            elif level == "#" and i != len(levels) - 1:
+                raise ValueError(f"{pattern!r}: '#' must be the last level")
+            elif any(c in level for c in "{}+#") and level not in ("+", "#"):
+                raise ValueError(f"{pattern!r}: level {level!r} mixes a wildcard with text")
+        return pattern
+
+
+def _default_routes() -> list[RouteConfig]:
+    return [
+        RouteConfig(pattern="sensors/{site}/{device}/{metric}", decoder="auto"),
+        RouteConfig(pattern="zigbee2mqtt/{device}", decoder="zigbee2mqtt"),
+        RouteConfig(pattern="tele/{device}/SENSOR", decoder="tasmota"),
+    ]
+
+
+class RetentionConfig(_Model):
+    """What the buffer keeps. Readings a sink has not confirmed are kept unless `on_full` says drop."""
+
+    max_age: Duration = 30 * 86400.0
+    max_bytes: Size = 8 * 1024**3
+    check_interval: Duration = 60.0
+    on_full: Literal["drop_oldest", "keep_unsent"] = "keep_unsent"
+
+
+class BufferConfig(_Model):
+    path: Path = Path("data/buffer.duckdb")
+    flush_interval: Duration = Field(default=0.05, gt=0, le=5)
+    max_batch: int = Field(default=10_000, ge=1, le=1_000_000)
+    max_payload_bytes: Size = 256 * 1024
+    # Messages received but not yet committed; past this, the network thread stops reading
+    # and the broker holds the rest (nothing is dropped).
+    max_pending: int = Field(default=200_000, ge=1000)
+    retention: RetentionConfig = RetentionConfig()
+
+
+class ApiConfig(_Model):
+    """The local HTTP API (also what `edge-gateway sql` uses while the gateway runs)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)  # 0 picks a free port
+    token: SecretStr | None = None
+    sql_row_limit: int = Field(default=10_000, ge=1)
+
+
+class GatewayConfig(_Model):
+    gateway_id: str = Field(default="edge-1", pattern=r"^[A-Za-z0-9_.-]+$")
+    mqtt: MqttConfig = MqttConfig()
+    routes: list[RouteConfig] = Field(default_factory=_default_routes)
+    buffer: BufferConfig = BufferConfig()
+    api: ApiConfig = ApiConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(node: Any, path: str, missing: list[str]) -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string of the parsed YAML."""
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), missing) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, f"{path}.{i}", missing) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            value = os.environ.get(name, default)
+            if value is None:
+                missing.append(f"{path}: environment variable {name} is not set")
+                return ""
+            return value
+
+        return _ENV_REF.sub(substitute, node)
+    return node
+
+
+def format_validation_error(error: ValidationError) -> list[str]:
+    """`mqtt.port: must be 1..65535`-style lines, one per problem, without input values."""
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{where}: {message}")
+    return problems
+
+
+def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
+    """Validate already-parsed YAML data; raises ConfigError listing every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): must be a mapping of keys to values"])
+    missing: list[str] = []
+    expanded = _expand_env(data, "", missing)
+    if missing:
+        raise ConfigError(source, missing)
+    try:
+        return GatewayConfig.model_validate(expanded)
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_error(exc)) from None
+
+
+def load_config(path: Path | str) -> GatewayConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [f"{where}: {problem}"]) from None
+    return parse_config(data, str(path))

@@ -1,0 +1,1 @@
+"""Ingest: MQTT subscription, topic routing and payload decoding into reading batches."""

@@ -1,0 +1,123 @@
+"""Turns a list of raw MQTT messages into one IngestBatch: readings and quarantine as Arrow tables."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from gateway.errors import DecodeError
+from gateway.ingest.decoders import DECODERS
+from gateway.ingest.redelivery import RedeliveryFilter
+from gateway.ingest.routing import TopicRouter
+from gateway.model import (
+    DECODED_QUARANTINE_SCHEMA,
+    DECODED_READINGS_SCHEMA,
+    UTC_MICROS,
+    IngestBatch,
+    RawMessage,
+)
+
+QUARANTINE_KEEP_BYTES = 4096  # how much of an oversized payload the quarantine keeps
+
+
+def _timestamps(seconds: list[float]) -> pa.Array:
+    micros = pc.cast(pc.multiply(pa.array(seconds, pa.float64()), 1e6), pa.int64(), safe=False)
+    return micros.view(UTC_MICROS)
+
+
+class BatchDecoder:
+    """Routes and decodes a batch; bad messages become quarantine rows, never exceptions."""
+
+    def __init__(
+        self, router: TopicRouter, redelivery: RedeliveryFilter, max_payload_bytes: int
+    ) -> None:
+        self._router = router
+        self._redelivery = redelivery
+        self._max_payload = max_payload_bytes
+
+    def decode(self, messages: list[RawMessage]) -> IngestBatch:
+        event_time: list[float] = []
+        ingest_time: list[float] = []
+        device: list[str] = []
+        metric: list[str] = []
+        value: list[float | None] = []
+        text: list[str | None] = []
+        unit: list[str | None] = []
+        topic: list[str] = []
+        tags: list[str | None] = []
+        quarantined: list[tuple[RawMessage, str]] = []
+        duplicates = 0
+        kept: list[RawMessage] = []
+        route = self._router.route
+        for msg in messages:
+            if self._redelivery.is_redelivery(msg):
+                duplicates += 1
+                continue
+            kept.append(msg)
+            if len(msg.payload) > self._max_payload:
+                quarantined.append(
+                    (msg, f"payload of {len(msg.payload)} bytes exceeds max_payload_bytes "
+                     f"{self._max_payload} (first {QUARANTINE_KEEP_BYTES} bytes kept)")
+                )
+                continue
+            match = route(msg.topic)
+            if match is None:
+                quarantined.append((msg, "no route matches this topic"))
+                continue
+            try:
+                decoded = DECODERS[match.decoder](msg.payload, match.metric)
+            except DecodeError as exc:
+                quarantined.append((msg, f"{match.decoder} decoder: {exc}"))
+                continue
+            except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+                quarantined.append((msg, f"{match.decoder} decoder: {type(exc).__name__}: {exc}"))
+                continue
+            for d in decoded:
+                event_time.append(d.event_time if d.event_time is not None else msg.received_at)
+                ingest_time.append(msg.received_at)
+                device.append(match.device)
+                metric.append(d.metric)
+                value.append(d.value)
+                text.append(d.text)
+                unit.append(d.unit if d.unit is not None else match.unit)
+                topic.append(msg.topic)
+                tags.append(match.tags_json)
+        n = len(device)
+        readings = pa.Table.from_arrays(
+            [
+                _timestamps(event_time),
+                _timestamps(ingest_time),
+                pa.array(device, pa.string()),
+                pa.array(metric, pa.string()),
+                pa.array(value, pa.float64()),
+                pa.array(text, pa.string()),
+                pa.array(unit, pa.string()),
+                pa.array(topic, pa.string()),
+                pa.array(tags, pa.string()),
+            ],
+            schema=DECODED_READINGS_SCHEMA,
+        )
+        return IngestBatch(
+            readings=readings,
+            quarantine=quarantine_table(quarantined, self._max_payload),
+            messages=kept,
+            duplicates=duplicates,
+        )
+
+
+def quarantine_table(rows: list[tuple[RawMessage, str]], max_payload_bytes: int) -> pa.Table:
+    """Quarantine rows keep the whole payload, or its head when it was oversized."""
+
+    def kept(payload: bytes) -> bytes:
+        return payload if len(payload) <= max_payload_bytes else payload[:QUARANTINE_KEEP_BYTES]
+
+    return pa.Table.from_arrays(
+        [
+            _timestamps([m.received_at for m, _ in rows]),
+            pa.array([m.topic for m, _ in rows], pa.string()),
+            pa.array([kept(m.payload) for m, _ in rows], pa.binary()),
+            pa.array([len(m.payload) for m, _ in rows], pa.int64()),
+            pa.array([reason for _, reason in rows], pa.string()),
+        ],
+        schema=DECODED_QUARANTINE_SCHEMA,
+    )

@@ -1,0 +1,250 @@
+"""MQTT ingest with paho-mqtt: a persistent session, manual acks after commit, and reconnects.
+
+paho's own network thread receives messages and only appends them to a pending list; the
+gateway's writer thread takes them in batches (`take`), commits them, then acks them (`ack`).
+The broker keeps unacked QoS 1/2 messages, so a crash between receive and commit loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gateway.config import MqttConfig
+from gateway.errors import BrokerError
+from gateway.model import RawMessage
+
+logger = logging.getLogger(__name__)
+
+
+class _JitteredClient(paho.Client):
+    """paho's client with capped exponential backoff *and jitter* between reconnects.
+
+    paho doubles its delay without jitter, so a fleet of gateways behind one broker that restarts
+    would reconnect in lockstep; spreading the attempts avoids that thundering herd.
+    """
+
+    backoff_min = 0.5
+    backoff_max = 30.0
+    _attempt = 0
+
+    def _reconnect_wait(self) -> None:
+        ceiling = min(self.backoff_max, self.backoff_min * (2**self._attempt))
+        self._attempt += 1
+        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        deadline = time.monotonic() + delay
+        while not self._thread_terminate and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+class MqttIngest:
+    """Subscribes, queues received messages for the writer, and acks them once committed."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        *,
+        max_pending: int = 200_000,
+        wake_at: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._max_pending = max_pending
+        self._wake_at = wake_at
+        self._clock = clock
+        self._pending: list[RawMessage] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self.connected = threading.Event()
+        self.received = 0
+        self.connects = 0
+        self.last_error: str | None = None
+        self._client = self._make_client()
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _make_client(self) -> _JitteredClient:
+        cfg = self._config
+        v5 = cfg.protocol == "5"
+        client = _JitteredClient(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            clean_session=None if v5 else cfg.clean_start,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            manual_ack=True,
+        )
+        client.backoff_min = cfg.reconnect.min_delay
+        client.backoff_max = cfg.reconnect.max_delay
+        if cfg.username is not None:
+            password = cfg.password.get_secret_value() if cfg.password else None
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls is not None:
+            tls = cfg.tls
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                keyfile_password=tls.key_password.get_secret_value() if tls.key_password else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+            client.tls_insecure_set(tls.insecure)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        """Connect in the background; paho's thread keeps reconnecting until `stop`."""
+        cfg = self._config
+        properties = None
+        clean_start: bool | int = paho.MQTT_CLEAN_START_FIRST_ONLY
+        if cfg.protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = int(cfg.session_expiry)
+            properties.ReceiveMaximum = 65535
+            clean_start = cfg.clean_start
+        try:
+            self._client.connect_async(
+                cfg.host, cfg.port, keepalive=cfg.keepalive, clean_start=clean_start,
+                properties=properties,
+            )
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"MQTT broker {cfg.host}:{cfg.port}: {exc}") from exc
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect; unacked messages stay with the broker for the next session."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- paho callbacks (network thread) --------------------------------------------------
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        cfg = self._config
+        if reason.is_failure:
+            self.last_error = f"broker refused the connection: {reason}"
+            logger.error("MQTT %s:%s: %s", cfg.host, cfg.port, self.last_error)
+            return
+        self.connects += 1
+        client._attempt = 0  # type: ignore[attr-defined]
+        self.last_error = None
+        logger.info(
+            "MQTT connected to %s:%s (session present: %s)", cfg.host, cfg.port,
+            flags.session_present,
+        )
+        if cfg.protocol == "5":
+            # Retain handling 1: retained messages only for a subscription the broker did not
+            # have yet, so a reconnect does not replay them as new readings.
+            topics: list[tuple[str, Any]] = [
+                (s.topic, SubscribeOptions(qos=s.qos, retainHandling=1))
+                for s in cfg.subscriptions
+            ]
+            client.subscribe(topics)
+        elif not flags.session_present:
+            # 3.1.1: the persistent session keeps our subscriptions; subscribing again would
+            # make the broker resend retained messages as if they were new.
+            client.subscribe([(s.topic, s.qos) for s in cfg.subscriptions])
+        self.connected.set()
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        cfg = self._config
+        self.last_error = f"cannot reach MQTT broker {cfg.host}:{cfg.port}"
+        logger.warning("%s; retrying with backoff", self.last_error)
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.connected.clear()
+        if not self._closing:
+            self.last_error = f"disconnected from MQTT broker: {reason}"
+            logger.warning("%s; reconnecting with backoff", self.last_error)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        raw = RawMessage(
+            message.topic,
+            message.payload,
+            message.qos,
+            message.mid,
+            bool(message.dup),
+            bool(message.retain),
+            self._clock(),
+            self.connects,
+        )
+        with self._cond:
+            pending = self._pending
+            pending.append(raw)
+            self.received += 1
+            size = len(pending)
+            if size == 1 or size == self._wake_at:
+                self._cond.notify()
+            # Backpressure: stop reading (the broker holds the rest) until the writer catches up.
+            while len(self._pending) >= self._max_pending and not self._closing:
+                self._cond.wait(0.5)
+
+    # -- writer side ----------------------------------------------------------------------
+    def take(self, max_count: int, max_wait: float) -> list[RawMessage]:
+        """Block until `max_count` messages are pending or `max_wait` passed since the first one."""
+        with self._cond:
+            deadline: float | None = None
+            while True:
+                if len(self._pending) >= max_count or (self._closing and not self._pending):
+                    break
+                if self._pending:
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + max_wait
+                    if now >= deadline:
+                        break
+                    self._cond.wait(deadline - now)
+                else:
+                    if not self._cond.wait(max_wait):
+                        return []
+            taken = self._pending[:max_count]
+            self._pending = self._pending[max_count:] if len(self._pending) > max_count else []
+            self._cond.notify_all()
+            return taken
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def ack(self, messages: list[RawMessage]) -> None:
+        """Acknowledge committed QoS 1/2 messages to the broker."""
+        ack = self._client.ack
+        for message in messages:
+            if message.qos:
+                ack(message.mid, message.qos)
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> None:
+        """Publish a command or event (rules' actions); queued by paho while disconnected."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise BrokerError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")

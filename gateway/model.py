@@ -1,0 +1,86 @@
+"""The event model: raw MQTT messages in, readings and quarantined messages out, as Arrow batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+UTC_MICROS = pa.timestamp("us", tz="UTC")
+
+# One reading per row. `id` is the reading's position in the buffer (dense, increasing); it is
+# what sink cursors point at. `event_id` is globally unique and travels upstream.
+READINGS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("event_time", UTC_MICROS, nullable=False),
+        pa.field("ingest_time", UTC_MICROS, nullable=False),
+        pa.field("device", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("text", pa.string()),
+        pa.field("unit", pa.string()),
+        pa.field("topic", pa.string(), nullable=False),
+        pa.field("tags", pa.string()),  # JSON object, e.g. {"site": "home"}
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("received_at", UTC_MICROS, nullable=False),
+        pa.field("topic", pa.string(), nullable=False),
+        pa.field("payload", pa.binary(), nullable=False),
+        pa.field("payload_bytes", pa.int64(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+
+# What decoding produces: the store adds `id` and `event_id` when it commits the batch.
+DECODED_READINGS_SCHEMA = pa.schema([f for f in READINGS_SCHEMA if f.name not in ("id", "event_id")])
+DECODED_QUARANTINE_SCHEMA = pa.schema([f for f in QUARANTINE_SCHEMA if f.name != "id"])
+
+
+@dataclass(slots=True, frozen=True)
+class RawMessage:
+    """One MQTT message as received, before decoding."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    dup: bool
+    retain: bool
+    received_at: float  # epoch seconds
+    session: int = 0  # which broker connection delivered it (counts up on every connect)
+
+
+@dataclass(slots=True)
+class Decoded:
+    """One reading as a decoder yields it; the router adds device, topic and tags."""
+
+    metric: str
+    value: float | None
+    text: str | None
+    unit: str | None = None
+    event_time: float | None = None  # epoch seconds; None means "use ingest time"
+
+
+@dataclass(slots=True)
+class IngestBatch:
+    """What one commit writes: decoded readings and quarantined messages, and the messages to ack."""
+
+    readings: pa.Table
+    quarantine: pa.Table
+    messages: list[RawMessage] = field(default_factory=list)
+    duplicates: int = 0  # redeliveries recognised and not stored again
+
+    @property
+    def reading_count(self) -> int:
+        return int(self.readings.num_rows)
+
+    @property
+    def quarantine_count(self) -> int:
+        return int(self.quarantine.num_rows)

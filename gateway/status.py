@@ -1,0 +1,77 @@
+"""`edge-gateway status`: figures from the running gateway's API, or from the buffer file itself."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from gateway.buffer.store import connect
+from gateway.errors import BufferStoreError
+from gateway.sqlclient import running_api
+
+
+def fetch_status(buffer_path: Path, token: str | None = None) -> dict[str, Any]:
+    url = running_api(buffer_path)
+    if url is not None:
+        request = urllib.request.Request(f"{url}/api/status")  # noqa: S310 (loopback URL)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            data: dict[str, Any] = json.loads(response.read())
+            data["running"] = True
+            return data
+    if not buffer_path.exists():
+        raise BufferStoreError(f"buffer {buffer_path}: no such file (is the path right?)")
+    con = connect(buffer_path, read_only=True)
+    try:
+        counters = {str(k): int(v) for k, v in con.execute("SELECT * FROM counters").fetchall()}
+        row = con.execute("SELECT count(*), max(ingest_time) FROM readings").fetchone()
+        q = con.execute("SELECT count(*) FROM quarantine").fetchone()
+    finally:
+        con.close()
+    return {
+        "running": False,
+        "buffer": {
+            "path": str(buffer_path),
+            "file_bytes": buffer_path.stat().st_size,
+            "rows": row[0] if row else 0,
+            "last_reading": str(row[1]) if row and row[1] else None,
+            "quarantine_rows": q[0] if q else 0,
+            "counters": counters,
+        },
+    }
+
+
+def show_status(buffer_path: Path, console: Console, token: str | None = None) -> None:
+    data = fetch_status(buffer_path, token)
+    grid = Table(show_header=False, box=None)
+    grid.add_column(style="bold")
+    grid.add_column()
+    if data["running"]:
+        ingest, broker = data["ingest"], data["broker"]
+        grid.add_row("gateway", f"{data['gateway_id']} running for {data['uptime_s']}s")
+        grid.add_row(
+            "broker",
+            f"{broker['address']} {'connected' if broker['connected'] else 'DISCONNECTED'}"
+            + (f" ({broker['last_error']})" if broker["last_error"] else ""),
+        )
+        grid.add_row("readings/s", f"{ingest['readings_per_s']:.1f}")
+        grid.add_row("readings", str(ingest["readings"]))
+        grid.add_row("quarantined", str(ingest["quarantined"]))
+        grid.add_row("duplicates dropped", str(ingest["duplicates_dropped"]))
+    else:
+        grid.add_row("gateway", "not running (figures from the buffer file)")
+        grid.add_row("readings stored", str(data["buffer"]["rows"]))
+        grid.add_row("last reading", str(data["buffer"]["last_reading"]))
+        grid.add_row("quarantined", str(data["buffer"]["quarantine_rows"]))
+    buffer = data["buffer"]
+    grid.add_row("buffer", f"{buffer['path']} ({buffer['file_bytes'] / 1e6:.1f} MB)")
+    counters = buffer.get("counters", {})
+    if counters:
+        grid.add_row("totals", ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    console.print(grid)
