@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pyarrow as pa
+
 from gateway.buffer.store import BufferStore
 from gateway.config import GatewayConfig
 from gateway.errors import BufferStoreError
@@ -34,8 +36,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-BatchListener = Callable[[IngestBatch, int], Awaitable[None]]
-"""Called after each commit with the batch and the position of its first reading."""
+BatchListener = Callable[[pa.Table], Awaitable[None]]
+"""Called after each commit with the committed readings (READINGS_SCHEMA, ids set), in order."""
 
 
 @dataclass
@@ -115,7 +117,10 @@ class Gateway:
             self.ready.set()
             logger.info(
                 "gateway %s running: buffer %s, broker %s:%s",
-                cfg.gateway_id, cfg.buffer.path, cfg.mqtt.host, cfg.mqtt.port,
+                cfg.gateway_id,
+                cfg.buffer.path,
+                cfg.mqtt.host,
+                cfg.mqtt.port,
             )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._ingest_loop(stop, ingest, decoder, redelivery, store))
@@ -152,14 +157,14 @@ class Gateway:
         def take() -> list[Any]:
             return ingest.take(cfg.max_batch, cfg.flush_interval)
 
-        def commit(messages: list[Any]) -> tuple[IngestBatch, int]:
+        def commit(messages: list[Any]) -> tuple[IngestBatch, pa.Table]:
             batch = decoder.decode(messages)
             rows, forget = redelivery.remember(batch.messages)
             delay = 0.1
             while True:  # the broker keeps the messages unacked meanwhile: nothing is lost
                 try:
                     result = store.append(batch, rows, forget)
-                    return batch, result.first_id
+                    return batch, result.readings
                 except BufferStoreError as exc:
                     self.stats.commit_failures += 1
                     logger.error("%s; retrying in %.1fs (messages stay unacked)", exc, delay)
@@ -179,12 +184,13 @@ class Gateway:
                 if stopping and ingest.pending() == 0:
                     return
                 continue
-            batch, first_id = await self.on_writer(commit, messages)
+            batch, committed = await self.on_writer(commit, messages)
             if not stopping:
                 ingest.ack(messages)
             self.stats.record(time.time(), batch, len(messages))
-            for listener in self.listeners:
-                await listener(batch, first_id)
+            if committed.num_rows:
+                for listener in self.listeners:
+                    await listener(committed)
 
     async def _retention_loop(self, stop: asyncio.Event, store: BufferStore) -> None:
         retention = self.config.buffer.retention

@@ -26,11 +26,15 @@ err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", envvar="EDGE_GATEWAY_CONFIG", help="Gateway config file (YAML)."),
+    typer.Option(
+        "--config", "-c", envvar="EDGE_GATEWAY_CONFIG", help="Gateway config file (YAML)."
+    ),
 ]
 BufferOption = Annotated[
     Path | None,
-    typer.Option("--buffer", "-b", envvar="EDGE_GATEWAY_BUFFER", help="Buffer file (default: from config)."),
+    typer.Option(
+        "--buffer", "-b", envvar="EDGE_GATEWAY_BUFFER", help="Buffer file (default: from config)."
+    ),
 ]
 
 
@@ -60,7 +64,9 @@ def _buffer_path(config: Path | None, buffer: Path | None) -> Path:
 
 
 @config_app.command("check")
-def config_check(files: Annotated[list[Path], typer.Argument(help="Config files to validate.")]) -> None:
+def config_check(
+    files: Annotated[list[Path], typer.Argument(help="Config files to validate.")],
+) -> None:
     """Validate config files; prints every problem with its key path and exits non-zero."""
     from gateway.config import load_config
     from gateway.errors import ConfigError
@@ -111,7 +117,9 @@ def sql(
     buffer: BufferOption = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
     limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
-    token: Annotated[str | None, typer.Option(envvar="EDGE_GATEWAY_TOKEN", help="API token.")] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="EDGE_GATEWAY_TOKEN", help="API token.")
+    ] = None,
 ) -> None:
     """Query the buffer with read-only SQL (works while the gateway runs and while it is stopped)."""
     from gateway.output import render
@@ -132,7 +140,9 @@ def export(
     since: Annotated[str, typer.Option(help="How far back, e.g. 1h, 7d.")] = "1h",
     config: ConfigOption = None,
     buffer: BufferOption = None,
-    token: Annotated[str | None, typer.Option(envvar="EDGE_GATEWAY_TOKEN", help="API token.")] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="EDGE_GATEWAY_TOKEN", help="API token.")
+    ] = None,
 ) -> None:
     """Export readings newer than --since to a Parquet file."""
     import time
@@ -147,9 +157,7 @@ def export(
     except ValueError as exc:
         raise fail(f"--since: {exc}", 2) from None
     cutoff = time.time() - seconds
-    statement = (
-        f"SELECT * FROM readings WHERE ingest_time >= to_timestamp({cutoff!r}) ORDER BY id"
-    )
+    statement = f"SELECT * FROM readings WHERE ingest_time >= to_timestamp({cutoff!r}) ORDER BY id"
     with console.status(f"exporting readings since {since} ago"):
         try:
             table = run_sql(_buffer_path(config, buffer), statement, token=token)
@@ -163,7 +171,9 @@ def export(
 def status(
     config: ConfigOption = None,
     buffer: BufferOption = None,
-    token: Annotated[str | None, typer.Option(envvar="EDGE_GATEWAY_TOKEN", help="API token.")] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="EDGE_GATEWAY_TOKEN", help="API token.")
+    ] = None,
 ) -> None:
     """Readings per second, buffer size and quarantine count."""
     from gateway.status import show_status

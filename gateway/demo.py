@@ -24,17 +24,23 @@ def run_demo(workdir: Path, duration: float | None, console: Console) -> None:
         config = GatewayConfig(
             gateway_id="demo",
             mqtt=MqttConfig(
-                host=broker.host, port=broker.port, client_id="edge-gateway-demo",
-                subscriptions=[Subscription(topic="sensors/#", qos=1),
-                               Subscription(topic="zigbee2mqtt/#", qos=1),
-                               Subscription(topic="tele/#", qos=1)],
+                host=broker.host,
+                port=broker.port,
+                client_id="edge-gateway-demo",
+                subscriptions=[
+                    Subscription(topic="sensors/#", qos=1),
+                    Subscription(topic="zigbee2mqtt/#", qos=1),
+                    Subscription(topic="tele/#", qos=1),
+                ],
             ),
             buffer=BufferConfig(path=workdir / "buffer.duckdb"),
             api=ApiConfig(port=0),
         )
         buffer = config.buffer.path
-        console.print(f"[bold]edge-gateway demo[/bold]: broker on {broker.host}:{broker.port}, "
-                      f"buffer {buffer}")
+        console.print(
+            f"[bold]edge-gateway demo[/bold]: broker on {broker.host}:{broker.port}, "
+            f"buffer {buffer}"
+        )
         stop_devices = threading.Event()
         devices = threading.Thread(
             target=run_home, args=(broker.host, broker.port, stop_devices), daemon=True
@@ -46,8 +52,9 @@ def run_demo(workdir: Path, duration: float | None, console: Console) -> None:
             task = asyncio.create_task(gateway.run(stop))
             await gateway.ready.wait()
             devices.start()
-            console.print("simulated home publishing; showing what the buffer holds "
-                          "(Ctrl-C to stop)\n")
+            console.print(
+                "simulated home publishing; showing what the buffer holds (Ctrl-C to stop)\n"
+            )
             started = time.monotonic()
             try:
                 while duration is None or time.monotonic() - started < duration:
@@ -77,7 +84,7 @@ def run_demo(workdir: Path, duration: float | None, console: Console) -> None:
             "\nTry next (the buffer stays in "
             f"{workdir}):\n"
             f"  edge-gateway sql --buffer {buffer} "
-            "\"SELECT device, metric, avg(value) FROM readings GROUP BY ALL\"\n"
-            f"  edge-gateway sql --buffer {buffer} \"SELECT * FROM quarantine\"\n"
+            '"SELECT device, metric, avg(value) FROM readings GROUP BY ALL"\n'
+            f'  edge-gateway sql --buffer {buffer} "SELECT * FROM quarantine"\n'
             f"  edge-gateway status --buffer {buffer}"
         )

@@ -1,15 +1,15 @@
 """The gateway's exceptions, one tree; every message names the place a user can act on.
 
-    GatewayError
-     ├── ConfigError            a config file or value is wrong (names the file and key path)
-     ├── DecodeError            a message could not become readings (names topic and reason)
-     ├── RuleError              a rule file or rule is wrong (names file, rule id and field)
-     ├── BufferStoreError       the local buffer cannot be opened, written or queried
-     │    └── ReadOnlySqlError  a statement tried to write, attach or reach files
-     ├── SinkError              an upstream sink failed (names the sink)
-     │    ├── SinkBackpressureError  retry later (carries retry_after seconds)
-     │    └── SinkRejectedError      records refused for good (go to the dead-letter table)
-     └── BrokerError            the MQTT broker cannot be reached or refused us
+GatewayError
+ ├── ConfigError            a config file or value is wrong (names the file and key path)
+ ├── DecodeError            a message could not become readings (names topic and reason)
+ ├── RuleError              a rule file or rule is wrong (names file, rule id and field)
+ ├── BufferStoreError       the local buffer cannot be opened, written or queried
+ │    └── ReadOnlySqlError  a statement tried to write, attach or reach files
+ ├── SinkError              an upstream sink failed (names the sink)
+ │    ├── SinkBackpressureError  retry later (carries retry_after seconds)
+ │    └── SinkRejectedError      records refused for good (go to the dead-letter table)
+ └── BrokerError            the MQTT broker cannot be reached or refused us
 """
 
 from __future__ import annotations

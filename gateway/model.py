@@ -39,7 +39,9 @@ QUARANTINE_SCHEMA = pa.schema(
 
 
 # What decoding produces: the store adds `id` and `event_id` when it commits the batch.
-DECODED_READINGS_SCHEMA = pa.schema([f for f in READINGS_SCHEMA if f.name not in ("id", "event_id")])
+DECODED_READINGS_SCHEMA = pa.schema(
+    [f for f in READINGS_SCHEMA if f.name not in ("id", "event_id")]
+)
 DECODED_QUARANTINE_SCHEMA = pa.schema([f for f in QUARANTINE_SCHEMA if f.name != "id"])
 
 

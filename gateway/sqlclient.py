@@ -33,7 +33,9 @@ def running_api(buffer_path: Path) -> str | None:
         return None
 
 
-def query(buffer_path: Path, sql: str, *, token: str | None = None, limit: int | None = None) -> pa.Table:
+def query(
+    buffer_path: Path, sql: str, *, token: str | None = None, limit: int | None = None
+) -> pa.Table:
     url = running_api(buffer_path)
     if url is not None:
         return _query_api(url, sql, token, limit)
@@ -49,7 +51,9 @@ def query(buffer_path: Path, sql: str, *, token: str | None = None, limit: int |
 def _query_api(url: str, sql: str, token: str | None, limit: int | None) -> pa.Table:
     body = json.dumps({"sql": sql, "limit": limit}).encode()
     request = urllib.request.Request(  # noqa: S310 (loopback URL)
-        f"{url}/api/sql", data=body, method="POST",
+        f"{url}/api/sql",
+        data=body,
+        method="POST",
         headers={"Content-Type": "application/json", "Accept": ARROW_STREAM},
     )
     if token:

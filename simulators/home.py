@@ -14,8 +14,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOMS = ("kitchen", "living", "bedroom", "hallway")
 
 
-def run_home(host: str, port: int, stop: threading.Event, *, site: str = "home",
-             interval: float = 1.0, seed: int = 7) -> int:
+def run_home(
+    host: str,
+    port: int,
+    stop: threading.Event,
+    *,
+    site: str = "home",
+    interval: float = 1.0,
+    seed: int = 7,
+) -> int:
     """Publish temperature, humidity and illuminance for each room until `stop`; returns count."""
     rng = random.Random(seed)
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-home-{seed}")
@@ -32,8 +39,11 @@ def run_home(host: str, port: int, stop: threading.Event, *, site: str = "home",
                 humidity = 45 + 5 * math.cos(t / 90 + i) + rng.gauss(0, 0.5)
                 lux = max(0.0, 300 * math.sin(t / 120 + i) + rng.gauss(0, 5))
                 base = f"sensors/{site}/{device}"
-                client.publish(f"{base}/temperature", orjson.dumps(
-                    {"value": round(temperature, 2), "unit": "°C"}), qos=1)
+                client.publish(
+                    f"{base}/temperature",
+                    orjson.dumps({"value": round(temperature, 2), "unit": "°C"}),
+                    qos=1,
+                )
                 client.publish(f"{base}/humidity", f"{humidity:.1f}", qos=1)
                 client.publish(f"{base}/illuminance", f"{lux:.0f}", qos=1)
                 sent += 3

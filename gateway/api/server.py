@@ -56,7 +56,9 @@ class ApiServer:
         self._server = ThreadingHTTPServer((self.config.host, self.config.port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="api", kwargs={"poll_interval": 0.2},
+            target=self._server.serve_forever,
+            name="api",
+            kwargs={"poll_interval": 0.2},
             daemon=True,
         )
         self._thread.start()
@@ -163,7 +165,10 @@ def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
                 ready = bool(ingest and ingest.connected.is_set() and api.gateway.store)
                 self._json(
                     HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
-                    {"ready": ready, "broker_connected": bool(ingest and ingest.connected.is_set())},
+                    {
+                        "ready": ready,
+                        "broker_connected": bool(ingest and ingest.connected.is_set()),
+                    },
                 )
             elif path == "/api/status":
                 self._json(HTTPStatus.OK, api.status())

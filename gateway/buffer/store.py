@@ -39,7 +39,7 @@ SAFE_DUCKDB_CONFIG: dict[str, Any] = {
 @dataclass(frozen=True, slots=True)
 class CommitResult:
     first_id: int  # position of the batch's first reading (or the next position if none)
-    readings: int
+    readings: pa.Table  # the committed readings, READINGS_SCHEMA, with id and event_id
     quarantined: int
 
 
@@ -188,7 +188,7 @@ class BufferStore:
             raise BufferStoreError(f"buffer {self.path}: commit failed: {exc}") from exc
         self._next_reading_id += n
         self._next_quarantine_id += q.num_rows
-        return CommitResult(first_id=first, readings=n, quarantined=q.num_rows)
+        return CommitResult(first_id=first, readings=readings, quarantined=q.num_rows)
 
     def _add_counters(self, **increments: int) -> None:
         for name, amount in increments.items():
@@ -242,7 +242,9 @@ class BufferStore:
             self._con.commit()
         except duckdb.Error as exc:
             self._con.rollback()
-            raise BufferStoreError(f"buffer {self.path}: saving {owner} state failed: {exc}") from exc
+            raise BufferStoreError(
+                f"buffer {self.path}: saving {owner} state failed: {exc}"
+            ) from exc
 
     def get_state(self, owner: str) -> dict[str, Any]:
         rows = self._con.execute("SELECT key, value FROM state WHERE owner = ?", [owner]).fetchall()

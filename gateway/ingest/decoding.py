@@ -56,8 +56,11 @@ class BatchDecoder:
             kept.append(msg)
             if len(msg.payload) > self._max_payload:
                 quarantined.append(
-                    (msg, f"payload of {len(msg.payload)} bytes exceeds max_payload_bytes "
-                     f"{self._max_payload} (first {QUARANTINE_KEEP_BYTES} bytes kept)")
+                    (
+                        msg,
+                        f"payload of {len(msg.payload)} bytes exceeds max_payload_bytes "
+                        f"{self._max_payload} (first {QUARANTINE_KEEP_BYTES} bytes kept)",
+                    )
                 )
                 continue
             match = route(msg.topic)

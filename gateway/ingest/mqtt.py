@@ -119,7 +119,10 @@ class MqttIngest:
             clean_start = cfg.clean_start
         try:
             self._client.connect_async(
-                cfg.host, cfg.port, keepalive=cfg.keepalive, clean_start=clean_start,
+                cfg.host,
+                cfg.port,
+                keepalive=cfg.keepalive,
+                clean_start=clean_start,
                 properties=properties,
             )
         except (OSError, ValueError) as exc:
@@ -152,15 +155,16 @@ class MqttIngest:
         client._attempt = 0  # type: ignore[attr-defined]
         self.last_error = None
         logger.info(
-            "MQTT connected to %s:%s (session present: %s)", cfg.host, cfg.port,
+            "MQTT connected to %s:%s (session present: %s)",
+            cfg.host,
+            cfg.port,
             flags.session_present,
         )
         if cfg.protocol == "5":
             # Retain handling 1: retained messages only for a subscription the broker did not
             # have yet, so a reconnect does not replay them as new readings.
             topics: list[tuple[str, Any]] = [
-                (s.topic, SubscribeOptions(qos=s.qos, retainHandling=1))
-                for s in cfg.subscriptions
+                (s.topic, SubscribeOptions(qos=s.qos, retainHandling=1)) for s in cfg.subscriptions
             ]
             client.subscribe(topics)
         elif not flags.session_present:

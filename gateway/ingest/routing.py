@@ -89,6 +89,8 @@ class TopicRouter:
                 device=device,
                 metric=metric,
                 unit=config.unit,
-                tags_json=orjson.dumps(tags, option=orjson.OPT_SORT_KEYS).decode() if tags else None,
+                tags_json=orjson.dumps(tags, option=orjson.OPT_SORT_KEYS).decode()
+                if tags
+                else None,
             )
         return None
