@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +87,7 @@ class Gateway:
         self.ingest: MqttIngest | None = None
         self.api_address: tuple[str, int] | None = None
         self.listeners: list[BatchListener] = []
-        self.background: list[Callable[[asyncio.Event], Awaitable[None]]] = []
+        self.background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-writer")
         self.ready = asyncio.Event()
 
@@ -213,5 +213,5 @@ class Gateway:
             except BufferStoreError as exc:
                 logger.error("%s", exc)
 
-    protected_position: Callable[[], int | None] = staticmethod(lambda: None)  # type: ignore[assignment]
+    protected_position: Callable[[], int | None] = staticmethod(lambda: None)
     """The last position every sink has confirmed (None: no sinks, nothing to protect)."""

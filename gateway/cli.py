@@ -121,7 +121,7 @@ def sql(
         str | None, typer.Option(envvar="EDGE_GATEWAY_TOKEN", help="API token.")
     ] = None,
 ) -> None:
-    """Query the buffer with read-only SQL (works while the gateway runs and while it is stopped)."""
+    """Query the buffer with read-only SQL, whether the gateway is running or stopped."""
     from gateway.output import render
     from gateway.sqlclient import query as run_sql
 

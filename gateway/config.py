@@ -142,7 +142,7 @@ def _default_routes() -> list[RouteConfig]:
 
 
 class RetentionConfig(_Model):
-    """What the buffer keeps. Readings a sink has not confirmed are kept unless `on_full` says drop."""
+    """What the buffer keeps; readings a sink has not confirmed stay unless `on_full` says drop."""
 
     max_age: Duration = 30 * 86400.0
     max_bytes: Size = 8 * 1024**3

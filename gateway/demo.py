@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -76,10 +77,8 @@ def run_demo(workdir: Path, duration: float | None, console: Console) -> None:
                 stop.set()
                 await task
 
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(main())
-        except KeyboardInterrupt:
-            pass
         console.print(
             "\nTry next (the buffer stays in "
             f"{workdir}):\n"

@@ -1,4 +1,4 @@
-"""The event model: raw MQTT messages in, readings and quarantined messages out, as Arrow batches."""
+"""The event model: raw MQTT messages in; readings and quarantined messages out, as Arrow."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class Decoded:
 
 @dataclass(slots=True)
 class IngestBatch:
-    """What one commit writes: decoded readings and quarantined messages, and the messages to ack."""
+    """What one commit writes (decoded readings, quarantined messages) and the messages to ack."""
 
     readings: pa.Table
     quarantine: pa.Table

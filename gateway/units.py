@@ -24,7 +24,7 @@ _SIZE_BYTES = {
 
 
 def parse_duration(text: str | float | int) -> float:
-    """Seconds in a duration such as `250ms`, `30s`, `10m`, `24h`, `7d`; a bare number is seconds."""
+    """Seconds in a duration such as `250ms`, `30s`, `10m` or `7d`; a bare number is seconds."""
     if isinstance(text, int | float) and not isinstance(text, bool):
         if text < 0:
             raise ValueError("must not be negative")

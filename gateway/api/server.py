@@ -130,7 +130,7 @@ def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "edge-gateway"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             logger.debug("api: " + format, *args)
 
         def _send(self, status: int, body: bytes, content_type: str) -> None:

@@ -6,6 +6,7 @@ One owner (the gateway's writer thread) calls the writing methods; readers take 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -181,10 +182,8 @@ class BufferStore:
             )
             con.commit()
         except duckdb.Error as exc:
-            try:
+            with contextlib.suppress(duckdb.Error):
                 con.rollback()
-            except duckdb.Error:
-                pass
             raise BufferStoreError(f"buffer {self.path}: commit failed: {exc}") from exc
         self._next_reading_id += n
         self._next_quarantine_id += q.num_rows

@@ -1,4 +1,4 @@
-"""Turns a list of raw MQTT messages into one IngestBatch: readings and quarantine as Arrow tables."""
+"""Turns raw MQTT messages into one IngestBatch: readings and quarantine as Arrow tables."""
 
 from __future__ import annotations
 
@@ -85,7 +85,6 @@ class BatchDecoder:
                 unit.append(d.unit if d.unit is not None else match.unit)
                 topic.append(msg.topic)
                 tags.append(match.tags_json)
-        n = len(device)
         readings = pa.Table.from_arrays(
             [
                 _timestamps(event_time),

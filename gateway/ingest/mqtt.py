@@ -111,9 +111,9 @@ class MqttIngest:
         """Connect in the background; paho's thread keeps reconnecting until `stop`."""
         cfg = self._config
         properties = None
-        clean_start: bool | int = paho.MQTT_CLEAN_START_FIRST_ONLY
+        clean_start: Any = paho.MQTT_CLEAN_START_FIRST_ONLY
         if cfg.protocol == "5":
-            properties = Properties(PacketTypes.CONNECT)
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = int(cfg.session_expiry)
             properties.ReceiveMaximum = 65535
             clean_start = cfg.clean_start
@@ -170,7 +170,8 @@ class MqttIngest:
         elif not flags.session_present:
             # 3.1.1: the persistent session keeps our subscriptions; subscribing again would
             # make the broker resend retained messages as if they were new.
-            client.subscribe([(s.topic, s.qos) for s in cfg.subscriptions])
+            plain: list[tuple[str, int]] = [(s.topic, s.qos) for s in cfg.subscriptions]
+            client.subscribe(plain)
         self.connected.set()
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
@@ -194,7 +195,7 @@ class MqttIngest:
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         raw = RawMessage(
             message.topic,
-            message.payload,
+            bytes(message.payload),
             message.qos,
             message.mid,
             bool(message.dup),
@@ -207,7 +208,7 @@ class MqttIngest:
             pending.append(raw)
             self.received += 1
             size = len(pending)
-            if size == 1 or size == self._wake_at:
+            if size in (1, self._wake_at):
                 self._cond.notify()
             # Backpressure: stop reading (the broker holds the rest) until the writer catches up.
             while len(self._pending) >= self._max_pending and not self._closing:
@@ -228,9 +229,8 @@ class MqttIngest:
                     if now >= deadline:
                         break
                     self._cond.wait(deadline - now)
-                else:
-                    if not self._cond.wait(max_wait):
-                        return []
+                elif not self._cond.wait(max_wait):
+                    return []
             taken = self._pending[:max_count]
             self._pending = self._pending[max_count:] if len(self._pending) > max_count else []
             self._cond.notify_all()

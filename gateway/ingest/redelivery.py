@@ -1,4 +1,4 @@
-"""Recognises a QoS 1/2 message the broker redelivers after we committed it but before it got our ack.
+"""Recognises QoS 1/2 messages the broker redelivers after we committed them (our ack was lost).
 
 The broker redelivers such a message with the DUP flag and its original packet id. For every
 committed QoS 1/2 message we remember (packet id, topic, payload digest, batch number); a DUP

@@ -1,4 +1,4 @@
-"""A private Mosquitto broker on 127.0.0.1 and a free port, configured the way the gateway wants it."""
+"""A private Mosquitto on 127.0.0.1 and a free port, configured the way the gateway wants it."""
 
 from __future__ import annotations
 
