@@ -51,32 +51,51 @@ class PurgeResult:
     unsent: int  # readings dropped before every sink had them (on_full: drop_oldest)
 
 
-def connect(path: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
-    """Open the buffer file with file access locked off; a clear error when it cannot be opened."""
+def connect(path: Path, *, read_only: bool, lock_wait: float = 0.0) -> duckdb.DuckDBPyConnection:
+    """Open the buffer file with file access locked off; a clear error when it cannot be opened.
+
+    `lock_wait` seconds are spent retrying while another process holds the file (a CLI query
+    on a stopped gateway's buffer holds it for a moment).
+    """
+    deadline = time.monotonic() + lock_wait
+    while True:
+        try:
+            return _connect_once(path, read_only)
+        except _LockedError:
+            if time.monotonic() >= deadline:
+                raise BufferStoreError(
+                    f"buffer {path}: held by another process (a running gateway?); "
+                    f"query it through that gateway's API instead"
+                ) from None
+            time.sleep(0.1)
+
+
+class _LockedError(Exception):
+    pass
+
+
+def _connect_once(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     try:
         return duckdb.connect(str(path), read_only=read_only, config=dict(SAFE_DUCKDB_CONFIG))
     except duckdb.IOException as exc:
         text = str(exc)
         if "lock" in text.lower():
-            raise BufferStoreError(
-                f"buffer {path}: held by another process (a running gateway?); "
-                f"query it through that gateway's API instead"
-            ) from None
+            raise _LockedError from None
         raise BufferStoreError(f"buffer {path}: cannot open: {text}") from None
     except duckdb.Error as exc:
         raise BufferStoreError(
-            f"buffer {path}: cannot open ({exc}); if the file is damaged, run "
-            f"`edge-gateway buffer recover {path}` (see docs/operations.md)"
+            f"buffer {path}: cannot open ({exc}); if the file is damaged, see "
+            f"'Damaged buffer' in docs/operations.md"
         ) from None
 
 
 class BufferStore:
     """The writable buffer. Not thread-safe for writes: one thread owns it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, lock_wait: float = 15.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = connect(self.path, read_only=False)
+        self._con = connect(self.path, read_only=False, lock_wait=lock_wait)
         self._lock = threading.Lock()  # guards cursor creation against concurrent close
         try:
             for statement in DDL:

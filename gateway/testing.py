@@ -1,0 +1,106 @@
+"""Helpers for tests and benchmarks: run a Gateway on a thread, publish, poll until true."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.app import Gateway
+from gateway.config import GatewayConfig
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05
+) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass; returns its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+class GatewayThread:
+    """`with GatewayThread(config) as gw:` runs the gateway on its own event loop thread.
+
+    `gw.gateway` is the running Gateway; leaving the block stops it cleanly (and re-raises
+    whatever made it fail).
+    """
+
+    def __init__(self, config: GatewayConfig, setup: Callable[[Gateway], None] | None = None):
+        self.gateway = Gateway(config)
+        if setup is not None:
+            setup(self.gateway)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="gateway", daemon=True)
+
+    def _main(self) -> None:
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._started.set()
+            await self.gateway.run(self._stop)
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # handed to the test thread in stop()
+            self._error = exc
+            self._started.set()
+
+    def start(self, timeout: float = 20.0) -> GatewayThread:
+        self._thread.start()
+        self._started.wait(timeout)
+        ingest_ready = wait_until(
+            lambda: (
+                self._error is not None
+                or (self.gateway.ingest is not None and self.gateway.ingest.connected.is_set())
+            ),
+            timeout,
+        )
+        if self._error is not None:
+            raise self._error
+        if not ingest_ready:
+            self.stop()
+            raise TimeoutError("gateway did not connect to the broker in time")
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> GatewayThread:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def committed_readings(self) -> int:
+        return self.gateway.stats.readings
+
+
+def publisher(host: str, port: int, client_id: str = "test-publisher") -> paho.Client:
+    """A connected paho client with its network loop running; call `loop_stop()` when done."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(host, port)
+    client.loop_start()
+    return client

@@ -1,0 +1,178 @@
+"""The buffer: one transaction per batch, positions, redelivery entries and retention."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from gateway.buffer.sql import run_query
+from gateway.buffer.store import BufferStore
+from gateway.config import RouteConfig
+from gateway.errors import BufferStoreError
+from gateway.ingest.decoding import BatchDecoder
+from gateway.ingest.redelivery import RedeliveryFilter
+from gateway.ingest.routing import TopicRouter
+from gateway.model import RawMessage
+
+
+def message(
+    topic: str,
+    payload: bytes,
+    mid: int = 1,
+    dup: bool = False,
+    at: float = 0.0,
+    qos: int = 1,
+    session: int = 1,
+) -> RawMessage:
+    return RawMessage(topic, payload, qos, mid, dup, False, at or time.time(), session)
+
+
+def decoder(redelivery: RedeliveryFilter | None = None, max_payload: int = 1024) -> BatchDecoder:
+    router = TopicRouter([RouteConfig(pattern="sensors/{site}/{device}/{metric}")])
+    return BatchDecoder(router, redelivery or RedeliveryFilter(), max_payload)
+
+
+def count(store: BufferStore, table: str) -> int:
+    return int(run_query(store.reader(), f"SELECT count(*) AS n FROM {table}")["n"][0].as_py())
+
+
+def test_batch_commits_readings_and_quarantine_with_dense_positions(tmp_path: Path) -> None:
+    store = BufferStore(tmp_path / "b.duckdb")
+    batch = decoder().decode(
+        [
+            message("sensors/home/k/temperature", b"21.5", mid=1),
+            message("sensors/home/k/humidity", b'{"value": 40}', mid=2),
+            message("unrouted/topic", b"1", mid=3),
+            message("sensors/home/k/temperature", b"{broken", mid=4),
+        ]
+    )
+    result = store.append(batch, [])
+    assert result.first_id == 1 and result.readings.num_rows == 2 and result.quarantined == 2
+    assert result.readings["id"].to_pylist() == [1, 2]
+    assert result.readings["event_id"][0].as_py() == f"{store.buffer_uid}-1"
+    reasons = run_query(store.reader(), "SELECT topic, reason FROM quarantine ORDER BY id")
+    rows = reasons.to_pylist()
+    assert rows[0] == {"topic": "unrouted/topic", "reason": "no route matches this topic"}
+    assert rows[1]["topic"] == "sensors/home/k/temperature"
+    assert rows[1]["reason"].startswith("auto decoder: malformed JSON: ")
+    second = store.append(decoder().decode([message("sensors/h/k/t", b"1", mid=5)]), [])
+    assert second.first_id == 3
+    store.close()
+
+
+def test_positions_continue_after_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "b.duckdb"
+    store = BufferStore(path)
+    store.append(
+        decoder().decode([message("sensors/h/d/m", b"1"), message("sensors/h/d/m", b"2")]), []
+    )
+    uid = store.buffer_uid
+    store.close()
+    reopened = BufferStore(path)
+    assert reopened.buffer_uid == uid
+    assert reopened.append(decoder().decode([message("sensors/h/d/m", b"3")]), []).first_id == 3
+    reopened.close()
+
+
+def test_oversized_payload_is_quarantined_with_its_head(tmp_path: Path) -> None:
+    store = BufferStore(tmp_path / "b.duckdb")
+    big = b"9" * 100_000
+    batch = decoder(max_payload=1024).decode([message("sensors/h/d/m", big)])
+    store.append(batch, [])
+    row = run_query(
+        store.reader(),
+        "SELECT payload_bytes, octet_length(payload) AS kept, reason FROM quarantine",
+    )
+    assert row["payload_bytes"][0].as_py() == 100_000
+    assert row["kept"][0].as_py() == 4096
+    assert "exceeds max_payload_bytes 1024" in row["reason"][0].as_py()
+    store.close()
+
+
+def test_redelivered_message_is_recognised_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "b.duckdb"
+    store = BufferStore(path)
+    redelivery = RedeliveryFilter(store.inflight_entries())
+    first = [message("sensors/h/d/m", b"7", mid=11), message("sensors/h/d/m", b"7", mid=12)]
+    batch = decoder(redelivery).decode(first)
+    rows, forget = redelivery.remember(batch.messages)
+    store.append(batch, rows, forget)
+    store.close()  # crash before the acks reached the broker
+
+    store = BufferStore(path)
+    redelivery = RedeliveryFilter(store.inflight_entries())
+    again = decoder(redelivery).decode(
+        [
+            message("sensors/h/d/m", b"7", mid=11, dup=True, session=2),  # redelivery
+            message("sensors/h/d/m", b"7", mid=12, dup=True, session=2),  # redelivery
+            message("sensors/h/d/m", b"7", mid=13, session=2),  # a new reading, same bytes
+        ]
+    )
+    assert again.duplicates == 2 and again.readings.num_rows == 1
+    store.close()
+
+
+def test_same_bytes_under_a_reused_packet_id_are_a_new_reading() -> None:
+    redelivery = RedeliveryFilter()
+    decode = decoder(redelivery).decode
+    batch = decode([message("sensors/h/d/m", b"open", mid=5)])
+    redelivery.remember(batch.messages)
+    # The broker reuses packet id 5 for a new message with the same bytes (not a DUP) ...
+    batch = decode([message("sensors/h/d/m", b"open", mid=5)])
+    assert batch.readings.num_rows == 1
+    # ... and a DUP of a packet id we never committed is a first delivery, kept too.
+    assert decode([message("sensors/h/d/m", b"open", mid=6, dup=True)]).readings.num_rows == 1
+
+
+def test_redelivery_entries_expire_after_a_few_batches_of_a_connection() -> None:
+    redelivery = RedeliveryFilter()
+    decode = decoder(redelivery).decode
+    redelivery.remember(decode([message("sensors/h/d/m", b"x", mid=9)]).messages)
+    for i in range(4):
+        redelivery.remember(decode([message("sensors/h/d/m", b"y", mid=100 + i)]).messages)
+    # Packet id 9 was acked batches ago: a DUP with the same bytes is not ours to drop.
+    assert decode([message("sensors/h/d/m", b"x", mid=9, dup=True)]).readings.num_rows == 1
+
+
+def test_retention_purges_old_sent_readings_and_keeps_unsent(tmp_path: Path) -> None:
+    store = BufferStore(tmp_path / "b.duckdb")
+    now = time.time()
+    old = [message("sensors/h/d/m", str(i).encode(), at=now - 86400 * 10) for i in range(10)]
+    store.append(decoder().decode(old), [])
+    store.append(decoder().decode([message("sensors/h/d/m", b"new", at=now)]), [])
+    # Sinks have confirmed up to position 4: only 1..4 may go.
+    result = store.purge(
+        now=now, max_age=86400, max_bytes=10**12, protected_after=4, drop_unsent=False
+    )
+    assert result.readings == 4
+    assert count(store, "readings") == 7
+    assert store.counters()["purged_readings_total"] == 4
+    store.close()
+
+
+def test_readonly_open_of_a_locked_buffer_says_who_holds_it(tmp_path: Path) -> None:
+    path = tmp_path / "b.duckdb"
+    store = BufferStore(path)
+    code = (
+        "from gateway.buffer.store import connect; from pathlib import Path;"
+        f"connect(Path({str(path)!r}), read_only=True)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode != 0
+    assert "held by another process" in result.stderr
+    store.close()
+
+
+def test_a_file_that_is_not_a_buffer_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.duckdb"
+    path.write_bytes(b"not a database" * 1000)
+    with pytest.raises(BufferStoreError, match=r"junk.duckdb: cannot open"):
+        BufferStore(path)
+    assert duckdb  # the driver is the real one
