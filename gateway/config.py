@@ -90,7 +90,17 @@ class MqttConfig(_Model):
         return port
 
 
-DecoderName = Literal["auto", "number", "text", "json", "zigbee2mqtt", "tasmota"]
+DecoderName = Literal[
+    "auto",
+    "number",
+    "text",
+    "json",
+    "zigbee2mqtt",
+    "tasmota",
+    "statestream",
+    "shelly",
+    "sparkplug",
+]
 
 
 class RouteConfig(_Model):
@@ -138,6 +148,12 @@ def _default_routes() -> list[RouteConfig]:
         RouteConfig(pattern="sensors/{site}/{device}/{metric}", decoder="auto"),
         RouteConfig(pattern="zigbee2mqtt/{device}", decoder="zigbee2mqtt"),
         RouteConfig(pattern="tele/{device}/SENSOR", decoder="tasmota"),
+        RouteConfig(pattern="tele/{device}/STATE", decoder="tasmota"),
+        RouteConfig(pattern="{device}/events/rpc", decoder="shelly"),
+        RouteConfig(pattern="homeassistant/{domain}/{device}/{metric}", decoder="statestream"),
+        # Node messages name the node as device; device messages the device (tags: group, node).
+        RouteConfig(pattern="spBv1.0/{group}/+/{device}", decoder="sparkplug"),
+        RouteConfig(pattern="spBv1.0/{group}/+/{node}/{device}", decoder="sparkplug"),
     ]
 
 

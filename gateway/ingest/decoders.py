@@ -15,6 +15,7 @@ import orjson
 
 from gateway.config import DecoderName
 from gateway.errors import DecodeError
+from gateway.ingest.statestream import decode_statestream
 from gateway.model import Decoded
 
 Decoder = Callable[[bytes, str | None], list[Decoded]]
@@ -235,4 +236,6 @@ DECODERS: dict[DecoderName, Decoder] = {
     "json": decode_json,
     "zigbee2mqtt": decode_zigbee2mqtt,
     "tasmota": decode_tasmota,
+    "statestream": decode_statestream,
 }
+# "shelly" and "sparkplug" keep state per device: see gateway/ingest/stateful.py.

@@ -9,6 +9,7 @@ from gateway.errors import DecodeError
 from gateway.ingest.decoders import DECODERS
 from gateway.ingest.redelivery import RedeliveryFilter
 from gateway.ingest.routing import TopicRouter
+from gateway.ingest.stateful import MessageDecoder, TaggedDecoded, stateful_decoders
 from gateway.model import (
     DECODED_QUARANTINE_SCHEMA,
     DECODED_READINGS_SCHEMA,
@@ -34,6 +35,14 @@ class BatchDecoder:
         self._router = router
         self._redelivery = redelivery
         self._max_payload = max_payload_bytes
+        # One instance of each stateful decoder (Shelly, Sparkplug) per gateway, made on first use.
+        self._stateful: dict[str, MessageDecoder] = {}
+
+    def _stateful_decoder(self, name: str) -> MessageDecoder:
+        decoder = self._stateful.get(name)
+        if decoder is None:
+            decoder = self._stateful[name] = stateful_decoders()[name]()
+        return decoder
 
     def decode(self, messages: list[RawMessage]) -> IngestBatch:
         event_time: list[float] = []
@@ -67,13 +76,30 @@ class BatchDecoder:
             if match is None:
                 quarantined.append((msg, "no route matches this topic"))
                 continue
+            plain = DECODERS.get(match.decoder)
             try:
-                decoded = DECODERS[match.decoder](msg.payload, match.metric)
+                if plain is None:
+                    decoded = self._stateful_decoder(match.decoder).decode_message(msg, match)
+                else:
+                    decoded = plain(msg.payload, match.metric)
             except DecodeError as exc:
                 quarantined.append((msg, f"{match.decoder} decoder: {exc}"))
                 continue
             except (UnicodeDecodeError, RecursionError, ValueError) as exc:
                 quarantined.append((msg, f"{match.decoder} decoder: {type(exc).__name__}: {exc}"))
+                continue
+            if plain is None:  # stateful readings may name their own device and tags
+                for d in decoded:
+                    own = d if isinstance(d, TaggedDecoded) else None
+                    event_time.append(d.event_time if d.event_time is not None else msg.received_at)
+                    ingest_time.append(msg.received_at)
+                    device.append(own.device or match.device if own else match.device)
+                    metric.append(d.metric)
+                    value.append(d.value)
+                    text.append(d.text)
+                    unit.append(d.unit if d.unit is not None else match.unit)
+                    topic.append(msg.topic)
+                    tags.append(own.tags_json or match.tags_json if own else match.tags_json)
                 continue
             for d in decoded:
                 event_time.append(d.event_time if d.event_time is not None else msg.received_at)

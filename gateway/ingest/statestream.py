@@ -1,0 +1,64 @@
+"""Home Assistant MQTT statestream: `<base>/<domain>/<object_id>/<state|attribute>` messages.
+
+Statestream publishes an entity's state as plain text on `.../state` (`21.5`, `on`, `unavailable`),
+each attribute JSON-encoded on `.../<attribute>` (`"°C"`, `21.5`, `{"x": 1}`), and, when enabled,
+`last_changed`/`last_updated` as ISO 8601 text. The route names the object id as device and the last
+level as metric, so `homeassistant/sensor/kitchen_temperature/state` is device
+`kitchen_temperature`, metric `state`. `on`/`off` (and `true`/`false`) become 1/0 with the word kept
+as text; other non-numeric states are text.
+"""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+
+from gateway.errors import DecodeError
+from gateway.model import Decoded
+
+_BINARY = {"on": 1.0, "off": 0.0, "true": 1.0, "false": 0.0}
+
+
+def _state(metric: str, text: str) -> Decoded:
+    word = text.strip()
+    binary = _BINARY.get(word.lower())
+    if binary is not None:
+        return Decoded(metric, binary, word)
+    try:
+        value = float(word)
+    except ValueError:
+        return Decoded(metric, None, word)
+    if not math.isfinite(value):
+        return Decoded(metric, None, word)
+    return Decoded(metric, value, None)
+
+
+def decode_statestream(payload: bytes, metric: str | None) -> list[Decoded]:
+    """One reading per message; see the module docstring."""
+    if metric is None:
+        raise DecodeError("statestream needs a route whose last level is {metric}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError("statestream payload is not UTF-8 text") from None
+    if metric in ("state", "last_changed", "last_updated"):
+        return [_state(metric, text) if metric == "state" else Decoded(metric, None, text)]
+    if metric == "config":
+        # Home Assistant MQTT discovery shares the `homeassistant/` prefix; it is not a reading.
+        raise DecodeError("an MQTT discovery `config` message, not a statestream attribute")
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return [_state(metric, text)]  # older releases published some attributes unquoted
+    if isinstance(data, bool):
+        return [Decoded(metric, float(data), "true" if data else "false")]
+    if isinstance(data, int | float):
+        if not math.isfinite(data):
+            raise DecodeError(f"attribute {metric!r}: {data!r} is not a finite number")
+        return [Decoded(metric, float(data), None)]
+    if isinstance(data, str):
+        return [Decoded(metric, None, data)]
+    if data is None:
+        return [Decoded(metric, None, None)]
+    return [Decoded(metric, None, orjson.dumps(data).decode())]
