@@ -88,6 +88,7 @@ class Gateway:
         self.api_address: tuple[str, int] | None = None
         self.listeners: list[BatchListener] = []
         self.background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
+        self.shipping: Any = None  # gateway.sinks.shipping.Shipping when sinks are configured
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-writer")
         self.ready = asyncio.Event()
 
@@ -105,6 +106,15 @@ class Gateway:
             cfg.mqtt, max_pending=cfg.buffer.max_pending, wake_at=cfg.buffer.max_batch
         )
         self.ingest = ingest
+        if cfg.sinks:  # one forwarder per sink and stream; retention keeps what they lack
+            from gateway.sinks.shipping import Shipping
+
+            self.shipping = Shipping(
+                cfg.sinks, cfg.gateway_id, store, self.on_writer, lambda: store.next_reading_id - 1
+            )
+            self.background.append(self.shipping.run)
+            self.listeners.append(self.shipping.on_commit)
+            self.protected_position = self.shipping.protected_position
         api_server = None
         try:
             if cfg.api.enabled:

@@ -59,6 +59,15 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS counters (
         name VARCHAR PRIMARY KEY,
         value BIGINT NOT NULL)""",
+    # Records a sink refused for good (too large, schema); the sink's cursor moved past them.
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        sink VARCHAR NOT NULL,
+        stream VARCHAR NOT NULL,
+        position BIGINT NOT NULL,
+        event_id VARCHAR NOT NULL,
+        rejected_at TIMESTAMPTZ NOT NULL,
+        reason VARCHAR NOT NULL,
+        record VARCHAR NOT NULL)""",
 ]
 
 COUNTERS = (

@@ -1,0 +1,406 @@
+"""The forwarder: one loop per sink and stream that reads batches after the sink's cursor, sends
+them, and advances the cursor only after the sink confirmed.
+
+Order of a batch, written down so a crash anywhere repeats at most the send, never skips it:
+
+1. read rows `first..last` after the cursor (a reader cursor, off the writer thread);
+2. record the attempt (`first`, `last`, first-try time) in `state` (writer thread);
+3. send; the sink returns once the rows are confirmed upstream;
+4. in one transaction: append dead letters, move the cursor to `last`, drop the attempt.
+
+On start a recorded attempt past the cursor is sent again with `resumed=True`, the same range,
+so the sink's own idempotence (deterministic file names, read-back of event ids) applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import duckdb
+import pyarrow as pa
+
+from gateway.errors import SinkBackpressureError, SinkError, SinkRejectedError
+from gateway.sinks.base import Attempt, Rejection, Sink, WriteResult
+from gateway.sinks.config import BatchingConfig, RetryConfig
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+OnWriter = Callable[..., Awaitable[Any]]
+POLL_INTERVAL = 0.05
+
+
+class BufferReader(Protocol):
+    """What the forwarder needs from the buffer: reader cursors (writes go through `on_writer`)."""
+
+    def reader(self) -> duckdb.DuckDBPyConnection: ...
+
+
+@dataclass
+class ForwarderStats:
+    """Figures for `edge-gateway sinks` and the API."""
+
+    sink: str
+    stream: str
+    position: int = 0
+    sent_rows: int = 0
+    sent_batches: int = 0
+    sent_bytes: int = 0
+    dead_letters: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_sent_at: float | None = None
+    recent: list[tuple[float, int]] = field(default_factory=list)
+
+    def record(self, now: float, rows: int, nbytes: int) -> None:
+        self.sent_rows += rows
+        self.sent_batches += 1
+        self.sent_bytes += nbytes
+        self.last_sent_at = now
+        self.recent.append((now, rows))
+        while self.recent and self.recent[0][0] < now - 60.0:
+            self.recent.pop(0)
+
+    def rows_per_second(self, now: float) -> float:
+        window = [n for t, n in self.recent if t >= now - 10.0]
+        return sum(window) / 10.0
+
+
+def backoff_delay(failures: int, retry: RetryConfig) -> float:
+    """Capped exponential backoff with full jitter (AWS architecture blog's 'full jitter')."""
+    ceiling = min(retry.max_delay, retry.min_delay * 2 ** min(failures - 1, 30))
+    return random.uniform(retry.min_delay / 2, max(ceiling, retry.min_delay / 2))
+
+
+def state_owner(sink: str, stream: str) -> str:
+    return f"sink:{sink}:{stream}"
+
+
+def head_sql(stream: str) -> str:
+    return f"SELECT coalesce(max(id), 0) FROM {stream}"
+
+
+def rows_after(con: duckdb.DuckDBPyConnection, stream: str, after: int, upto: int | None,
+               limit: int) -> pa.Table:
+    """Rows of `stream` with `after < id <= upto`, oldest first, as Arrow."""
+    sql = f"SELECT * FROM {stream} WHERE id > ?"
+    params: list[Any] = [after]
+    if upto is not None:
+        sql += " AND id <= ?"
+        params.append(upto)
+    sql += " ORDER BY id LIMIT ?"
+    params.append(limit)
+    return con.sql(sql, params=params).to_arrow_table()
+
+
+def load_attempt(con: duckdb.DuckDBPyConnection, sink: str, stream: str) -> dict[str, Any] | None:
+    row = con.execute(
+        "SELECT value FROM state WHERE owner = ? AND key = 'attempt'", [state_owner(sink, stream)]
+    ).fetchone()
+    return dict(json.loads(row[0])) if row else None
+
+
+def load_cursor(con: duckdb.DuckDBPyConnection, sink: str, stream: str) -> int:
+    row = con.execute(
+        "SELECT position FROM sink_cursors WHERE sink = ? AND stream = ?", [sink, stream]
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+class Forwarder:
+    """Ships one stream of the buffer to one sink; `run(stop)` until stop is set."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        stream: str,
+        store: BufferReader,
+        on_writer: OnWriter,
+        *,
+        batching: BatchingConfig,
+        retry: RetryConfig,
+        max_bytes_per_s: int | None = None,
+        head: Callable[[], int] | None = None,
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        self.sink = sink
+        self.stream = stream
+        self.store = store
+        self.on_writer = on_writer
+        self.batching = batching
+        self.retry = retry
+        self.max_bytes_per_s = max_bytes_per_s
+        self._head = head
+        self.stats = ForwarderStats(sink=sink.name, stream=stream)
+        self._reader: duckdb.DuckDBPyConnection | None = None
+        self._writer_con: duckdb.DuckDBPyConnection | None = None
+        self._next_send_at = 0.0  # bandwidth cap: monotonic time the next batch may leave
+        self.wake = wake or asyncio.Event()
+        self.started = asyncio.Event()
+
+    @property
+    def position(self) -> int:
+        return self.stats.position
+
+    # -- buffer access ----------------------------------------------------------------------
+    def _con(self) -> duckdb.DuckDBPyConnection:
+        if self._reader is None:
+            self._reader = self.store.reader()
+        return self._reader
+
+    def head(self) -> int:
+        if self._head is not None:
+            return self._head()
+        row = self._con().execute(head_sql(self.stream)).fetchone()
+        return int(row[0]) if row else 0
+
+    async def _read(self, after: int, upto: int | None, limit: int) -> pa.Table:
+        def read() -> pa.Table:
+            return rows_after(self._con(), self.stream, after, upto, limit)
+
+        return await asyncio.to_thread(read)
+
+    async def _write(self, fn: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
+        """Run one buffer write transaction on the gateway's writer thread."""
+        store = self.store
+
+        def run() -> None:
+            if self._writer_con is None:
+                self._writer_con = store.reader()  # created on, and only used by, the writer
+            con = self._writer_con
+            con.begin()
+            try:
+                fn(con)
+                con.commit()
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.rollback()
+                raise
+
+        await self.on_writer(run)
+
+    async def _record_attempt(self, attempt: Attempt) -> None:
+        value = json.dumps({"first": attempt.first, "last": attempt.last, "since_ms": attempt.since_ms})
+        owner = state_owner(self.sink.name, self.stream)
+
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute(
+                "INSERT OR REPLACE INTO state VALUES (?, 'attempt', ?, now())", [owner, value]
+            )
+
+        await self._write(write)
+
+    async def _confirm(self, batch: pa.Table, last: int, rejected: list[Rejection]) -> None:
+        owner = state_owner(self.sink.name, self.stream)
+        sink, stream = self.sink.name, self.stream
+        dead = dead_letter_rows(sink, stream, batch, rejected) if rejected else None
+
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            if dead is not None:
+                con.register("_dead_letters", dead)
+                con.execute("INSERT INTO dead_letters BY NAME SELECT * FROM _dead_letters")
+                con.unregister("_dead_letters")
+            con.execute(
+                "INSERT OR REPLACE INTO sink_cursors VALUES (?, ?, ?, now())", [sink, stream, last]
+            )
+            con.execute("DELETE FROM state WHERE owner = ? AND key = 'attempt'", [owner])
+
+        await self._write(write)
+        self.stats.position = last
+        if rejected:
+            self.stats.dead_letters += len(rejected)
+            for item in rejected[:5]:
+                logger.warning(
+                    "sink %s: %s row %d rejected for good (dead-lettered): %s",
+                    sink, stream, item.position, item.reason,
+                )
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._run(stop)
+        finally:
+            self._close_cons()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        con = self._con()
+        self.stats.position = await asyncio.to_thread(load_cursor, con, self.sink.name, self.stream)
+        pending = await asyncio.to_thread(load_attempt, con, self.sink.name, self.stream)
+        self.started.set()
+        if pending and int(pending["last"]) > self.stats.position:
+            first, last = max(int(pending["first"]), self.stats.position + 1), int(pending["last"])
+            logger.info(
+                "sink %s: resending %s %d..%d, which was in flight when the gateway stopped",
+                self.sink.name, self.stream, first, last,
+            )
+            batch = await self._read(first - 1, last, last - first + 1)
+            if batch.num_rows:
+                attempt = Attempt(self.stream, first, last, int(pending["since_ms"]), resumed=True)
+                if not await self._deliver(batch, attempt, stop):
+                    return
+            else:
+                await self._confirm(batch, last, [])
+        waiting_since: float | None = None
+        while not stop.is_set():
+            available = self.head() - self.stats.position
+            if available <= 0:
+                waiting_since = None
+                await self._idle(stop, POLL_INTERVAL)
+                continue
+            now = time.monotonic()
+            if waiting_since is None:
+                waiting_since = now
+            if available < self.batching.max_rows and now - waiting_since < self.batching.max_age:
+                await self._idle(stop, min(POLL_INTERVAL, self.batching.max_age))
+                continue
+            batch = await self._read(self.stats.position, None, self.batching.max_rows)
+            if batch.num_rows == 0:  # purged under us (retention on_full: drop_oldest)
+                self.stats.position = self.head()
+                continue
+            batch = self._cap_bytes(batch)
+            waiting_since = None
+            first, last = _bounds(batch)
+            attempt = Attempt(self.stream, first, last, int(time.time() * 1000))
+            await self._record_attempt(attempt)
+            if not await self._deliver(batch, attempt, stop):
+                return
+
+    def _cap_bytes(self, batch: pa.Table) -> pa.Table:
+        nbytes = batch.nbytes
+        if nbytes <= self.batching.max_bytes or batch.num_rows == 1:
+            return batch
+        rows = max(1, int(batch.num_rows * self.batching.max_bytes / nbytes))
+        return batch.slice(0, rows)
+
+    async def _idle(self, stop: asyncio.Event, seconds: float) -> None:
+        self.wake.clear()
+        stopped = asyncio.ensure_future(stop.wait())
+        woken = asyncio.ensure_future(self.wake.wait())
+        try:
+            await asyncio.wait({stopped, woken}, timeout=seconds, return_when="FIRST_COMPLETED")
+        finally:
+            stopped.cancel()
+            woken.cancel()
+
+    async def _deliver(self, batch: pa.Table, attempt: Attempt, stop: asyncio.Event) -> bool:
+        """Send until confirmed (True) or stopped (False); split on a permanent rejection."""
+        failures = 0
+        resumed = attempt.resumed
+        while True:
+            if stop.is_set():
+                return False
+            await self._throttle(stop)
+            try:
+                result = await self.sink.write_batch(
+                    batch, Attempt(attempt.stream, attempt.first, attempt.last,
+                                   attempt.since_ms, resumed=resumed, replay=attempt.replay)
+                )
+            except SinkRejectedError as exc:
+                return await self._split(batch, attempt, exc, stop)
+            except SinkBackpressureError as exc:
+                self._failed(exc)
+                await self._idle(stop, exc.retry_after)
+                resumed = True
+                continue
+            except SinkError as exc:
+                failures += 1
+                self._failed(exc)
+                delay = backoff_delay(failures, self.retry)
+                logger.warning("%s; retry %d in %.1fs", exc, failures, delay)
+                await self._idle(stop, delay)
+                resumed = True  # part of the batch may have arrived before the error
+                continue
+            except Exception as exc:  # a sink bug must not stop ingest or the other sinks
+                failures += 1
+                logger.exception("sink %s: unexpected error", self.sink.name)
+                self._failed(SinkError(self.sink.name, f"unexpected error: {exc!r}"))
+                await self._idle(stop, backoff_delay(failures, self.retry))
+                resumed = True
+                continue
+            await self._confirm(batch, attempt.last, result.rejected)
+            self._sent(batch.num_rows - len(result.rejected), result)
+            if failures:
+                logger.info("sink %s: delivering %s again", self.sink.name, self.stream)
+            return True
+
+    async def _split(
+        self, batch: pa.Table, attempt: Attempt, exc: SinkRejectedError, stop: asyncio.Event
+    ) -> bool:
+        """A record in the batch is refused for good: halve until it is alone, dead-letter it."""
+        if batch.num_rows == 1:
+            rejected = [Rejection(attempt.first, str(exc))]
+            await self._confirm(batch, attempt.last, rejected)
+            return True
+        half = batch.num_rows // 2
+        for part in (batch.slice(0, half), batch.slice(half)):
+            first, last = _bounds(part)
+            sub = Attempt(attempt.stream, first, last, attempt.since_ms, resumed=attempt.resumed)
+            await self._record_attempt(sub)
+            if not await self._deliver(part, sub, stop):
+                return False
+        return True
+
+    async def _throttle(self, stop: asyncio.Event) -> None:
+        wait = self._next_send_at - time.monotonic()
+        if wait > 0:
+            await self._idle(stop, wait)
+
+    def _sent(self, rows: int, result: WriteResult) -> None:
+        now = time.time()
+        self.stats.record(now, rows, result.bytes_sent)
+        if self.max_bytes_per_s:
+            start = max(self._next_send_at, time.monotonic())
+            self._next_send_at = start + result.bytes_sent / self.max_bytes_per_s
+
+    def _failed(self, exc: SinkError) -> None:
+        self.stats.failures += 1
+        self.stats.last_error = str(exc)
+        self.stats.last_error_at = time.time()
+
+    def _close_cons(self) -> None:
+        if self._reader is not None:
+            with contextlib.suppress(duckdb.Error):
+                self._reader.close()
+            self._reader = None
+        # The writer cursor belongs to the writer thread; closing it here is safe once the
+        # loop no longer issues writes.
+        if self._writer_con is not None:
+            with contextlib.suppress(duckdb.Error):
+                self._writer_con.close()
+            self._writer_con = None
+
+
+def _bounds(batch: pa.Table) -> tuple[int, int]:
+    ids = batch.column("id")
+    return int(ids[0].as_py()), int(ids[-1].as_py())
+
+
+def dead_letter_rows(
+    sink: str, stream: str, batch: pa.Table, rejected: list[Rejection]
+) -> pa.Table:
+    """Dead-letter rows for the rejected positions, each with the full record as JSON."""
+    by_position = {r.position: r.reason for r in rejected}
+    rows = [row for row in batch.to_pylist() if row["id"] in by_position]
+    now = int(time.time() * 1e6)
+    return pa.table(
+        {
+            "sink": pa.array([sink] * len(rows), pa.string()),
+            "stream": pa.array([stream] * len(rows), pa.string()),
+            "position": pa.array([r["id"] for r in rows], pa.int64()),
+            "event_id": pa.array([r["event_id"] for r in rows], pa.string()),
+            "rejected_at": pa.array([now] * len(rows), pa.int64()).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+            "reason": pa.array([by_position[r["id"]] for r in rows], pa.string()),
+            "record": pa.array([json.dumps(r, default=str) for r in rows], pa.string()),
+        }
+    )

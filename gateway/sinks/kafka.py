@@ -1,0 +1,310 @@
+"""The Kafka sink: an idempotent producer, one message per record, keyed by device.
+
+Exactly once across crashes: the idempotent producer removes duplicates within one producer
+session; a batch sent again after a crash or an error (`Attempt.resumed`) first reads back the
+topic partitions from the time the batch was first tried and sends only the event ids that are
+not there yet (the `event_id` header).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import pyarrow as pa
+
+from gateway.errors import SinkError
+from gateway.sinks.base import Attempt, Rejection, WriteResult
+from gateway.sinks.config import KafkaSinkConfig
+from gateway.sinks.records import RecordEncoder
+
+try:
+    from confluent_kafka import (
+        OFFSET_END,
+        Consumer,
+        KafkaError,
+        KafkaException,
+        Producer,
+        TopicPartition,
+    )
+    from confluent_kafka.admin import AdminClient, NewTopic
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "the Kafka sink needs confluent-kafka: pip install 'edge-gateway[kafka]'"
+    ) from exc
+
+logger = logging.getLogger(__name__)
+
+EVENT_ID_HEADER = "event_id"
+METADATA_TIMEOUT = 10.0
+# Errors that mean "this record will never be accepted": dead-letter it and move on.
+_PERMANENT = {
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.INVALID_RECORD,
+}
+
+
+class KafkaSink:
+    """Sends batches with one idempotent producer; `write_batch` returns when all are acked."""
+
+    def __init__(self, config: KafkaSinkConfig, gateway_id: str) -> None:
+        self.name = config.name
+        self.config = config
+        self.gateway_id = gateway_id
+        self._encoder = RecordEncoder(
+            gateway_id, {"readings": config.topic, "alerts": config.alerts_topic}
+        )
+        self._avro: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._producer: Producer | None = None
+        self._known_topics: set[str] = set()
+        self._admin: AdminClient | None = None
+
+    # -- clients ----------------------------------------------------------------------------
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by producer, admin client and read-back consumer."""
+        cfg: dict[str, Any] = {"bootstrap.servers": self.config.bootstrap_servers}
+        cfg.update(self.config.client)
+        cfg.update({k: v.get_secret_value() for k, v in self.config.client_secrets.items()})
+        cfg["logger"] = logging.getLogger(f"{__name__}.librdkafka")
+        return cfg
+
+    def producer_config(self) -> dict[str, Any]:
+        cfg = self.client_config()
+        cfg.update(
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "compression.type": self.config.compression,
+                "linger.ms": 20,
+                "batch.size": 1_000_000,
+                "queue.buffering.max.messages": 1_000_000,
+                "message.timeout.ms": int(self.config.delivery_timeout * 1000),
+                "delivery.report.only.error": True,
+            }
+        )
+        return cfg
+
+    def _producer_now(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(self.producer_config())
+        return self._producer
+
+    def _drop_producer(self) -> None:
+        """After a failed batch: purge what is queued and start a fresh producer session."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.purge(in_queue=True, in_flight=True)
+                producer.flush(1.0)
+            except KafkaException as exc:
+                logger.debug("sink %s: purge failed: %s", self.name, exc)
+
+    # -- sending ----------------------------------------------------------------------------
+    async def write_batch(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
+        return await asyncio.to_thread(self._write, batch, attempt)
+
+    def _write(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
+        with self._lock:
+            records = self._encoder.encode(attempt.stream, batch)
+            topics = sorted(set(records.column("topic").to_pylist()))
+            self._ensure_topics(topics)
+            if attempt.resumed or attempt.replay:
+                present = self._event_ids_since(topics, attempt.since_ms)
+                if present:
+                    keep = [e not in present for e in records.column("event_id").to_pylist()]
+                    skipped = records.num_rows - sum(keep)
+                    records = records.filter(pa.array(keep))
+                    logger.info(
+                        "sink %s: %d of %s %d..%d already in Kafka, sending the other %d",
+                        self.name, skipped, attempt.stream, attempt.first, attempt.last,
+                        records.num_rows,
+                    )
+            return self._produce(records, attempt.stream)
+
+    def _values(self, records: pa.Table, stream: str) -> tuple[list[Any], list[tuple[str, bytes]]]:
+        if self.config.format == "json":
+            return records.column("value").to_pylist(), []
+        from gateway.sinks.avro import AvroEncoder
+
+        encoder = self._avro.get(stream)
+        if encoder is None:
+            auth = None
+            if self.config.schema_registry_username and self.config.schema_registry_password:
+                auth = (
+                    self.config.schema_registry_username,
+                    self.config.schema_registry_password.get_secret_value(),
+                )
+            encoder = AvroEncoder(self.name, stream, self.config.schema_registry_url, auth)
+            self._avro[stream] = encoder
+        docs = (json.loads(v) for v in records.column("value").to_pylist())
+        values = encoder.encode(
+            (_avro_record(d, stream) for d in docs), records.column("topic").to_pylist()
+        )
+        header = encoder.header()
+        return values, [header] if header else []
+
+    def _produce(self, records: pa.Table, stream: str) -> WriteResult:
+        if records.num_rows == 0:
+            return WriteResult(bytes_sent=0)
+        producer = self._producer_now()
+        values, extra_headers = self._values(records, stream)
+        failed: list[tuple[str, KafkaError]] = []
+
+        def on_error(err: KafkaError | None, msg: Any) -> None:
+            if err is not None:  # only errors are reported (delivery.report.only.error)
+                headers = dict(msg.headers() or [])
+                failed.append((headers.get(EVENT_ID_HEADER, b"").decode(), err))
+
+        rejected: list[Rejection] = []
+        positions = records.column("id").to_pylist()
+        event_ids = records.column("event_id").to_pylist()
+        nbytes = 0
+        for position, event_id, key, topic, value in zip(
+            positions, event_ids, records.column("key").to_pylist(),
+            records.column("topic").to_pylist(), values, strict=True,
+        ):
+            headers = [(EVENT_ID_HEADER, event_id.encode()), *extra_headers]
+            while True:
+                try:
+                    producer.produce(topic, value, key, headers=headers, on_delivery=on_error)
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    producer.poll(0.05)
+                except KafkaException as exc:
+                    error = exc.args[0]
+                    if error.code() in _PERMANENT:
+                        rejected.append(Rejection(position, f"kafka: {error.str()}"))
+                        break
+                    self._drop_producer()
+                    raise SinkError(self.name, f"produce failed: {error.str()}") from None
+            nbytes += len(value)
+        deadline = time.monotonic() + self.config.delivery_timeout + 5.0
+        while producer.flush(1.0) > 0:
+            if time.monotonic() > deadline:
+                self._drop_producer()
+                raise SinkError(self.name, "delivery timed out")
+        if failed:
+            permanent = {e: err for e, err in failed if err.code() in _PERMANENT}
+            if len(permanent) < len(failed):
+                self._drop_producer()
+                event_id, err = next((e, x) for e, x in failed if e not in permanent)
+                raise SinkError(self.name, f"delivery of {event_id} failed: {err.str()}")
+            by_event = dict(zip(event_ids, positions, strict=True))
+            rejected += [Rejection(by_event[e], f"kafka: {err.str()}") for e, err in permanent.items()]
+        return WriteResult(bytes_sent=nbytes, rejected=rejected)
+
+    # -- topics and read-back ---------------------------------------------------------------
+    def _admin_now(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(self.client_config())
+        return self._admin
+
+    def _ensure_topics(self, topics: list[str]) -> None:
+        missing = [t for t in topics if t not in self._known_topics]
+        if not missing:
+            return
+        admin = self._admin_now()
+        try:
+            existing = set(admin.list_topics(timeout=METADATA_TIMEOUT).topics)
+        except KafkaException as exc:
+            raise SinkError(self.name, f"cannot reach Kafka: {exc.args[0].str()}") from None
+        to_create = [t for t in missing if t not in existing]
+        if to_create and self.config.create_topics:
+            futures = admin.create_topics(
+                [
+                    NewTopic(t, self.config.partitions, self.config.replication_factor)
+                    for t in to_create
+                ],
+                operation_timeout=METADATA_TIMEOUT,
+            )
+            for topic, future in futures.items():
+                try:
+                    future.result(timeout=METADATA_TIMEOUT)
+                    logger.info("sink %s: created topic %s", self.name, topic)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise SinkError(
+                            self.name, f"cannot create topic {topic}: {exc.args[0].str()}"
+                        ) from None
+        self._known_topics.update(missing)
+
+    def _event_ids_since(self, topics: list[str], since_ms: int) -> set[str]:
+        """Event ids present in `topics` in messages stamped at or after `since_ms`."""
+        cfg = self.client_config()
+        cfg.update(
+            {
+                "group.id": f"edge-gateway-readback-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": False,
+            }
+        )
+        consumer = Consumer(cfg)
+        present: set[str] = set()
+        try:
+            assignments: list[TopicPartition] = []
+            ends: dict[tuple[str, int], int] = {}
+            for topic in topics:
+                meta = consumer.list_topics(topic, timeout=METADATA_TIMEOUT).topics[topic]
+                if meta.error is not None:
+                    continue
+                wanted = [TopicPartition(topic, p, since_ms - 1000) for p in meta.partitions]
+                for tp in consumer.offsets_for_times(wanted, timeout=METADATA_TIMEOUT):
+                    if tp.offset in (OFFSET_END, -1):
+                        continue
+                    _low, high = consumer.get_watermark_offsets(
+                        TopicPartition(topic, tp.partition), timeout=METADATA_TIMEOUT
+                    )
+                    if tp.offset < high:
+                        assignments.append(tp)
+                        ends[(topic, tp.partition)] = high
+            if not assignments:
+                return present
+            consumer.assign(assignments)
+            deadline = time.monotonic() + 120.0
+            while ends and time.monotonic() < deadline:
+                for msg in consumer.consume(10_000, timeout=1.0):
+                    if msg.error() is not None:
+                        continue
+                    for name, value in msg.headers() or []:
+                        if name == EVENT_ID_HEADER and value is not None:
+                            present.add(value.decode())
+                    place = (msg.topic(), msg.partition())
+                    if place in ends and msg.offset() + 1 >= ends[place]:
+                        del ends[place]
+            if ends:
+                raise SinkError(self.name, "reading back what is already in Kafka timed out")
+        except KafkaException as exc:
+            raise SinkError(self.name, f"read-back failed: {exc.args[0].str()}") from None
+        finally:
+            consumer.close()
+        return present
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            with self._lock:
+                if self._producer is not None:
+                    self._producer.flush(5.0)
+                    self._producer = None
+                self._admin = None
+                self._encoder.close()
+
+        await asyncio.to_thread(close)
+
+
+def _avro_record(doc: dict[str, Any], stream: str) -> dict[str, Any]:
+    """The JSON record with the shapes Avro wants: timestamps as datetimes, tags as strings."""
+    from datetime import datetime
+
+    for name in ("event_time", "ingest_time", "alert_time"):
+        if name in doc and isinstance(doc[name], str):
+            doc[name] = datetime.fromisoformat(doc[name].replace("Z", "+00:00"))
+    if stream == "readings":
+        doc["tags"] = {str(k): str(v) for k, v in (doc.get("tags") or {}).items()}
+    return doc

@@ -1,0 +1,129 @@
+"""Turns buffer batches into upstream records: JSON documents, topic names and keys, vectorised.
+
+The work runs in a private in-memory DuckDB (not the buffer), so a batch of 50,000 readings
+becomes JSON in a few milliseconds instead of a Python loop over rows.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import threading
+
+import duckdb
+import pyarrow as pa
+
+from gateway.errors import ConfigError
+
+_ISO = "strftime(make_timestamp(epoch_us({col})), '%Y-%m-%dT%H:%M:%S.%fZ')"
+
+# Columns of each stream's record, as SQL over the buffer's columns (`gateway_id` is a parameter).
+RECORD_FIELDS: dict[str, list[tuple[str, str]]] = {
+    "readings": [
+        ("event_id", "event_id"),
+        ("event_time", _ISO.format(col="event_time")),
+        ("ingest_time", _ISO.format(col="ingest_time")),
+        ("device", "device"),
+        ("metric", "metric"),
+        ("value", "value"),
+        ("text", "text"),
+        ("unit", "unit"),
+        ("topic", "topic"),
+        ("tags", "json(coalesce(tags, '{}'))"),
+        ("gateway_id", "$gateway_id"),
+    ],
+    "alerts": [
+        ("event_id", "event_id"),
+        ("alert_time", _ISO.format(col="alert_time")),
+        ("rule_id", "rule_id"),
+        ("device", "device"),
+        ("metric", "metric"),
+        ("severity", "severity"),
+        ("state", "state"),
+        ("message", "message"),
+        ("value", "value"),
+        ("reading_event_id", "reading_event_id"),
+        ("gateway_id", "$gateway_id"),
+    ],
+}
+
+_COLUMNS = {
+    "readings": {"device", "metric", "unit", "topic"},
+    "alerts": {"device", "metric", "rule_id", "severity", "state"},
+}
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def template_sql(template: str, stream: str) -> str:
+    """SQL for a topic template: `edge.{site}.{metric}` fills `metric` from the column and `site`
+    from the reading's tags; a missing tag becomes `unknown`; characters Kafka does not allow
+    in topic names become `_`."""
+    parts: list[str] = []
+    for literal, field, _spec, _conv in string.Formatter().parse(template):
+        if literal:
+            parts.append(_quote(literal))
+        if field is None:
+            continue
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", field):
+            raise ConfigError("topic", [f"{template!r}: {{{field}}} is not a field name"])
+        if field == "gateway_id":
+            expr = "$gateway_id"
+        elif field in _COLUMNS[stream]:
+            expr = f"coalesce({field}, 'unknown')"
+        elif stream == "readings":
+            expr = f"coalesce(json_extract_string(tags, '$.\"{field}\"'), 'unknown')"
+        else:
+            expr = "'unknown'"
+        parts.append(f"regexp_replace({expr}, '[^A-Za-z0-9._-]', '_', 'g')")
+    return " || ".join(parts) if parts else _quote("edge")
+
+
+class RecordEncoder:
+    """`encode(stream, batch)` gives a table: id, event_id, key (device), topic, value (JSON)."""
+
+    def __init__(self, gateway_id: str, topics: dict[str, str] | None = None) -> None:
+        self.gateway_id = gateway_id
+        self._con = duckdb.connect()
+        self._lock = threading.Lock()
+        self._topics = {stream: template_sql(t, stream) for stream, t in (topics or {}).items()}
+
+    def record_sql(self, stream: str) -> str:
+        fields = ", ".join(f"{name}: {expr}" for name, expr in RECORD_FIELDS[stream])
+        return "to_json({" + fields + "})::VARCHAR"
+
+    def encode(self, stream: str, batch: pa.Table) -> pa.Table:
+        topic = self._topics.get(stream, "NULL")
+        sql = (
+            f"SELECT id, event_id, device AS key, {topic} AS topic, "
+            f"{self.record_sql(stream)} AS value FROM _batch ORDER BY id"
+        )
+        return self._query(sql, batch)
+
+    def metadata_and_content(self, stream: str, batch: pa.Table, source: str) -> pa.Table:
+        """The Snowflake Kafka connector's layout: RECORD_METADATA and RECORD_CONTENT."""
+        metadata = (
+            "to_json({'topic': $source, 'partition': 0, 'offset': id, 'key': device, "
+            "'CreateTime': epoch_ms(" + ("ingest_time" if stream == "readings" else "alert_time")
+            + "), 'headers': {'event_id': event_id}})::VARCHAR"
+        )
+        sql = (
+            f"SELECT {metadata} AS RECORD_METADATA, {self.record_sql(stream)} AS RECORD_CONTENT "
+            "FROM _batch ORDER BY id"
+        )
+        return self._query(sql, batch, source=source)
+
+    def _query(self, sql: str, batch: pa.Table, **params: str) -> pa.Table:
+        with self._lock:
+            self._con.register("_batch", batch)
+            try:
+                values = {"gateway_id": self.gateway_id, **params}
+                used = {k: v for k, v in values.items() if f"${k}" in sql}
+                return self._con.sql(sql, params=used).to_arrow_table()
+            finally:
+                self._con.unregister("_batch")
+
+    def close(self) -> None:
+        self._con.close()

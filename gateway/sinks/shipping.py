@@ -1,0 +1,140 @@
+"""Shipping: the sinks built from config and one forwarder per sink and stream, run together;
+answers which buffer position every sink has confirmed, and each forwarder's figures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from gateway.errors import ConfigError
+from gateway.sinks.base import Sink
+from gateway.sinks.config import KafkaSinkConfig, SnowflakeSinkConfig
+from gateway.sinks.forwarder import BufferReader, Forwarder, OnWriter
+from gateway.sinks.registry import build_sink
+
+logger = logging.getLogger(__name__)
+
+SinkConfigs = list[SnowflakeSinkConfig | KafkaSinkConfig]
+
+
+def check_names(configs: SinkConfigs) -> None:
+    names = [c.name for c in configs]
+    doubles = sorted({n for n in names if names.count(n) > 1})
+    if doubles:
+        raise ConfigError("sinks", [f"sinks: name {n!r} is used twice" for n in doubles])
+
+
+class Shipping:
+    """Owns the sinks and their forwarders; `run(stop)` until stop is set, then closes sinks."""
+
+    def __init__(
+        self,
+        configs: SinkConfigs,
+        gateway_id: str,
+        store: BufferReader,
+        on_writer: OnWriter,
+        readings_head: Any = None,
+    ) -> None:
+        check_names(configs)
+        self.store = store
+        self.configs = {c.name: c for c in configs if c.enabled}
+        self.sinks: dict[str, Sink] = {
+            name: build_sink(c, gateway_id) for name, c in self.configs.items()
+        }
+        self.forwarders: list[Forwarder] = []
+        for name, config in self.configs.items():
+            for stream in config.streams:
+                self.forwarders.append(
+                    Forwarder(
+                        self.sinks[name],
+                        stream,
+                        store,
+                        on_writer,
+                        batching=config.batching,
+                        retry=config.retry,
+                        max_bytes_per_s=config.max_bytes_per_s,
+                        head=readings_head if stream == "readings" else None,
+                    )
+                )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for forwarder in self.forwarders:
+                    tasks.create_task(forwarder.run(stop))
+        finally:
+            for sink in self.sinks.values():
+                try:
+                    await sink.aclose()
+                except Exception as exc:
+                    logger.warning("sink %s: close failed: %s", sink.name, exc)
+
+    async def on_commit(self, _readings: pa.Table) -> None:
+        """Batch listener: new readings are in the buffer; idle forwarders look now."""
+        for forwarder in self.forwarders:
+            if forwarder.stream == "readings":
+                forwarder.wake.set()
+
+    def protected_position(self) -> int | None:
+        """The last reading every sink has confirmed; retention keeps everything after it."""
+        positions = [f.position for f in self.forwarders if f.stream == "readings"]
+        if not positions:
+            return None
+        if not all(f.started.is_set() for f in self.forwarders if f.stream == "readings"):
+            return 0  # cursors not loaded yet: protect everything
+        return min(positions)
+
+    def status(self) -> list[dict[str, Any]]:
+        """One entry per sink and stream, for the API and `edge-gateway sinks`."""
+        now = time.time()
+        entries = []
+        con: duckdb.DuckDBPyConnection | None = None
+        try:
+            con = self.store.reader()
+            for forwarder in self.forwarders:
+                stats = forwarder.stats
+                entries.append(
+                    {
+                        "sink": stats.sink,
+                        "type": self.configs[stats.sink].type,
+                        "stream": stats.stream,
+                        **backlog(con, stats.stream, stats.position, now),
+                        "rows_per_s": round(stats.rows_per_second(now), 1),
+                        "sent_rows": stats.sent_rows,
+                        "sent_batches": stats.sent_batches,
+                        "sent_bytes": stats.sent_bytes,
+                        "dead_letters": stats.dead_letters,
+                        "failures": stats.failures,
+                        "last_error": stats.last_error,
+                        "last_error_at": stats.last_error_at,
+                        "last_sent_at": stats.last_sent_at,
+                    }
+                )
+        finally:
+            if con is not None:
+                with contextlib.suppress(duckdb.Error):
+                    con.close()
+        return entries
+
+
+def backlog(con: duckdb.DuckDBPyConnection, stream: str, position: int, now: float) -> dict[str, Any]:
+    """Cursor, head, rows not yet confirmed and the age of the oldest of them."""
+    time_column = "ingest_time" if stream == "readings" else "alert_time"
+    row = con.execute(
+        f"SELECT coalesce(max(id), 0), count(*) FILTER (WHERE id > ?), "
+        f"epoch_us(min({time_column}) FILTER (WHERE id > ?)) FROM {stream}",
+        [position, position],
+    ).fetchone()
+    head, rows, oldest = (int(row[0]), int(row[1]), row[2]) if row else (0, 0, None)
+    return {
+        "position": position,
+        "head": head,
+        "backlog_rows": rows,
+        "oldest_unsent_age_s": round(now - oldest / 1e6, 1) if oldest is not None else None,
+    }

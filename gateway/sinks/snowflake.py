@@ -1,0 +1,309 @@
+"""The Snowflake sink: each batch a Parquet file with a deterministic name, PUT to an internal
+stage and loaded with COPY INTO ... MATCH_BY_COLUMN_NAME.
+
+Exactly once: a batch sent again (after an error or a crash) has the same rows and the same file
+name, so COPY INTO finds it in the table's load history and reports LOAD_SKIPPED instead of
+loading it twice. `edge-gateway replay` loads into a scratch table and inserts only event ids
+the target table does not hold yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from gateway.errors import SinkError, SinkRejectedError
+from gateway.sinks.base import Attempt, Rejection, WriteResult
+from gateway.sinks.config import SnowflakeSinkConfig
+from gateway.sinks.records import RecordEncoder
+
+try:
+    import snowflake.connector
+    from snowflake.connector.errors import DatabaseError, Error, ProgrammingError
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "the Snowflake sink needs snowflake-connector-python: pip install 'edge-gateway[snowflake]'"
+    ) from exc
+
+logger = logging.getLogger(__name__)
+
+TYPED_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "readings": [
+        ("EVENT_ID", "VARCHAR NOT NULL"),
+        ("EVENT_TIME", "TIMESTAMP_TZ NOT NULL"),
+        ("DEVICE", "VARCHAR NOT NULL"),
+        ("METRIC", "VARCHAR NOT NULL"),
+        ("VALUE", "DOUBLE"),
+        ("TEXT", "VARCHAR"),
+        ("UNIT", "VARCHAR"),
+        ("TOPIC", "VARCHAR"),
+        ("TAGS", "VARIANT"),
+        ("GATEWAY_ID", "VARCHAR NOT NULL"),
+        ("INGEST_TIME", "TIMESTAMP_TZ NOT NULL"),
+    ],
+    "alerts": [
+        ("EVENT_ID", "VARCHAR NOT NULL"),
+        ("ALERT_TIME", "TIMESTAMP_TZ NOT NULL"),
+        ("RULE_ID", "VARCHAR NOT NULL"),
+        ("DEVICE", "VARCHAR NOT NULL"),
+        ("METRIC", "VARCHAR"),
+        ("SEVERITY", "VARCHAR NOT NULL"),
+        ("STATE", "VARCHAR NOT NULL"),
+        ("MESSAGE", "VARCHAR"),
+        ("VALUE", "DOUBLE"),
+        ("READING_EVENT_ID", "VARCHAR"),
+        ("GATEWAY_ID", "VARCHAR NOT NULL"),
+    ],
+}
+CONNECTOR_COLUMNS = [("RECORD_METADATA", "VARIANT"), ("RECORD_CONTENT", "VARIANT")]
+_LOADED = {"LOADED", "LOAD_SKIPPED"}
+
+
+def load_private_key(path: Path, passphrase: str | None) -> bytes:
+    """The key-pair user's private key (PEM, PKCS#8, optionally encrypted) as DER bytes."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_pem_private_key(
+            path.read_bytes(), password=passphrase.encode() if passphrase else None
+        )
+    except OSError as exc:
+        raise SinkError("snowflake", f"cannot read private key {path}: {exc.strerror}") from None
+    except (ValueError, TypeError) as exc:
+        raise SinkError(
+            "snowflake", f"private key {path}: {exc} (wrong or missing passphrase?)"
+        ) from None
+    return key.private_bytes(
+        encoding=serialization.Encoding.DER,
+        format=serialization.PrivateFormat.PKCS8,
+        encryption_algorithm=serialization.NoEncryption(),
+    )
+
+
+def connection_args(config: SnowflakeSinkConfig) -> dict[str, Any]:
+    """Arguments for `snowflake.connector.connect`, password or key pair (SNOWFLAKE_JWT)."""
+    args: dict[str, Any] = {
+        "account": config.account,
+        "user": config.user,
+        "database": config.database,
+        "schema": config.schema_,
+        "login_timeout": int(config.login_timeout),
+        "application": "edge-gateway",
+        "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
+    }
+    if config.role:
+        args["role"] = config.role
+    if config.warehouse:
+        args["warehouse"] = config.warehouse
+    if config.host:
+        args["host"] = config.host
+    if config.port:
+        args["port"] = config.port
+    if config.protocol != "https":
+        args["protocol"] = config.protocol
+    if config.private_key_file is not None:
+        passphrase = config.private_key_passphrase
+        args["authenticator"] = "SNOWFLAKE_JWT"
+        args["private_key"] = load_private_key(
+            config.private_key_file, passphrase.get_secret_value() if passphrase else None
+        )
+    elif config.password is not None:
+        args["password"] = config.password.get_secret_value()
+    return args
+
+
+def file_name(sink: str, stream: str, first: int, last: int) -> str:
+    """The staged file's name: the same rows always get the same name (fixed width, so one
+    name is never the prefix of another)."""
+    return f"{sink}-{stream}-{first:019d}-{last:019d}.parquet"
+
+
+class SnowflakeSink:
+    """Loads batches with PUT + COPY INTO; `write_batch` returns once COPY reported the file."""
+
+    def __init__(self, config: SnowflakeSinkConfig, gateway_id: str) -> None:
+        self.name = config.name
+        self.config = config
+        self.gateway_id = gateway_id
+        self._encoder = RecordEncoder(gateway_id)
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._prepared: set[str] = set()
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"edge-gateway-{config.name}-"))
+
+    def table_for(self, stream: str) -> str:
+        return self.config.table if stream == "readings" else self.config.alerts_table
+
+    def columns_for(self, stream: str) -> list[tuple[str, str]]:
+        return TYPED_COLUMNS[stream] if self.config.layout == "typed" else CONNECTOR_COLUMNS
+
+    # -- connection -------------------------------------------------------------------------
+    def _cursor(self) -> Any:
+        if self._conn is None:
+            try:
+                self._conn = snowflake.connector.connect(**connection_args(self.config))
+            except Error as exc:
+                raise SinkError(self.name, f"cannot connect to Snowflake: {exc}") from None
+            self._prepared.clear()
+        return self._conn.cursor()
+
+    def _reset(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _prepare(self, cur: Any, stream: str) -> None:
+        """Create the stage and the stream's table when missing (once per connection)."""
+        if stream in self._prepared:
+            return
+        cfg = self.config
+        if cfg.create_objects:
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {cfg.database}.{cfg.schema_}")
+            cur.execute(f"USE SCHEMA {cfg.database}.{cfg.schema_}")
+            cur.execute(f"CREATE STAGE IF NOT EXISTS {cfg.stage}")
+            columns = ", ".join(f"{n} {t}" for n, t in self.columns_for(stream))
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {self.table_for(stream)} ({columns})")
+        self._prepared.add(stream)
+
+    # -- batches to Parquet -----------------------------------------------------------------
+    def parquet_table(self, stream: str, batch: pa.Table) -> pa.Table:
+        if self.config.layout == "kafka_connector":
+            return self._encoder.metadata_and_content(stream, batch, self.table_for(stream))
+        columns = {name for name, _ in TYPED_COLUMNS[stream]}
+        out = batch.select([c for c in batch.column_names if c.upper() in columns and c != "tags"])
+        if stream == "readings":
+            out = out.append_column("tags", self._encoder_tags(batch))
+        gateway = pa.array([self.gateway_id] * batch.num_rows, pa.string())
+        out = out.append_column("gateway_id", gateway)
+        return out.rename_columns([c.upper() for c in out.column_names])
+
+    def _encoder_tags(self, batch: pa.Table) -> pa.ChunkedArray:
+        """Tags as a Parquet MAP, which COPY turns into an OBJECT in the VARIANT column."""
+        table = self._encoder._query(
+            "SELECT CAST(json(coalesce(tags, '{}')) AS MAP(VARCHAR, VARCHAR)) AS t FROM _batch "
+            "ORDER BY id",
+            batch.select(["id", "tags"]),
+        )
+        return table.column("t")
+
+    def _oversized(self, table: pa.Table, batch: pa.Table) -> list[Rejection]:
+        limit = self.config.max_record_bytes
+        too_big: list[Rejection] = []
+        for column in table.column_names:
+            data = table.column(column)
+            if not pa.types.is_string(data.type):
+                continue
+            lengths = pc.fill_null(pc.binary_length(data), 0)
+            hits = pc.indices_nonzero(pc.greater(lengths, limit)).to_pylist()
+            for i in hits:
+                position = int(batch.column("id")[i].as_py())
+                too_big.append(
+                    Rejection(position, f"snowflake: {column} is over {limit} bytes")
+                )
+        return too_big
+
+    # -- sending ----------------------------------------------------------------------------
+    async def write_batch(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
+        return await asyncio.to_thread(self._write, batch, attempt)
+
+    def _write(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
+        with self._lock:
+            table = self.parquet_table(attempt.stream, batch)
+            rejected = self._oversized(table, batch)
+            if rejected:
+                bad = {r.position for r in rejected}
+                keep = pa.array([p not in bad for p in batch.column("id").to_pylist()])
+                table = table.filter(keep)
+            if table.num_rows == 0:
+                return WriteResult(bytes_sent=0, rejected=rejected)
+            name = file_name(self.name, attempt.stream, attempt.first, attempt.last)
+            if attempt.replay:
+                name = f"replay-{uuid.uuid4().hex[:12]}-{name}"
+            path = self._tmp / name
+            pq.write_table(table, path, compression="zstd")
+            try:
+                nbytes = path.stat().st_size
+                cur = self._cursor()
+                try:
+                    self._prepare(cur, attempt.stream)
+                    self._load(cur, attempt, path)
+                finally:
+                    cur.close()
+            except SinkError:
+                self._reset()
+                raise
+            except ProgrammingError as exc:
+                if (exc.sqlstate or "").startswith("22"):  # data exception: will never load
+                    raise SinkRejectedError(self.name, f"COPY refused the rows: {exc.msg}") from None
+                self._reset()
+                raise SinkError(self.name, f"{exc.msg}") from None
+            except (DatabaseError, Error, OSError) as exc:
+                self._reset()
+                raise SinkError(self.name, f"upload failed: {exc}") from None
+            finally:
+                path.unlink(missing_ok=True)
+            return WriteResult(bytes_sent=nbytes, rejected=rejected)
+
+    def _load(self, cur: Any, attempt: Attempt, path: Path) -> None:
+        cfg = self.config
+        location = f"@{cfg.stage}/{self.name}/"
+        cur.execute(f"PUT 'file://{path}' {location} AUTO_COMPRESS=FALSE OVERWRITE=FALSE")
+        table = self.table_for(attempt.stream)
+        copy_options = "FILE_FORMAT=(TYPE=PARQUET) MATCH_BY_COLUMN_NAME=CASE_INSENSITIVE PURGE=TRUE"
+        if not attempt.replay:
+            results = cur.execute(
+                f"COPY INTO {table} FROM {location}{path.name} {copy_options}"
+            ).fetchall()
+            self._check(results, path.name)
+            return
+        # A replay may overlap rows loaded before in other batches: load into a scratch table,
+        # then insert only event ids the target does not hold.
+        scratch = f"{table}_REPLAY_{uuid.uuid4().hex[:8].upper()}"
+        key = "EVENT_ID" if cfg.layout == "typed" else "RECORD_CONTENT:event_id::VARCHAR"
+        cur.execute(f"CREATE TEMPORARY TABLE {scratch} LIKE {table}")
+        try:
+            results = cur.execute(
+                f"COPY INTO {scratch} FROM {location}{path.name} {copy_options}"
+            ).fetchall()
+            self._check(results, path.name)
+            cur.execute(
+                f"INSERT INTO {table} SELECT * FROM {scratch} s WHERE NOT EXISTS "
+                f"(SELECT 1 FROM {table} t WHERE t.{key} = s.{key})"
+            )
+        finally:
+            cur.execute(f"DROP TABLE IF EXISTS {scratch}")
+
+    def _check(self, results: list[Any], name: str) -> None:
+        for row in results:
+            status = str(row[1]).upper()
+            if status not in _LOADED:
+                raise SinkRejectedError(self.name, f"COPY of {name}: {status}: {row[6]}")
+            if status == "LOAD_SKIPPED":
+                logger.info("sink %s: %s was loaded before; skipped", self.name, name)
+        if not results:
+            raise SinkError(self.name, f"COPY found no staged file {name}")
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            with self._lock:
+                self._reset()
+                self._encoder.close()
+                for leftover in self._tmp.glob("*"):
+                    leftover.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self._tmp.rmdir()
+
+        await asyncio.to_thread(close)
+
+

@@ -1,0 +1,227 @@
+"""Helpers for the sink tests: readings to buffer, sink configs against the local services,
+readers that look at what arrived upstream, and a TCP proxy that can cut a sink off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import snowflake.connector
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from gateway.buffer.store import BufferStore
+from gateway.model import DECODED_QUARANTINE_SCHEMA, DECODED_READINGS_SCHEMA, IngestBatch
+from gateway.services import free_port
+from gateway.services.fakesnow import FakeSnow
+from gateway.sinks.config import KafkaSinkConfig, SnowflakeSinkConfig
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def readings(n: int, devices: int = 10, start: int = 0, site: str = "home",
+             text: str | None = None) -> pa.Table:
+    """`n` readings over `devices` devices; the value counts up per device, so order shows."""
+    now = int(time.time() * 1e6)
+    i = range(start, start + n)
+    return pa.table(
+        {
+            "event_time": pa.array([now + k for k in i], pa.timestamp("us", tz="UTC")),
+            "ingest_time": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+            "device": [f"dev{k % devices}" for k in i],
+            "metric": ["temperature"] * n,
+            "value": [float(k // devices) for k in i],
+            "text": [text] * n,
+            "unit": ["C"] * n,
+            "topic": [f"sensors/{site}/dev{k % devices}/temperature" for k in i],
+            "tags": [json.dumps({"site": site})] * n,
+        },
+        schema=DECODED_READINGS_SCHEMA,
+    )
+
+
+def fill(store: BufferStore, table: pa.Table, batch_rows: int = 10_000) -> None:
+    for offset in range(0, table.num_rows, batch_rows):
+        part = table.slice(offset, batch_rows)
+        store.append(IngestBatch(part, DECODED_QUARANTINE_SCHEMA.empty_table()), [])
+
+
+@dataclass
+class WriterThread:
+    """The gateway's single buffer writer thread, for forwarders run outside a Gateway."""
+
+    pool: ThreadPoolExecutor
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+
+def kafka_config(bootstrap: str, **overrides: Any) -> KafkaSinkConfig:
+    values: dict[str, Any] = {
+        "type": "kafka",
+        "name": unique("kafka"),
+        "bootstrap_servers": bootstrap,
+        "batching": {"max_rows": 10_000, "max_age": "50ms"},
+        "retry": {"min_delay": "100ms", "max_delay": "1s"},
+        "delivery_timeout": "20s",
+        "partitions": 3,
+    }
+    values["topic"] = f"{values['name']}.{{site}}.{{metric}}"
+    values["alerts_topic"] = f"{values['name']}.alerts"
+    values.update(overrides)
+    return KafkaSinkConfig.model_validate(values)
+
+
+def snowflake_config(server: FakeSnow, **overrides: Any) -> SnowflakeSinkConfig:
+    values: dict[str, Any] = {
+        "type": "snowflake",
+        "name": unique("snow"),
+        "account": server.account,
+        "user": server.user,
+        "password": server.password,
+        "database": "EDGE",
+        "schema": unique("S"),
+        "host": server.host,
+        "port": server.port,
+        "protocol": "http",
+        "batching": {"max_rows": 10_000, "max_age": "50ms"},
+        "retry": {"min_delay": "100ms", "max_delay": "1s"},
+        "login_timeout": 10,
+    }
+    values.update(overrides)
+    return SnowflakeSinkConfig.model_validate(values)
+
+
+def kafka_messages(bootstrap: str, topic_prefix: str) -> list[Any]:
+    """Every message in the topics starting with `topic_prefix`, partition by partition, read by
+    direct assignment (Tansu can stall consumer-group joins)."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": unique("check"), "enable.auto.commit": False}
+    )
+    try:
+        topics = [t for t in consumer.list_topics(timeout=10).topics if t.startswith(topic_prefix)]
+        ends: dict[tuple[str, int], int] = {}
+        assignment = []
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            for p in meta.partitions:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                if high > 0:
+                    ends[(topic, p)] = high
+                    assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        out: list[Any] = []
+        if not assignment:
+            return out
+        consumer.assign(assignment)
+        deadline = time.monotonic() + 60
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, timeout=1.0):
+                if msg.error() is not None:
+                    continue
+                out.append(msg)
+                if msg.offset() + 1 >= ends.get((msg.topic(), msg.partition()), 1 << 62):
+                    ends.pop((msg.topic(), msg.partition()), None)
+        assert not ends, f"could not read back {ends}"
+        return out
+    finally:
+        consumer.close()
+
+
+def event_id_of(msg: Any) -> str:
+    return str(dict(msg.headers())["event_id"].decode())
+
+
+def snowflake_rows(server: FakeSnow, config: SnowflakeSinkConfig, sql: str) -> list[Any]:
+    con = snowflake.connector.connect(
+        **server.connection_args(), database=config.database, schema=config.schema_
+    )
+    try:
+        return list(con.cursor().execute(sql).fetchall())
+    finally:
+        con.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port to a target; `cut()` drops every connection and refuses new ones
+    (an uplink outage), `restore()` accepts again on the same port."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self.target_port = target_port
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> TcpProxy:
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+        return self
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
+    def restore(self) -> None:
+        self.start()
