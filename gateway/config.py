@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigError
+from gateway.sinks.config import SinkConfig
 from gateway.units import Duration, Size
 
 
@@ -193,6 +194,7 @@ class GatewayConfig(_Model):
     routes: list[RouteConfig] = Field(default_factory=_default_routes)
     buffer: BufferConfig = BufferConfig()
     api: ApiConfig = ApiConfig()
+    sinks: list[SinkConfig] = Field(default_factory=list)  # see docs/sinks.md
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
