@@ -611,6 +611,7 @@ class TimeRunner(Runner):
             self.next_after = lambda t: next_sun_event(t, event, offset, latitude, longitude, zone)
         self.due: float | None = None
         self.missed = 0
+        self.restored = False  # the armed time came from a snapshot (the gateway was down)
 
     def _arm(self, after: float) -> None:
         self.due = self.next_after(after)
@@ -625,11 +626,13 @@ class TimeRunner(Runner):
         if due != self.due:
             return
         clock = self.host.clock
-        if clock - due > self.grace:
+        if self.restored and clock - due > self.grace:
             # Missed while the gateway was down: do not fire hours late; go to the next one.
             self.missed += 1
+            self.restored = False
             self._arm(clock)
             return
+        self.restored = False
         self._arm(due)
         self.host.fire(self.rule, TIME_KEY, due, None, None)
 
@@ -639,4 +642,5 @@ class TimeRunner(Runner):
     def restore(self, data: list[Any]) -> None:
         if data and data[0] is not None:
             self.due = float(data[0])
+            self.restored = True
             self.host.at_clock(self.due, self, TIME_KEY, None)
