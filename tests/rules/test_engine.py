@@ -323,8 +323,8 @@ rules:
     assert "rule 'broken': trigger.threshold.for: Value error" not in text
     assert "rule 'broken': trigger.threshold.for: 'soon' is not a duration" in text
     assert (
-        "rule 'two-levels': trigger.threshold: give exactly one of above, below, outside, inside (got above, below)"
-        in text
+        "rule 'two-levels': trigger.threshold: give exactly one of above, below, outside, "
+        "inside (got above, below)" in text
     )
     assert "rule 'broken': actions.0.mqtt.topic: unknown placeholder {nope}" in text
 
