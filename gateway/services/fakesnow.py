@@ -55,6 +55,17 @@ class FakeSnow:
             "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
         }
 
+    def create_database(self, name: str) -> None:
+        """Create a database; sessions should log in to a database that exists (as on Snowflake,
+        and fakesnow keeps COPY load history per database)."""
+        import snowflake.connector
+
+        con = snowflake.connector.connect(**self.connection_args())
+        try:
+            con.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {name}")
+        finally:
+            con.close()
+
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is None:

@@ -103,17 +103,17 @@ def rows_after(con: duckdb.DuckDBPyConnection, stream: str, after: int, upto: in
 
 
 def load_attempt(con: duckdb.DuckDBPyConnection, sink: str, stream: str) -> dict[str, Any] | None:
-    row = con.execute(
+    rows = con.execute(
         "SELECT value FROM state WHERE owner = ? AND key = 'attempt'", [state_owner(sink, stream)]
-    ).fetchone()
-    return dict(json.loads(row[0])) if row else None
+    ).fetchall()
+    return dict(json.loads(rows[0][0])) if rows else None
 
 
 def load_cursor(con: duckdb.DuckDBPyConnection, sink: str, stream: str) -> int:
-    row = con.execute(
+    rows = con.execute(
         "SELECT position FROM sink_cursors WHERE sink = ? AND stream = ?", [sink, stream]
-    ).fetchone()
-    return int(row[0]) if row else 0
+    ).fetchall()
+    return int(rows[0][0]) if rows else 0
 
 
 class Forwarder:
@@ -160,8 +160,8 @@ class Forwarder:
     def head(self) -> int:
         if self._head is not None:
             return self._head()
-        row = self._con().execute(head_sql(self.stream)).fetchone()
-        return int(row[0]) if row else 0
+        rows = self._con().execute(head_sql(self.stream)).fetchall()
+        return int(rows[0][0]) if rows else 0
 
     async def _read(self, after: int, upto: int | None, limit: int) -> pa.Table:
         def read() -> pa.Table:

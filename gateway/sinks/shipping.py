@@ -130,8 +130,8 @@ def backlog(con: duckdb.DuckDBPyConnection, stream: str, position: int, now: flo
         f"SELECT coalesce(max(id), 0), count(*) FILTER (WHERE id > ?), "
         f"epoch_us(min({time_column}) FILTER (WHERE id > ?)) FROM {stream}",
         [position, position],
-    ).fetchone()
-    head, rows, oldest = (int(row[0]), int(row[1]), row[2]) if row else (0, 0, None)
+    ).fetchall()[0]
+    head, rows, oldest = int(row[0]), int(row[1]), row[2]
     return {
         "position": position,
         "head": head,

@@ -172,8 +172,19 @@ class SnowflakeSink:
             cur.execute(f"CREATE SCHEMA IF NOT EXISTS {cfg.database}.{cfg.schema_}")
             cur.execute(f"USE SCHEMA {cfg.database}.{cfg.schema_}")
             cur.execute(f"CREATE STAGE IF NOT EXISTS {cfg.stage}")
-            columns = ", ".join(f"{n} {t}" for n, t in self.columns_for(stream))
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {self.table_for(stream)} ({columns})")
+            table = self.table_for(stream)
+            # Look before creating: the table's load history must stay untouched (an emulator
+            # clears it on CREATE TABLE IF NOT EXISTS of an existing table).
+            found = cur.execute(
+                "SELECT count(*) FROM information_schema.tables "
+                "WHERE table_schema = %s AND table_name = %s",
+                (cfg.schema_, table),
+            ).fetchall()
+            if not found or not found[0][0]:
+                columns = ", ".join(f"{n} {t}" for n, t in self.columns_for(stream))
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+                logger.info("sink %s: created table %s.%s.%s", self.name, cfg.database,
+                            cfg.schema_, table)
         self._prepared.add(stream)
 
     # -- batches to Parquet -----------------------------------------------------------------

@@ -24,7 +24,8 @@ def tansu() -> Iterator[Tansu]:
 @pytest.fixture(scope="module")
 def fakesnow() -> Iterator[FakeSnow]:
     with FakeSnow() as server:
-        yield server
+        server.create_database("EDGE")  # as in an account: the database exists, the sink
+        yield server  # creates its schema, stage and tables
 
 
 @pytest.fixture
