@@ -89,6 +89,7 @@ class Gateway:
         self.listeners: list[BatchListener] = []
         self.background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
         self.shipping: Any = None  # gateway.sinks.shipping.Shipping when sinks are configured
+        self.rules: Any = None  # gateway.rules.service.RulesService when rule files are configured
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-writer")
         self.ready = asyncio.Event()
 
@@ -123,6 +124,19 @@ class Gateway:
                 api_server = ApiServer(cfg.api, self)
                 self.api_address = api_server.start()
                 self._write_runtime_file()
+            if cfg.rules.files:  # rules see each batch first: they act in milliseconds
+                from gateway.rules.service import RulesService
+
+                self.rules = RulesService(
+                    cfg.rules,
+                    cfg.location,
+                    store=store,
+                    on_writer=self.on_writer,
+                    publish=ingest.publish,
+                )
+                await self.rules.start()
+                self.listeners.insert(0, self.rules.on_batch)
+                self.background.append(self.rules.run)
             ingest.start()
             self.ready.set()
             logger.info(
@@ -142,6 +156,8 @@ class Gateway:
                 api_server.stop()
                 runtime_file(cfg.buffer.path).unlink(missing_ok=True)
             ingest.stop()
+            if self.rules is not None:
+                await self.rules.close()
             await self.on_writer(store.close)
             self._writer.shutdown(wait=True)
             logger.info("gateway stopped: %d readings committed", self.stats.readings)

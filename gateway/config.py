@@ -188,6 +188,40 @@ class ApiConfig(_Model):
     sql_row_limit: int = Field(default=10_000, ge=1)
 
 
+class RulesConfig(_Model):
+    """The local rules engine (docs/rules.md)."""
+
+    files: list[Path] = Field(default_factory=list)  # rule files (YAML); none: engine off
+    reload: bool = True  # reload when a file changes (SIGHUP always reloads)
+    reload_interval: Duration = Field(default=2.0, gt=0)
+    allowed_lateness: Duration = 2.0  # how late an out-of-order reading may arrive
+    tick_interval: Duration = Field(default=0.25, gt=0, le=10)  # timers' resolution
+    state_interval: Duration = Field(default=5.0, gt=0)  # how often state is saved
+    misfire_grace: Duration = 60.0  # a schedule missed while down by more is skipped
+    webhook_queue: int = Field(default=1000, ge=1)
+    webhook_retries: int = Field(default=3, ge=0, le=10)
+
+
+class LocationConfig(_Model):
+    """Where the gateway is: sun triggers and conditions, and the time zone of schedules."""
+
+    latitude: float | None = Field(default=None, ge=-90, le=90)
+    longitude: float | None = Field(default=None, ge=-180, le=180)
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> LocationConfig:
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("give both latitude and longitude, or neither")
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.timezone!r}") from None
+        return self
+
+
 class GatewayConfig(_Model):
     gateway_id: str = Field(default="edge-1", pattern=r"^[A-Za-z0-9_.-]+$")
     mqtt: MqttConfig = MqttConfig()
@@ -195,6 +229,8 @@ class GatewayConfig(_Model):
     buffer: BufferConfig = BufferConfig()
     api: ApiConfig = ApiConfig()
     sinks: list[SinkConfig] = Field(default_factory=list)  # see docs/sinks.md
+    rules: RulesConfig = RulesConfig()
+    location: LocationConfig = LocationConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -1,0 +1,222 @@
+"""Runs the engine inside the gateway: feeds it committed batches and ticks, reloads rule files,
+carries out its outputs, and saves its state and alerts in the buffer.
+
+Order per batch: commands are published first (latency), then alerts and state are written on
+the buffer's writer thread. A crash between the two can repeat a command after restart (ON/OFF
+commands are idempotent) but never loses an alert transition that was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from gateway.config import LocationConfig, RulesConfig
+from gateway.errors import BufferStoreError, RuleError
+from gateway.rules import state
+from gateway.rules.actions import AlertChange, Output
+from gateway.rules.engine import RuleEngine
+from gateway.rules.executor import ActionExecutor, Publish
+from gateway.rules.schema import load_rule_files
+
+logger = logging.getLogger(__name__)
+
+OnWriter = Callable[..., Awaitable[Any]]
+
+
+def build_engine(files: list[Path], config: RulesConfig, location: LocationConfig) -> RuleEngine:
+    """Load and compile rule files; raises RuleError naming file, rule and field."""
+    return RuleEngine(
+        load_rule_files(files),
+        latitude=location.latitude,
+        longitude=location.longitude,
+        timezone=location.timezone,
+        allowed_lateness=config.allowed_lateness,
+        misfire_grace=config.misfire_grace,
+    )
+
+
+def _fingerprint(files: list[Path]) -> tuple[tuple[str, float, int], ...]:
+    out = []
+    for path in files:
+        try:
+            st = path.stat()
+            out.append((str(path), st.st_mtime, st.st_size))
+        except OSError:
+            out.append((str(path), -1.0, -1))
+    return tuple(out)
+
+
+class RulesService:
+    """The engine's life in the gateway. `start()` loads rules and state; `on_batch` is a batch
+    listener; `run(stop)` ticks, reloads and saves; `close()` saves the final state."""
+
+    def __init__(
+        self,
+        config: RulesConfig,
+        location: LocationConfig,
+        *,
+        store: state.StateStore,
+        on_writer: OnWriter,
+        publish: Publish | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.location = location
+        self._store = store
+        self._on_writer = on_writer
+        self._clock = clock
+        self.executor = ActionExecutor(
+            publish, queue_size=config.webhook_queue, retries=config.webhook_retries
+        )
+        self.engine: RuleEngine | None = None
+        self.files = list(config.files)
+        self._fingerprint = _fingerprint(self.files)
+        self._reload_requested = False
+        self._dirty = False
+        self.reloads = 0
+        self.reload_errors = 0
+        self.last_reload_error: str | None = None
+        self.save_failures = 0
+
+    async def start(self) -> None:
+        """Compile the rule files and restore saved state; a broken set stops the start-up."""
+        engine = build_engine(self.files, self.config, self.location)
+        snapshot = await self._on_writer(state.load_snapshot, self._store)
+        if snapshot is not None:
+            engine.restore(snapshot)
+        self.engine = engine
+        logger.info(
+            "rules engine running %d rules from %s",
+            len(engine.rules),
+            ", ".join(str(f) for f in self.files),
+        )
+
+    # -- input ----------------------------------------------------------------------------
+    async def on_batch(self, readings: pa.Table) -> None:
+        engine = self.engine
+        if engine is None:
+            return
+        outputs = engine.process(readings)
+        self._dirty = True
+        if outputs:
+            await self._handle(outputs)
+
+    async def tick(self, now: float | None = None) -> None:
+        engine = self.engine
+        if engine is None:
+            return
+        outputs = engine.tick(self._clock() if now is None else now)
+        if outputs:
+            self._dirty = True
+            await self._handle(outputs)
+
+    async def _handle(self, outputs: list[Output]) -> None:
+        self.executor.execute(outputs)
+        alerts = [o for o in outputs if isinstance(o, AlertChange)]
+        for alert in alerts:
+            log = logger.warning if alert.state == "raised" else logger.info
+            log(
+                "rule %s device %s: alert %s (%s): %s",
+                alert.rule_id,
+                alert.device,
+                alert.state,
+                alert.severity,
+                alert.message,
+            )
+        # State goes with the alerts so a restart neither repeats nor forgets a transition.
+        await self._save(alerts)
+
+    async def _save(self, alerts: list[AlertChange]) -> None:
+        engine = self.engine
+        snapshot = engine.snapshot() if engine is not None else None
+        try:
+            await self._on_writer(state.save, self._store, snapshot, alerts)
+            self._dirty = False
+        except BufferStoreError as exc:
+            self.save_failures += 1
+            logger.error("rules state not saved: %s", exc)
+
+    # -- reload ---------------------------------------------------------------------------
+    def request_reload(self) -> None:
+        self._reload_requested = True
+
+    def reload(self) -> list[str]:
+        """Swap in the current rule files, keeping state of unchanged rules. A broken set is
+        refused (its errors returned and logged) and the running set stays."""
+        self._fingerprint = _fingerprint(self.files)
+        try:
+            new = build_engine(self.files, self.config, self.location)
+        except RuleError as exc:
+            self.reload_errors += 1
+            self.last_reload_error = str(exc)
+            logger.error("rules not reloaded, the running set stays: %s", exc)
+            return str(exc).splitlines()
+        old = self.engine
+        if old is not None:
+            new.restore(old.snapshot())
+        self.engine = new
+        self.reloads += 1
+        self.last_reload_error = None
+        self._dirty = True
+        logger.info("rules reloaded: %d rules", len(new.rules))
+        return []
+
+    # -- background -----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick, watch the files, save state; webhooks are served alongside."""
+        loop = asyncio.get_running_loop()
+        hup = False
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+            hup = True
+        webhooks = asyncio.create_task(self.executor.serve_webhooks(stop))
+        cfg = self.config
+        next_check = next_save = time.monotonic()
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=cfg.tick_interval)
+                await self.tick()
+                mono = time.monotonic()
+                if cfg.reload and mono >= next_check:
+                    next_check = mono + cfg.reload_interval
+                    if _fingerprint(self.files) != self._fingerprint:
+                        self._reload_requested = True
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self.reload()
+                if self._dirty and mono >= next_save:
+                    next_save = mono + cfg.state_interval
+                    await self._save([])
+        finally:
+            if hup:
+                loop.remove_signal_handler(signal.SIGHUP)
+            await webhooks
+
+    async def close(self) -> None:
+        """Save the final state (after the last batch was processed)."""
+        if self.engine is not None:
+            await self._save([])
+
+    def counters(self) -> dict[str, Any]:
+        figures: dict[str, Any] = dict(self.engine.counters()) if self.engine else {}
+        ex = self.executor
+        figures.update(
+            rules=len(self.engine.rules) if self.engine else 0,
+            commands_published=ex.published,
+            webhooks_sent=ex.webhooks_sent,
+            webhooks_failed=ex.webhooks_failed,
+            webhooks_dropped=ex.webhooks_dropped,
+            reloads=self.reloads,
+            reload_errors=self.reload_errors,
+        )
+        return figures
