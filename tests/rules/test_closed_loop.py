@@ -1,0 +1,238 @@
+"""The rules engine inside a running gateway: a real Mosquitto, the demo's smart-home rules, the
+buffer's alerts table, and state that survives a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pyarrow as pa
+
+from gateway.buffer.sql import run_query
+from gateway.buffer.store import BufferStore
+from gateway.config import (
+    ApiConfig,
+    BufferConfig,
+    GatewayConfig,
+    LocationConfig,
+    MqttConfig,
+    RulesConfig,
+    Subscription,
+)
+from gateway.rules.actions import AlertChange
+from gateway.rules.service import RulesService
+from gateway.rules.testing import R, readings
+from gateway.services.mosquitto import Mosquitto
+from gateway.testing import GatewayThread, publisher, wait_until
+
+RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
+
+
+def noon_now() -> LocationConfig:
+    """A place on the equator where it is about midday right now: broad daylight."""
+    hours = (time.time() % 86400) / 3600
+    longitude = ((12 - hours) * 15 + 180) % 360 - 180
+    return LocationConfig(latitude=0.0, longitude=round(longitude, 3), timezone="UTC")
+
+
+class Listener:
+    """A subscriber that records what arrives on a topic filter."""
+
+    def __init__(self, broker: Mosquitto, topic: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-listener")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *args: self._subscribed.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+        assert self._subscribed.wait(10)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload))
+
+    def received(self) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_motion_after_dark_or_in_low_light_switches_the_hallway_light(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    config = GatewayConfig(
+        mqtt=MqttConfig(
+            host=broker.host,
+            port=broker.port,
+            client_id="gw-rules",
+            subscriptions=[Subscription(topic="sensors/#", qos=1)],
+        ),
+        buffer=BufferConfig(path=tmp_path / "buffer.duckdb"),
+        api=ApiConfig(enabled=False),
+        rules=RulesConfig(files=[RULES_DIR / "smart-home.yaml", RULES_DIR / "thresholds.yaml"]),
+        location=noon_now(),
+    )
+    listener = Listener(broker, "commands/home/#")
+    pub = publisher(broker.host, broker.port)
+    try:
+        with GatewayThread(config) as gw:
+            service = gw.gateway.rules
+            assert service is not None
+
+            def send(topic: str, payload: str) -> None:
+                pub.publish(f"sensors/home/{topic}", payload, qos=1).wait_for_publish(5)
+
+            # daylight and a bright hallway: motion does not switch the light
+            send("hallway-lux/illuminance", "300")
+            send("hallway-motion/occupancy", "true")
+            assert wait_until(lambda: service.counters()["conditions_false"] >= 1)
+            send("hallway-motion/occupancy", "false")
+            # the hallway gets dark (lux below 50): the next motion does
+            send("hallway-lux/illuminance", '{"value": 20, "unit": "lx"}')
+            send("hallway-motion/occupancy", "true")
+            assert wait_until(lambda: len(listener.received()) >= 1)
+            assert listener.received() == [("commands/home/hallway-light/set", b"ON")]
+            assert service.counters()["commands_published"] == 1
+
+            # a leak shuts the valve and raises a critical alert, stored in the buffer
+            send("kitchen-leak/water_leak", "true")
+            assert wait_until(lambda: len(listener.received()) >= 2)
+            assert listener.received()[1] == ("commands/home/kitchen-valve/set", b"OFF")
+            store = gw.gateway.store
+            assert store is not None
+
+            def alerts() -> list[dict[str, Any]]:
+                sql = "SELECT rule_id, device, severity, state FROM alerts ORDER BY id"
+                rows: list[dict[str, Any]] = run_query(store.reader(), sql).to_pylist()
+                return rows
+
+            assert wait_until(lambda: len(alerts()) >= 1)
+            assert alerts() == [
+                {
+                    "rule_id": "kitchen-leak-shut-valve",
+                    "device": "kitchen-leak",
+                    "severity": "critical",
+                    "state": "raised",
+                }
+            ]
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        listener.close()
+
+
+FREEZER_RULE = """
+rules:
+  - id: freezer-warm
+    select: {device: freezer, metric: temperature}
+    trigger: {type: threshold, above: -15, for: 10m}
+    actions: [{alert: {severity: critical, message: "freezer at {value}"}}]
+"""
+
+
+async def direct(fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
+def service_for(store: BufferStore, files: list[Path]) -> RulesService:
+    return RulesService(
+        RulesConfig(files=files, allowed_lateness=2.0),
+        LocationConfig(),
+        store=store,
+        on_writer=direct,
+        publish=None,
+    )
+
+
+def stored_alerts(store: BufferStore) -> list[tuple[Any, ...]]:
+    sql = "SELECT epoch(alert_time), rule_id, state FROM alerts ORDER BY id"
+    return [tuple(r.values()) for r in run_query(store.reader(), sql).to_pylist()]
+
+
+def test_restart_mid_for_fires_once_from_saved_state(tmp_path: Path) -> None:
+    asyncio.run(restart_mid_for(tmp_path))
+
+
+async def restart_mid_for(tmp_path: Path) -> None:
+    rule_file = tmp_path / "freezer.yaml"
+    rule_file.write_text(FREEZER_RULE)
+    store = BufferStore(tmp_path / "buffer.duckdb")
+    try:
+        first = service_for(store, [rule_file])
+        await first.start()
+        await first.on_batch(readings([R(100, "freezer", "temperature", -10)]))
+        await first.tick(400.0)
+        await first.close()  # the gateway stops 300 s into the 10-minute `for`
+
+        second = service_for(store, [rule_file])
+        await second.start()
+        await second.tick(650.0)
+        assert stored_alerts(store) == []
+        await second.tick(702.5)
+        await second.tick(5000.0)
+        assert stored_alerts(store) == [(700.0, "freezer-warm", "raised")]
+        await second.close()
+
+        third = service_for(store, [rule_file])  # and once more: nothing fires twice
+        await third.start()
+        await third.on_batch(readings([R(5001, "freezer", "temperature", -10)]))
+        await third.tick(9000.0)
+        assert stored_alerts(store) == [(700.0, "freezer-warm", "raised")]
+    finally:
+        store.close()
+
+
+def test_reload_of_a_broken_set_keeps_the_old_one(tmp_path: Path) -> None:
+    asyncio.run(reload_broken_set(tmp_path))
+
+
+async def reload_broken_set(tmp_path: Path) -> None:
+    rule_file = tmp_path / "freezer.yaml"
+    rule_file.write_text(FREEZER_RULE)
+    store = BufferStore(tmp_path / "buffer.duckdb")
+    try:
+        service = service_for(store, [rule_file])
+        await service.start()
+        running = service.engine
+        rule_file.write_text(FREEZER_RULE.replace("above: -15", "above: cold"))
+        errors = service.reload()
+        assert f"{rule_file}: invalid rules" in errors
+        assert (
+            "  rule 'freezer-warm': trigger.threshold.above: Input should be a valid number, "
+            "unable to parse string as a number" in errors
+        )
+        assert service.engine is running
+        # the old set still works: the pending `for` started before the reload fires
+        await service.on_batch(readings([R(0, "freezer", "temperature", -10)]))
+        rule_file.write_text(FREEZER_RULE.replace("10m", "1m"))
+        assert service.reload() == []
+        assert service.engine is not running
+        await service.on_batch(readings([R(1, "freezer", "temperature", -9)]))
+        await service.tick(70.0)
+        # the changed rule started afresh at t=1 (-9 is a first reading past -15), so 61 s
+        assert stored_alerts(store) == [(61.0, "freezer-warm", "raised")]
+    finally:
+        store.close()
+
+
+def test_alert_rows_match_the_alerts_table(tmp_path: Path) -> None:
+    from gateway.rules.state import alerts_table
+
+    store = BufferStore(tmp_path / "buffer.duckdb")
+    try:
+        change = AlertChange("r", "d", "m", 1.5, "warning", "raised", "msg", 2.0, "e-1")
+        store.append_alerts(alerts_table([change]))
+        assert stored_alerts(store) == [(1.5, "r", "raised")]
+        assert isinstance(alerts_table([]), pa.Table)
+    finally:
+        store.close()
