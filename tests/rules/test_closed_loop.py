@@ -11,6 +11,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pyarrow as pa
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.buffer.sql import run_query
 from gateway.buffer.store import BufferStore
@@ -46,7 +47,7 @@ class Listener:
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-listener")
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="test-listener")
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *args: self._subscribed.set()
         self.client.connect(broker.host, broker.port)
@@ -56,7 +57,7 @@ class Listener:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append((msg.topic, msg.payload))
+            self.messages.append((msg.topic, bytes(msg.payload)))
 
     def received(self) -> list[tuple[str, bytes]]:
         with self._lock:
