@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from gateway.errors import GatewayError
+from gateway.rules.commands import app as rules_app
 
 app = typer.Typer(
     name="edge-gateway",
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(rules_app, name="rules")
 
 console = Console()
 err = Console(stderr=True)
