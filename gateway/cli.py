@@ -12,6 +12,7 @@ from rich.console import Console
 
 from gateway.errors import GatewayError
 from gateway.rules.commands import app as rules_app
+from simulators.commands import app as simulate_app
 
 app = typer.Typer(
     name="edge-gateway",
@@ -22,6 +23,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(rules_app, name="rules")
+app.add_typer(simulate_app, name="simulate")
 
 console = Console()
 err = Console(stderr=True)

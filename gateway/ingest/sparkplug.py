@@ -39,7 +39,8 @@ UINT8, UINT16, UINT32, UINT64 = 5, 6, 7, 8
 FLOAT, DOUBLE, BOOLEAN, STRING, DATETIME, TEXT, UUID = 9, 10, 11, 12, 13, 14, 15
 BYTES = 17
 
-_INT_TYPES = {INT8: 8, INT16: 16, INT32: 32, UINT8: 0, UINT16: 0, UINT32: 0}
+# Signed types travel as two's complement in the 32- or 64-bit field (Int8 -5 is 0xFFFFFFFB).
+_INT_TYPES = {INT8: 32, INT16: 32, INT32: 32, UINT8: 0, UINT16: 0, UINT32: 0}
 _LONG_TYPES = {INT64: 64, UINT64: 0, DATETIME: 0}
 _STRING_TYPES = (STRING, TEXT, UUID)
 
@@ -145,6 +146,18 @@ def _signed(value: int, bits: int) -> int:
     return value
 
 
+def _infer_datatype(value: MetricValue) -> int:
+    if isinstance(value, bool):
+        return BOOLEAN
+    if isinstance(value, int):
+        return INT64
+    if isinstance(value, float):
+        return DOUBLE
+    if isinstance(value, str):
+        return STRING
+    return BYTES
+
+
 def encode_metric(metric: Metric) -> bytes:
     out = bytearray()
     if metric.name is not None:
@@ -161,7 +174,7 @@ def encode_metric(metric: Metric) -> bytes:
     if metric.is_null or value is None:
         out += _key(7, 0) + b"\x01"
         return bytes(out)
-    dt = metric.datatype
+    dt = metric.datatype or _infer_datatype(value)  # DATA may leave the type to the birth
     if dt in _INT_TYPES:
         out += _key(10, 0) + _varint(int(value) & 0xFFFFFFFF)
     elif dt in _LONG_TYPES:
@@ -347,7 +360,9 @@ class SparkplugDecoder:
             state.last_seq = payload.seq
         if gap:
             state.seq_gaps += 1
-            out.append(tagged("sparkplug.seq_gaps", float(state.seq_gaps), None, False, base_time))
+            gaps = tagged("sparkplug.seq_gaps", float(state.seq_gaps), None, False, base_time)
+            gaps.device = node  # `seq` counts the node's messages, so the gap is the node's
+            out.append(gaps)
         birth = kind in ("NBIRTH", "DBIRTH")
         if birth or kind == "DDEATH":
             online = birth
