@@ -24,14 +24,16 @@ def find_tansu() -> str:
 class Tansu:
     """`with Tansu() as kafka:` runs a broker (in-memory storage) until the block ends."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, advertised_port: int | None = None) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        # Clients connect to the advertised address (a proxy in front of the broker, say).
+        self.advertised_port = advertised_port or self.port
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.host}:{self.advertised_port}"
 
     def start(self) -> Tansu:
         url = f"tcp://{self.host}:{self.port}"
@@ -42,7 +44,7 @@ class Tansu:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.host}:{self.advertised_port}",
                 "--storage-engine",
                 "memory://tansu/",
             ],

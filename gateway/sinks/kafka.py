@@ -71,7 +71,7 @@ class KafkaSink:
         cfg: dict[str, Any] = {"bootstrap.servers": self.config.bootstrap_servers}
         cfg.update(self.config.client)
         cfg.update({k: v.get_secret_value() for k, v in self.config.client_secrets.items()})
-        cfg["logger"] = logging.getLogger(f"{__name__}.librdkafka")
+        cfg["logger"] = _LibrdkafkaLog(self.name)
         return cfg
 
     def producer_config(self) -> dict[str, Any]:
@@ -154,25 +154,25 @@ class KafkaSink:
             return WriteResult(bytes_sent=0)
         producer = self._producer_now()
         values, extra_headers = self._values(records, stream)
-        failed: list[tuple[str, KafkaError]] = []
+        failed: list[tuple[int, KafkaError]] = []
 
-        def on_error(err: KafkaError | None, msg: Any) -> None:
-            if err is not None:  # only errors are reported (delivery.report.only.error)
-                headers = dict(msg.headers() or [])
-                failed.append((headers.get(EVENT_ID_HEADER, b"").decode(), err))
+        def report(position: int) -> Any:
+            # Called only for failures (delivery.report.only.error): which reading, which error.
+            return lambda err, _msg: failed.append((position, err)) if err is not None else None
 
         rejected: list[Rejection] = []
         positions = records.column("id").to_pylist()
-        event_ids = records.column("event_id").to_pylist()
         nbytes = 0
         for position, event_id, key, topic, value in zip(
-            positions, event_ids, records.column("key").to_pylist(),
+            positions, records.column("event_id").to_pylist(), records.column("key").to_pylist(),
             records.column("topic").to_pylist(), values, strict=True,
         ):
             headers = [(EVENT_ID_HEADER, event_id.encode()), *extra_headers]
             while True:
                 try:
-                    producer.produce(topic, value, key, headers=headers, on_delivery=on_error)
+                    producer.produce(
+                        topic, value, key, headers=headers, on_delivery=report(position)
+                    )
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     producer.poll(0.05)
@@ -190,13 +190,15 @@ class KafkaSink:
                 self._drop_producer()
                 raise SinkError(self.name, "delivery timed out")
         if failed:
-            permanent = {e: err for e, err in failed if err.code() in _PERMANENT}
-            if len(permanent) < len(failed):
+            transient = [(p, err) for p, err in failed if err.code() not in _PERMANENT]
+            if transient:
                 self._drop_producer()
-                event_id, err = next((e, x) for e, x in failed if e not in permanent)
-                raise SinkError(self.name, f"delivery of {event_id} failed: {err.str()}")
-            by_event = dict(zip(event_ids, positions, strict=True))
-            rejected += [Rejection(by_event[e], f"kafka: {err.str()}") for e, err in permanent.items()]
+                position, err = transient[0]
+                raise SinkError(
+                    self.name, f"delivery failed ({len(transient)} messages, first at "
+                    f"{stream} {position}): {err.str()}",
+                )
+            rejected += [Rejection(p, f"kafka: {err.str()}") for p, err in failed]
         return WriteResult(bytes_sent=nbytes, rejected=rejected)
 
     # -- topics and read-back ---------------------------------------------------------------
@@ -296,6 +298,19 @@ class KafkaSink:
                 self._encoder.close()
 
         await asyncio.to_thread(close)
+
+
+class _LibrdkafkaLog:
+    """librdkafka's own log lines, one level down: a broker that is down is reported as a
+    SinkError by the forwarder (with backoff), not as an error line per connect attempt."""
+
+    def __init__(self, sink: str) -> None:
+        self.sink = sink
+        self.logger = logging.getLogger(f"{__name__}.librdkafka")
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        self.logger.log(max(logging.DEBUG, min(level, logging.INFO) - 10), "sink %s: " + fmt,
+                        self.sink, *args)
 
 
 def _avro_record(doc: dict[str, Any], stream: str) -> dict[str, Any]:

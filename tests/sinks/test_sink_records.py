@@ -1,0 +1,171 @@
+"""What arrives upstream: both Snowflake layouts, alerts as their own stream, Avro values, and
+records refused for good landing in the dead-letter table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pyarrow as pa
+from sinkhelpers import (
+    WriterThread,
+    event_id_of,
+    fill,
+    kafka_config,
+    kafka_messages,
+    readings,
+    snowflake_config,
+    snowflake_rows,
+)
+
+from gateway.buffer.sql import run_query
+from gateway.buffer.store import BufferStore
+from gateway.services.fakesnow import FakeSnow
+from gateway.services.tansu import Tansu
+from gateway.sinks.avro import SCHEMA_HEADER, SCHEMAS, decode
+from gateway.sinks.shipping import Shipping
+
+
+def alerts(n: int) -> pa.Table:
+    now = int(time.time() * 1e6)
+    return pa.table(
+        {
+            "alert_time": pa.array([now + i for i in range(n)], pa.timestamp("us", tz="UTC")),
+            "rule_id": ["freezer-warm"] * n,
+            "device": [f"freezer{i % 2}" for i in range(n)],
+            "metric": ["temperature"] * n,
+            "severity": ["critical"] * n,
+            "state": ["firing"] * n,
+            "message": ["freezer above -10 C"] * n,
+            "value": [-5.0] * n,
+            "reading_event_id": [None] * n,
+        }
+    )
+
+
+def ship(shipping: Shipping, store: BufferStore, timeout: float = 60.0) -> None:
+    """Run until every forwarder has confirmed everything in its stream."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(shipping.run(stop))
+        deadline = time.monotonic() + timeout
+        try:
+            while not all(f.position >= f.head() for f in shipping.forwarders) or not all(
+                f.started.is_set() for f in shipping.forwarders
+            ):
+                assert time.monotonic() < deadline, f"not shipped: {shipping.status()}"
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await task
+
+    asyncio.run(run())
+
+
+def test_typed_layout_loads_readings_and_alerts_into_their_own_tables(
+    store: BufferStore, on_writer: WriterThread, fakesnow: FakeSnow
+) -> None:
+    fill(store, readings(500, site="cabin"))
+    store.append_alerts(alerts(3))
+    snow = snowflake_config(fakesnow)
+    ship(Shipping([snow], "gw1", store, on_writer, lambda: store.next_reading_id - 1), store)
+
+    rows = snowflake_rows(
+        fakesnow, snow,
+        "SELECT event_id, device, metric, value, unit, tags:site::varchar, gateway_id, "
+        "event_time, ingest_time FROM readings ORDER BY event_time LIMIT 1",
+    )
+    event_id, device, metric, value, unit, site, gateway, event_time, _ingest = rows[0]
+    assert (event_id, device, metric, value, unit, site, gateway) == (
+        f"{store.buffer_uid}-1", "dev0", "temperature", 0.0, "C", "cabin", "gw1"
+    )
+    assert event_time.tzinfo is not None
+    assert snowflake_rows(fakesnow, snow, "SELECT count(*) FROM readings") == [(500,)]
+    assert snowflake_rows(
+        fakesnow, snow, "SELECT rule_id, severity, state, count(*) FROM alerts GROUP BY ALL"
+    ) == [("freezer-warm", "critical", "firing", 3)]
+
+
+def test_kafka_connector_layout_loads_record_metadata_and_content(
+    store: BufferStore, on_writer: WriterThread, fakesnow: FakeSnow
+) -> None:
+    fill(store, readings(200))
+    store.append_alerts(alerts(2))
+    snow = snowflake_config(fakesnow, layout="kafka_connector", table="EDGE_READINGS")
+    ship(Shipping([snow], "gw1", store, on_writer, lambda: store.next_reading_id - 1), store)
+
+    rows = snowflake_rows(
+        fakesnow, snow,
+        "SELECT record_content:device::varchar, record_content:tags:site::varchar, "
+        "record_metadata:headers:event_id::varchar, record_metadata:key::varchar "
+        "FROM edge_readings ORDER BY record_metadata:offset::int LIMIT 1",
+    )
+    assert rows == [("dev0", "home", f"{store.buffer_uid}-1", "dev0")]
+    assert snowflake_rows(fakesnow, snow, "SELECT count(*) FROM edge_readings") == [(200,)]
+    assert snowflake_rows(
+        fakesnow, snow, "SELECT count(*), min(record_content:rule_id::varchar) FROM alerts"
+    ) == [(2, "freezer-warm")]
+
+
+def test_alerts_travel_to_their_own_kafka_topic(
+    store: BufferStore, on_writer: WriterThread, tansu: Tansu
+) -> None:
+    fill(store, readings(10))
+    store.append_alerts(alerts(4))
+    kafka = kafka_config(tansu.bootstrap_servers)
+    ship(Shipping([kafka], "gw1", store, on_writer, lambda: store.next_reading_id - 1), store)
+    messages = kafka_messages(tansu.bootstrap_servers, kafka.alerts_topic)
+    docs = [json.loads(m.value()) for m in messages]
+    assert sorted(d["event_id"] for d in docs) == [f"{store.buffer_uid}-a{i}" for i in range(1, 5)]
+    assert {m.key().decode() for m in messages} == {"freezer0", "freezer1"}
+
+
+def test_avro_messages_decode_with_the_schema_in_their_header(
+    store: BufferStore, on_writer: WriterThread, tansu: Tansu
+) -> None:
+    fill(store, readings(300))
+    kafka = kafka_config(tansu.bootstrap_servers, format="avro", streams=["readings"])
+    ship(Shipping([kafka], "gw1", store, on_writer, lambda: store.next_reading_id - 1), store)
+    messages = kafka_messages(tansu.bootstrap_servers, kafka.name)
+    assert len(messages) == 300
+    first = min(messages, key=lambda m: event_id_of(m).rsplit("-", 1)[1].zfill(9))
+    schema: dict[str, Any] = json.loads(dict(first.headers())[SCHEMA_HEADER])
+    assert schema == SCHEMAS["readings"]
+    record = decode(first.value(), schema)
+    assert record["event_id"] == f"{store.buffer_uid}-1"
+    assert record["tags"] == {"site": "home"} and record["device"] == "dev0"
+    assert record["event_time"].tzinfo is not None
+
+
+def test_records_refused_for_good_land_in_the_dead_letter_table_and_the_rest_goes_on(
+    store: BufferStore, on_writer: WriterThread, tansu: Tansu, fakesnow: FakeSnow
+) -> None:
+    fill(store, readings(100))
+    fill(store, readings(1, start=100, text="x" * 20_000))  # position 101: too large for both
+    fill(store, readings(99, start=101))
+    kafka = kafka_config(
+        tansu.bootstrap_servers, client={"message.max.bytes": "10000"}, streams=["readings"]
+    )
+    snow = snowflake_config(fakesnow, max_record_bytes=10_000, streams=["readings"])
+    ship(Shipping([kafka, snow], "gw1", store, on_writer, lambda: store.next_reading_id - 1), store)
+
+    dead = run_query(
+        store.reader(), "SELECT sink, position, event_id, reason, record FROM dead_letters ORDER BY sink"
+    ).to_pylist()
+    assert [(d["sink"], d["position"]) for d in dead] == sorted(
+        [(kafka.name, 101), (snow.name, 101)]
+    )
+    for d in dead:
+        assert d["event_id"] == f"{store.buffer_uid}-101"
+        assert json.loads(d["record"])["text"] == "x" * 20_000
+    reasons = {d["sink"]: d["reason"] for d in dead}
+    assert "too large" in reasons[kafka.name].lower()
+    assert "over 10000 bytes" in reasons[snow.name]
+    assert len(kafka_messages(tansu.bootstrap_servers, kafka.name)) == 199
+    assert snowflake_rows(fakesnow, snow, "SELECT count(*) FROM readings") == [(199,)]
+    assert store.get_cursor(kafka.name) == store.get_cursor(snow.name) == 200
