@@ -16,9 +16,7 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
-HostOption = Annotated[
-    str, typer.Option(envvar="EDGE_GATEWAY_MQTT_HOST", help="Broker host.")
-]
+HostOption = Annotated[str, typer.Option(envvar="EDGE_GATEWAY_MQTT_HOST", help="Broker host.")]
 PortOption = Annotated[int, typer.Option(envvar="EDGE_GATEWAY_MQTT_PORT", help="Broker port.")]
 
 

@@ -8,7 +8,8 @@ Faults, each switched on with a rate in the scenario's `faults:`:
 - message faults (one draw per message, so their rates are exclusive shares of the traffic):
   `malformed_json` (cut in half), `wrong_type` (a string where a number was), `oversized`
   (padded to `size` bytes, default 300000), `unknown_topic` (`/unexpected` appended),
-  `duplicate` (sent twice), `out_of_order` (held back and sent after the device's next message).
+  `duplicate` (sent twice), `out_of_order` (held back and sent after the device's next, newer
+  report).
   Sparkplug B messages are binary and take no message faults.
 - `clock_skew`: that share of devices runs its clock up to `seconds` (default 300) off.
 - `silent`: chance per report that the device goes quiet for `seconds` (default 600).
@@ -317,7 +318,7 @@ class Simulation:
             else:  # out_of_order
                 slot.held = msg
                 return
-        if slot.held is not None and slot.held is not msg:
+        if slot.held is not None and slot.held is not msg and msg.ts > slot.held.ts:
             out.append(slot.held)  # the held message goes out after a newer one
             slot.held = None
 

@@ -169,6 +169,7 @@ class ScenarioRunner:
         self.prefix = f"{client_prefix}-{scenario.name}-{self.sim.seed}"
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._wake = threading.Event()
+        self._dropped: queue.Queue[str] = queue.Queue()
         self._subscribed = threading.Event()
         self._clients: dict[str, paho.Client] = {}
         self._last: dict[str, paho.MQTTMessageInfo] = {}
@@ -192,12 +193,19 @@ class ScenarioRunner:
         if key == "main":
             client.on_message = self._on_message
             client.on_subscribe = lambda *_: self._subscribed.set()
+        else:
+            client.on_disconnect = lambda *_: self._dropped.put(key)
         client.connect(self.host, self.port, keepalive=30)
         client.loop_start()
         if not connected.wait(10):
             client.loop_stop()
             raise ConnectionError(f"no CONNACK from {self.host}:{self.port} for {client_id}")
         return client
+
+    @property
+    def clients(self) -> dict[str, paho.Client]:
+        """The live MQTT connections by session key (`main`, `spb:<group>/<node>`)."""
+        return dict(self._clients)
 
     def _on_connect(self, client: paho.Client) -> None:
         topics = set(self.sim.commands) | set(self._expect_filters)
@@ -244,6 +252,7 @@ class ScenarioRunner:
 
             while not stop.is_set():
                 target = now() if self.realtime else sim.next_time()
+                self._rebirth()
                 if not sim.finished:
                     self._publish(sim.advance(target), report)
                 self._drain(now(), report)
@@ -259,8 +268,11 @@ class ScenarioRunner:
                     wait = (min(sim.next_time(), sim.end) - now()) / self.speed
                     self._wake.wait(min(max(wait, 0.0), 0.05))  # a command wakes us early
                     self._wake.clear()
-            for info in self._last.values():
-                info.wait_for_publish(10)
+            for key, info in self._last.items():
+                try:
+                    info.wait_for_publish(10)
+                except (RuntimeError, ValueError) as exc:  # that session dropped meanwhile
+                    logger.warning("%s: last messages not confirmed: %s", key, exc)
             self._drain(now(), report)
             report.sim_seconds = sim.t - sim0
             report.wall_seconds = time.monotonic() - wall0
@@ -272,6 +284,18 @@ class ScenarioRunner:
         if self.scenario.expect:
             report.met, report.missed = evaluate(self.scenario, report.arrivals)
         return report
+
+    def _rebirth(self) -> None:
+        """A Sparkplug node lost its session: paho reconnects it (after a second at least), and
+        the node must come back with the next bdSeq in its will and be born again."""
+        while True:
+            try:
+                key = self._dropped.get_nowait()
+            except queue.Empty:
+                return
+            will = self.sim.reconnected(key)
+            if will is not None:
+                self._clients[key].will_set(will[0], will[1], qos=1, retain=False)
 
     def _drain(self, t: float, report: RunReport) -> None:
         while True:

@@ -215,12 +215,18 @@ class Scenario(_Model):
                     f"timeline.{i}: {event.device} ({profile}) has no action "
                     f"{event.action!r} (actions: {known})"
                 )
-            self.time(event.at)
-        for expectation in self.expect:
-            self.time(expectation.by)
+            self._check_time(f"timeline.{i}.at", event.at)
+        for i, expectation in enumerate(self.expect):
+            self._check_time(f"expect.{i}.by", expectation.by)
             if expectation.after:
-                self.time(expectation.after)
+                self._check_time(f"expect.{i}.after", expectation.after)
         return self
+
+    def _check_time(self, where: str, text: str) -> None:
+        try:
+            self.time(text)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
     @property
     def start_ts(self) -> float:
