@@ -243,6 +243,7 @@ class RuleEngine:
         self.misfire_grace = misfire_grace
         self.stats = EngineStats()
         self.clock = float("-inf")
+        self.last_reading_id = 0  # the highest buffer id processed (restart replays after it)
         self._primed = False
         self._seq = 0
         self._wm_timers: list[tuple[float, int, Runner, Key, Any]] = []
@@ -359,6 +360,9 @@ class RuleEngine:
             for handler in handlers:
                 handler(key, t, value, text)
             evaluations += len(handlers)
+        last_id = pc.max(readings.column("id")).as_py()
+        if last_id is not None and last_id > self.last_reading_id:
+            self.last_reading_id = int(last_id)
         stats = self.stats
         stats.readings += n
         stats.late_dropped += late
@@ -588,6 +592,7 @@ class RuleEngine:
         return {
             "version": SNAPSHOT_VERSION,
             "clock": self.clock if self.clock != float("-inf") else None,
+            "last_reading_id": self.last_reading_id,
             "latest": [[k[0], k[1], *v] for k, v in self.env.latest.items()],
             "alerts": [[k[0], k[1], k[2], *v] for k, v in self.alerts.items()],
             "rules": rules,
@@ -602,6 +607,7 @@ class RuleEngine:
         clock = snapshot.get("clock")
         if clock is not None:
             self.clock = float(clock)
+        self.last_reading_id = int(snapshot.get("last_reading_id") or 0)
         for d, m, t, v, x, topic, tags, eid in snapshot.get("latest", []):
             self.env.latest[(d, m)] = (t, v, x, topic, tags, eid)
         by_id = {r.id: r for r in self.rules}

@@ -1,9 +1,10 @@
 """Runs the engine inside the gateway: feeds it committed batches and ticks, reloads rule files,
-carries out its outputs, and saves its state and alerts in the buffer.
+carries out its outputs, and keeps its state and alerts in the buffer.
 
-Order per batch: commands are published first (latency), then alerts and state are written on
-the buffer's writer thread. A crash between the two can repeat a command after restart (ON/OFF
-commands are idempotent) but never loses an alert transition that was stored.
+Per batch, commands are published first (latency), then alert changes are appended to the
+alerts table. The engine's state is saved every `state_interval` and on shutdown; after a crash,
+the readings committed since the last saved state are replayed from the buffer, so pending
+`for` timers, windows and alerts continue where they were, without repeating stored alerts.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gateway.rules.schema import load_rule_files
 logger = logging.getLogger(__name__)
 
 OnWriter = Callable[..., Awaitable[Any]]
+REPLAY_PAGE = 10_000
 
 
 def build_engine(files: list[Path], config: RulesConfig, location: LocationConfig) -> RuleEngine:
@@ -86,13 +88,22 @@ class RulesService:
         self.reload_errors = 0
         self.last_reload_error: str | None = None
         self.save_failures = 0
+        self._last_alert_id = 0
+        # Held while a batch or tick is evaluated and its alerts written, so a snapshot never
+        # records an alert as raised before its row is in the alerts table.
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
-        """Compile the rule files and restore saved state; a broken set stops the start-up."""
+        """Compile the rule files, restore saved state and replay what was committed after it.
+
+        A broken rule set stops the start-up (RuleError)."""
         engine = build_engine(self.files, self.config, self.location)
-        snapshot = await self._on_writer(state.load_snapshot, self._store)
+        store = self._store
+        snapshot = await self._on_writer(state.load_snapshot, store)
+        self._last_alert_id = await self._on_writer(state.last_alert_id, store)
         if snapshot is not None:
             engine.restore(snapshot)
+            await self._replay(engine, int(snapshot.get("last_alert_id") or 0))
         self.engine = engine
         logger.info(
             "rules engine running %d rules from %s",
@@ -100,28 +111,61 @@ class RulesService:
             ", ".join(str(f) for f in self.files),
         )
 
+    async def _replay(self, engine: RuleEngine, after_alert_id: int) -> None:
+        """Feed readings committed after the snapshot (the gateway stopped without saving).
+
+        Their commands, webhooks and logs ran when they arrived and are not repeated; alert
+        transitions missing from the alerts table are written now, present ones are not."""
+        store = self._store
+        written = await self._on_writer(state.alerts_after, store, after_alert_id)
+        replayed = 0
+        while True:
+            table = await self._on_writer(
+                state.readings_after, store, engine.last_reading_id, REPLAY_PAGE
+            )
+            if table.num_rows == 0:
+                break
+            replayed += table.num_rows
+            outputs = engine.process(table)
+            missing = [
+                o
+                for o in outputs
+                if isinstance(o, AlertChange) and state.alert_key(o) not in written
+            ]
+            if missing:
+                self._last_alert_id = await self._on_writer(state.save_alerts, store, missing)
+            if table.num_rows < REPLAY_PAGE:
+                break
+        if replayed:
+            logger.info("rules replayed %d readings committed after the last saved state", replayed)
+            self._dirty = True
+
     # -- input ----------------------------------------------------------------------------
     async def on_batch(self, readings: pa.Table) -> None:
         engine = self.engine
         if engine is None:
             return
-        outputs = engine.process(readings)
-        self._dirty = True
-        if outputs:
-            await self._handle(outputs)
+        async with self._lock:
+            outputs = engine.process(readings)
+            self._dirty = True
+            if outputs:
+                await self._handle(outputs)
 
     async def tick(self, now: float | None = None) -> None:
         engine = self.engine
         if engine is None:
             return
-        outputs = engine.tick(self._clock() if now is None else now)
-        if outputs:
-            self._dirty = True
-            await self._handle(outputs)
+        async with self._lock:
+            outputs = engine.tick(self._clock() if now is None else now)
+            if outputs:
+                self._dirty = True
+                await self._handle(outputs)
 
     async def _handle(self, outputs: list[Output]) -> None:
         self.executor.execute(outputs)
         alerts = [o for o in outputs if isinstance(o, AlertChange)]
+        if not alerts:
+            return
         for alert in alerts:
             log = logger.warning if alert.state == "raised" else logger.info
             log(
@@ -132,16 +176,25 @@ class RulesService:
                 alert.severity,
                 alert.message,
             )
-        # State goes with the alerts so a restart neither repeats nor forgets a transition.
-        await self._save(alerts)
-
-    async def _save(self, alerts: list[AlertChange]) -> None:
-        engine = self.engine
-        snapshot = engine.snapshot() if engine is not None else None
         try:
-            await self._on_writer(state.save, self._store, snapshot, alerts)
-            self._dirty = False
+            self._last_alert_id = await self._on_writer(state.save_alerts, self._store, alerts)
         except BufferStoreError as exc:
+            self.save_failures += 1
+            logger.error("rules: %d alert changes not stored: %s", len(alerts), exc)
+
+    async def save(self) -> None:
+        """Save the engine's state (a snapshot taken between batches, never inside one)."""
+        engine = self.engine
+        if engine is None:
+            return
+        async with self._lock:
+            snapshot = engine.snapshot()
+            snapshot["last_alert_id"] = self._last_alert_id
+            self._dirty = False
+        try:
+            await self._on_writer(state.save_snapshot, self._store, snapshot)
+        except BufferStoreError as exc:
+            self._dirty = True
             self.save_failures += 1
             logger.error("rules state not saved: %s", exc)
 
@@ -196,7 +249,7 @@ class RulesService:
                     self.reload()
                 if self._dirty and mono >= next_save:
                     next_save = mono + cfg.state_interval
-                    await self._save([])
+                    await self.save()
         finally:
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
@@ -204,8 +257,7 @@ class RulesService:
 
     async def close(self) -> None:
         """Save the final state (after the last batch was processed)."""
-        if self.engine is not None:
-            await self._save([])
+        await self.save()
 
     def counters(self) -> dict[str, Any]:
         figures: dict[str, Any] = dict(self.engine.counters()) if self.engine else {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import duckdb
+import orjson
 import pyarrow as pa
 
 from gateway.model import UTC_MICROS
@@ -37,6 +39,8 @@ class StateStore(Protocol):
 
     def append_alerts(self, alerts: pa.Table) -> int: ...
 
+    def reader(self) -> duckdb.DuckDBPyConnection: ...
+
 
 def alerts_table(changes: list[AlertChange]) -> pa.Table:
     micros = pa.array([round(c.time * 1e6) for c in changes], pa.int64())
@@ -57,13 +61,52 @@ def alerts_table(changes: list[AlertChange]) -> pa.Table:
 
 
 def load_snapshot(store: StateStore) -> dict[str, Any] | None:
-    snapshot = store.get_state(STATE_OWNER).get(STATE_KEY)
-    return snapshot if isinstance(snapshot, dict) else None
+    saved = store.get_state(STATE_OWNER).get(STATE_KEY)
+    if isinstance(saved, str):  # stored pre-serialised (orjson is several times faster)
+        saved = orjson.loads(saved)
+    return saved if isinstance(saved, dict) else None
 
 
-def save(store: StateStore, snapshot: dict[str, Any] | None, alerts: list[AlertChange]) -> None:
-    """Append alert changes, then replace the saved engine state."""
-    if alerts:
-        store.append_alerts(alerts_table(alerts))
-    if snapshot is not None:
-        store.put_state(STATE_OWNER, {STATE_KEY: snapshot})
+def save_snapshot(store: StateStore, snapshot: dict[str, Any]) -> None:
+    store.put_state(STATE_OWNER, {STATE_KEY: orjson.dumps(snapshot).decode()})
+
+
+def save_alerts(store: StateStore, alerts: list[AlertChange]) -> int:
+    """Append alert changes; returns the id of the last one written."""
+    first = store.append_alerts(alerts_table(alerts))
+    return first + len(alerts) - 1
+
+
+def last_alert_id(store: StateStore) -> int:
+    row = store.reader().execute("SELECT coalesce(max(id), 0) FROM alerts").fetchone()
+    return int(row[0]) if row else 0
+
+
+AlertKey = tuple[str, str, str, str, int]  # rule, device, metric, state, time in microseconds
+
+
+def alert_key(change: AlertChange) -> AlertKey:
+    return (change.rule_id, change.device, change.metric, change.state, round(change.time * 1e6))
+
+
+def alerts_after(store: StateStore, after_id: int) -> set[AlertKey]:
+    """Alert changes written after a snapshot was taken (a restart must not write them again)."""
+    rows = (
+        store.reader()
+        .execute(
+            "SELECT rule_id, device, coalesce(metric, ''), state, epoch_us(alert_time) "
+            "FROM alerts WHERE id > ?",
+            [after_id],
+        )
+        .fetchall()
+    )
+    return {(str(r), str(d), str(m), str(s), int(t)) for r, d, m, s, t in rows}
+
+
+def readings_after(store: StateStore, after_id: int, limit: int) -> pa.Table:
+    """Committed readings with id > after_id, in commit order (what a restart replays)."""
+    relation = store.reader().sql(
+        "SELECT * FROM readings WHERE id > $after ORDER BY id LIMIT $limit",
+        params={"after": after_id, "limit": limit},
+    )
+    return relation.to_arrow_table()

@@ -1,0 +1,296 @@
+"""Rules benchmark: the pure engine's evaluations per second and memory per rule, and the live
+latency from a reading published to Mosquitto to the command the gateway publishes back.
+
+Ceilings measured in the same run:
+- engine: a bare Python loop over the same columns doing one dict lookup and one comparison
+  per (reading, rule) pair: what evaluating a threshold can at best cost in Python;
+- latency: the broker round trip alone (publish -> subscriber receives), under the same load.
+
+Last line: `rules evals_per_s=<n> kb_per_rule=<n> p50_ms=<x> p99_ms=<x>` (evals_per_s with
+100 rules; kb_per_rule with state for 100 devices per rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import statistics
+import tempfile
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pyarrow as pa
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.config import (
+    ApiConfig,
+    BufferConfig,
+    GatewayConfig,
+    MqttConfig,
+    RulesConfig,
+    Subscription,
+)
+from gateway.rules.engine import RuleEngine
+from gateway.rules.schema import LoadedRule, parse_rule_file
+from gateway.rules.testing import R, readings
+from gateway.services.mosquitto import Mosquitto
+from gateway.testing import GatewayThread, wait_until
+
+DEVICES = 100
+
+
+def rule_set(count: int) -> list[LoadedRule]:
+    """`count` rules over the temperature of every device: thresholds, some with hysteresis or
+    `for`, and state rules, so each reading is evaluated by every rule."""
+    rules: list[dict[str, Any]] = []
+    for i in range(count):
+        level = 20 + (i % 10)
+        trigger: dict[str, Any] = {"type": "threshold", "above": level}
+        if i % 3 == 1:
+            trigger["hysteresis"] = 0.5
+        if i % 5 == 2:
+            trigger["for"] = "30s"
+        rules.append(
+            {
+                "id": f"rule-{i}",
+                "select": {"metric": "temperature"},
+                "trigger": trigger,
+                "actions": [{"mqtt": {"topic": "commands/{device}/fan", "payload": "ON"}}],
+            }
+        )
+    return parse_rule_file({"rules": rules}, "bench")
+
+
+def workload(batches: int, size: int, seed: int = 1) -> list[pa.Table]:
+    rng = random.Random(seed)
+    values = [25.0] * DEVICES
+    out = []
+    t = 1_700_000_000.0
+    for b in range(batches):
+        rows = []
+        for _ in range(size):
+            d = rng.randrange(DEVICES)
+            values[d] = min(32.0, max(18.0, values[d] + rng.gauss(0, 0.3)))
+            t += 0.001
+            rows.append(R(t, f"dev{d}", "temperature", round(values[d], 2)))
+        out.append(readings(rows, first_id=1 + b * size))
+    return out
+
+
+def engine_rate(rule_count: int, tables: list[pa.Table]) -> tuple[float, int]:
+    engine = RuleEngine(rule_set(rule_count), allowed_lateness=2.0)
+    engine.process(tables[0])  # warm the selection cache
+    gc.collect()
+    start = time.perf_counter()
+    fired = 0
+    for table in tables[1:]:
+        fired += len(engine.process(table))
+    elapsed = time.perf_counter() - start
+    evaluations = sum(t.num_rows for t in tables[1:]) * rule_count
+    return evaluations / elapsed, fired
+
+
+def ceiling_rate(rule_count: int, tables: list[pa.Table]) -> float:
+    """One dict lookup and one comparison per (reading, rule): the floor of any Python engine."""
+    levels = [20.0 + (i % 10) for i in range(rule_count)]
+    state: dict[tuple[str, int], bool] = {}
+    start = time.perf_counter()
+    for table in tables[1:]:
+        devices = table.column("device").to_pylist()
+        values = table.column("value").to_pylist()
+        for device, value in zip(devices, values, strict=True):
+            for i, level in enumerate(levels):
+                key = (device, i)
+                state[key] = value > level if key in state else False
+    elapsed = time.perf_counter() - start
+    return sum(t.num_rows for t in tables[1:]) * rule_count / elapsed
+
+
+def memory_per_rule(rule_count: int, tables: list[pa.Table]) -> tuple[float, float]:
+    """KB per rule once compiled, and with per-device state for all 100 devices."""
+    loaded = rule_set(rule_count)
+    gc.collect()
+    tracemalloc.start()
+    engine = RuleEngine(loaded, allowed_lateness=2.0)
+    compiled = tracemalloc.get_traced_memory()[0]
+    for table in tables[:3]:
+        engine.process(table)
+    with_state = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return compiled / rule_count / 1024, with_state / rule_count / 1024
+
+
+LATENCY_RULES = """
+rules:
+  - id: probe
+    select: {device: probe, metric: seq}
+    trigger: {type: state}
+    actions:
+      - mqtt: {topic: "commands/bench/probe", payload: "{state}", qos: 0}
+"""
+
+
+def _client(port: int, client_id: str) -> paho.Client:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.max_inflight_messages_set(5000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+class Probe:
+    """Publishes numbered probes and times their echo on `reply` (a command, or itself)."""
+
+    def __init__(self, port: int, reply: str) -> None:
+        self.sent: dict[str, float] = {}
+        self.latencies: list[float] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.sub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{reply}")
+        self.sub.on_message = self._on_message
+        self.sub.on_subscribe = lambda *a: subscribed.set()
+        self.sub.connect("127.0.0.1", port)
+        self.sub.subscribe(reply, qos=0)
+        self.sub.loop_start()
+        subscribed.wait(10)
+        self.pub = _client(port, f"bench-probe-{reply}")
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        now = time.perf_counter()
+        key = msg.payload.decode()
+        with self._lock:
+            sent = self.sent.pop(key, None)
+            if sent is not None:
+                self.latencies.append((now - sent) * 1000)
+
+    def run(self, topic: str, count: int, rate: float) -> None:
+        gap = 1.0 / rate
+        for i in range(count):
+            key = f"p{i}"
+            with self._lock:
+                self.sent[key] = time.perf_counter()
+            self.pub.publish(topic, key, qos=1)
+            time.sleep(gap)
+        wait_until(lambda: not self.sent, timeout=10)
+
+    def close(self) -> None:
+        for c in (self.sub, self.pub):
+            c.loop_stop()
+            c.disconnect()
+
+
+def background_load(port: int, rate: float, stop: threading.Event) -> None:
+    """`rate` readings a second spread over 100 devices, paced in 10 ms slices; the values stay
+    below every benchmark threshold, so the rules evaluate them all and fire on none."""
+    client = _client(port, "bench-load")
+    i = 0
+    start = time.perf_counter()
+    try:
+        while not stop.is_set():
+            due = int((time.perf_counter() - start) * rate)
+            while i < due:
+                client.publish(
+                    f"sensors/home/dev{i % DEVICES}/temperature", f"{18 + i % 7 / 10:.1f}", qos=1
+                )
+                i += 1
+            time.sleep(0.01)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def live_latency(probes: int, rate: float, load: float) -> tuple[list[float], list[float]]:
+    with tempfile.TemporaryDirectory() as tmp, Mosquitto(workdir=Path(tmp) / "mq") as broker:
+        rules = Path(tmp) / "rules.yaml"
+        # the probe rule plus the 100 benchmark rules, which evaluate every background reading
+        probe = yaml.safe_load(LATENCY_RULES)["rules"]
+        others = [r.rule.model_dump(by_alias=True, exclude_defaults=True) for r in rule_set(100)]
+        rules.write_text(yaml.safe_dump({"rules": probe + others}))
+        config = GatewayConfig(
+            mqtt=MqttConfig(
+                host=broker.host,
+                port=broker.port,
+                client_id="bench-gateway",
+                subscriptions=[Subscription(topic="sensors/#", qos=1)],
+            ),
+            buffer=BufferConfig(path=Path(tmp) / "buffer.duckdb", flush_interval=0.002),
+            api=ApiConfig(enabled=False),
+            rules=RulesConfig(files=[rules], reload=False),
+        )
+        stop = threading.Event()
+        loader = threading.Thread(target=background_load, args=(broker.port, load, stop))
+        with GatewayThread(config):
+            loader.start()
+            time.sleep(1.0)  # let the load settle
+            try:
+                # ceiling: the broker round trip alone, under the same load
+                raw = Probe(broker.port, "bench/raw")
+                raw.run("bench/raw", probes, rate)
+                raw.close()
+                gateway = Probe(broker.port, "commands/bench/probe")
+                gateway.run("sensors/home/probe/seq", probes, rate)
+                gateway.close()
+            finally:
+                stop.set()
+                loader.join()
+        return gateway.latencies, raw.latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=11, help="batches of readings per run")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--probes", type=int, default=400)
+    parser.add_argument("--probe-rate", type=float, default=50.0, help="probes per second")
+    parser.add_argument("--load", type=float, default=1000.0, help="background msg/s")
+    args = parser.parse_args()
+
+    tables = workload(args.batches, args.batch_size)
+    print(f"engine over {DEVICES} devices, {args.batch_size}-reading batches:")
+    rates = {}
+    for count in (1, 100, 1000):
+        use = tables if count < 1000 else tables[: max(2, len(tables) // 5)]
+        rate, fired = engine_rate(count, use)
+        ceiling = ceiling_rate(count, use)
+        rates[count] = rate
+        print(
+            f"  {count:>5} rules: {rate:>12,.0f} evaluations/s  ({fired} actions)   "
+            f"ceiling (bare dict+compare loop): {ceiling:>12,.0f}/s  ratio {rate / ceiling:.2f}"
+        )
+    compiled_kb, state_kb = memory_per_rule(1000, tables)
+    print(
+        f"memory: {compiled_kb:.1f} KB per compiled rule, "
+        f"{state_kb:.1f} KB with state for {DEVICES} devices"
+    )
+
+    latencies, raw = live_latency(args.probes, args.probe_rate, args.load)
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    print(
+        f"live: reading -> command via Mosquitto at {args.load:.0f} msg/s background "
+        f"({len(latencies)}/{args.probes} probes): p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+        f"mean {statistics.fmean(latencies):.2f} ms"
+    )
+    print(
+        f"ceiling: broker round trip alone: p50 {percentile(raw, 0.5):.2f} ms, "
+        f"p99 {percentile(raw, 0.99):.2f} ms"
+    )
+    print(
+        f"rules evals_per_s={rates[100]:.0f} kb_per_rule={state_kb:.1f} "
+        f"p50_ms={p50:.2f} p99_ms={p99:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
