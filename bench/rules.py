@@ -92,7 +92,7 @@ def engine_rate(rule_count: int, tables: list[pa.Table]) -> tuple[float, int]:
     for table in tables[1:]:
         fired += len(engine.process(table))
     elapsed = time.perf_counter() - start
-    evaluations = sum(t.num_rows for t in tables[1:]) * rule_count
+    evaluations: int = sum(t.num_rows for t in tables[1:]) * rule_count
     return evaluations / elapsed, fired
 
 
@@ -109,7 +109,8 @@ def ceiling_rate(rule_count: int, tables: list[pa.Table]) -> float:
                 key = (device, i)
                 state[key] = value > level if key in state else False
     elapsed = time.perf_counter() - start
-    return sum(t.num_rows for t in tables[1:]) * rule_count / elapsed
+    rows: int = sum(t.num_rows for t in tables[1:])
+    return rows * rule_count / elapsed
 
 
 def memory_per_rule(rule_count: int, tables: list[pa.Table]) -> tuple[float, float]:

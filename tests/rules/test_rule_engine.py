@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rulehelpers import engine, fired_at, run, series, threshold
 
 from gateway.errors import RuleError
 from gateway.rules.actions import AlertChange, Command, LogLine, WebhookCall
 from gateway.rules.engine import RuleEngine
 from gateway.rules.schema import load_rule_files, parse_rule_file
 from gateway.rules.testing import R, readings
-
-from .test_triggers import engine, fired_at, run, series, threshold
 
 LONDON = {"latitude": 51.5074, "longitude": -0.1278, "timezone": "Europe/London"}
 DEC21_NOON = 1734782400.0  # 2024-12-21 12:00 UTC; London sunset 15:53:35 UTC, sunrise 08:04
