@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from gateway.api.telemetry import Telemetry
 from gateway.buffer.store import BufferStore
 from gateway.config import GatewayConfig
 from gateway.errors import BufferStoreError
@@ -87,9 +88,13 @@ class Gateway:
         self.ingest: MqttIngest | None = None
         self.api_address: tuple[str, int] | None = None
         self.listeners: list[BatchListener] = []
+        # Called on the writer thread with each decoded batch and the id its first reading will
+        # get, just before the commit: the rules act without waiting for the disk.
+        self.precommit: list[Callable[[pa.Table, int], None]] = []
         self.background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
         self.shipping: Any = None  # gateway.sinks.shipping.Shipping when sinks are configured
         self.rules: Any = None  # gateway.rules.service.RulesService when rule files are configured
+        self.telemetry = Telemetry(config.routes)  # per-route counts, devices, rule activity
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-writer")
         self.ready = asyncio.Event()
 
@@ -114,6 +119,8 @@ class Gateway:
                 cfg.sinks, cfg.gateway_id, store, self.on_writer, lambda: store.next_reading_id - 1
             )
             self.background.append(self.shipping.run)
+            for forwarder in self.shipping.forwarders:  # send latency for /metrics
+                forwarder.sink = self.telemetry.timed(forwarder.sink)
             self.listeners.append(self.shipping.on_commit)
             self.protected_position = self.shipping.protected_position
         api_server = None
@@ -135,8 +142,10 @@ class Gateway:
                     publish=ingest.publish,
                 )
                 await self.rules.start()
-                self.listeners.insert(0, self.rules.on_batch)
+                self.precommit.append(self.rules.tap)
+                self.listeners.insert(0, self.rules.on_commit)
                 self.background.append(self.rules.run)
+            self.listeners.append(self.telemetry.on_commit)
             ingest.start()
             self.ready.set()
             logger.info(
@@ -185,6 +194,9 @@ class Gateway:
 
         def commit(messages: list[Any]) -> tuple[IngestBatch, pa.Table]:
             batch = decoder.decode(messages)
+            if batch.reading_count:
+                for tap in self.precommit:
+                    tap(batch.readings, store.next_reading_id)
             rows, forget = redelivery.remember(batch.messages)
             delay = 0.1
             while True:  # the broker keeps the messages unacked meanwhile: nothing is lost

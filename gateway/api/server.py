@@ -1,25 +1,44 @@
-"""A small HTTP server on a thread: /healthz, /readyz, /api/status and /api/sql.
+"""The local HTTP API on a thread: health, Prometheus metrics, JSON views, SQL, live events and
+the dashboard.
 
-SQL answers come as an Arrow IPC stream (what `edge-gateway sql` reads) or as JSON when the
-client asks for `application/json`.
+    GET  /healthz                 liveness (never needs the token)
+    GET  /readyz                  200 when the broker is connected and the buffer is open
+    GET  /metrics                 Prometheus text format
+    GET  /api/status | devices | rules | alerts | sinks | quarantine    JSON
+    POST /api/sql                 {"sql": "SELECT ..."}: Arrow IPC stream or JSON rows
+    GET  /api/events              server-sent events: a dashboard snapshot every second
+    GET  /  and /static/...       the dashboard (assets ship in the package; no CDN)
+
+When `api.token` is set every endpoint but /healthz and the dashboard's static files wants
+`Authorization: Bearer <token>`; binding beyond loopback without a token is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import ipaddress
 import json
 import logging
+import math
+import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+import duckdb
+import orjson
 import pyarrow as pa
 
+from gateway.api import views
+from gateway.api.telemetry import Telemetry
 from gateway.buffer.sql import run_query
 from gateway.config import ApiConfig
-from gateway.errors import BufferStoreError, ReadOnlySqlError
+from gateway.errors import BufferStoreError, ConfigError, ReadOnlySqlError
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -28,6 +47,13 @@ logger = logging.getLogger(__name__)
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 MAX_BODY = 1024 * 1024
+MIN_FREE_BYTES = 16 * 1024 * 1024  # below this /readyz reports the buffer as not writable
+EVENT_INTERVAL = 1.0  # seconds between dashboard snapshots on /api/events
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
 
 
 def arrow_to_ipc(table: pa.Table) -> bytes:
@@ -44,14 +70,83 @@ def arrow_to_json_rows(table: pa.Table) -> dict[str, Any]:
     return {"columns": table.column_names, "rows": rows}
 
 
+def to_json(payload: Any) -> bytes:
+    """JSON that browsers parse: NaN and infinities become null, dates ISO strings."""
+    try:
+        return orjson.dumps(payload, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # e.g. a 128-bit integer from SUM(): the slow path handles it
+        return json.dumps(_finite(payload), default=str).encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """The dashboard's files by URL path, read once from the package."""
+    files: dict[str, tuple[bytes, str]] = {}
+    root = resources.files("gateway.api") / "static"
+    for entry in root.iterdir():
+        suffix = "." + entry.name.rsplit(".", 1)[-1]
+        if entry.is_file() and suffix in STATIC_TYPES:
+            files[f"/static/{entry.name}"] = (entry.read_bytes(), STATIC_TYPES[suffix])
+    if "/static/index.html" in files:
+        files["/"] = files["/static/index.html"]
+    return files
+
+
+class SnapshotCache:
+    """Builds the dashboard snapshot at most once per interval, however many viewers."""
+
+    def __init__(self, build: Callable[[], dict[str, Any]], interval: float) -> None:
+        self._build = build
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._at = 0.0
+        self._data = b""
+
+    def get(self) -> bytes:
+        with self._lock:
+            now = time.monotonic()
+            if not self._data or now - self._at >= self._interval * 0.9:
+                self._data = to_json(self._build())
+                self._at = now
+            return self._data
+
+
 class ApiServer:
     def __init__(self, config: ApiConfig, gateway: Gateway) -> None:
         self.config = config
         self.gateway = gateway
+        telemetry = getattr(gateway, "telemetry", None)
+        self.telemetry: Telemetry = telemetry or Telemetry(gateway.config.routes)
+        self.seeded = False  # devices' latest values read from the buffer once after start
+        self.closing = threading.Event()
+        self.snapshots = SnapshotCache(lambda: views.snapshot(self), EVENT_INTERVAL)
+        self.static = _static_files()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> tuple[str, int]:
+        if not is_loopback(self.config.host) and self.config.token is None:
+            raise ConfigError(
+                "api", [f"api.host: binding to {self.config.host} needs a token (api.token)"]
+            )
         handler = _make_handler(self)
         self._server = ThreadingHTTPServer((self.config.host, self.config.port), handler)
         self._server.daemon_threads = True
@@ -67,44 +162,47 @@ class ApiServer:
         return str(host), int(port)
 
     def stop(self) -> None:
+        self.closing.set()  # ends open event streams
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
 
+    # -- helpers for the views ----------------------------------------------------------------
+    def now(self) -> float:
+        return time.time()
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        store = self.gateway.store
+        if store is None:
+            raise BufferStoreError("buffer is not open yet")
+        con = store.reader()
+        try:
+            yield con
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                con.close()
+
+    def buffer_bytes(self) -> int:
+        path = self.gateway.config.buffer.path
+        try:
+            size = path.stat().st_size
+            wal = path.with_name(path.name + ".wal")
+            return size + (wal.stat().st_size if wal.exists() else 0)
+        except OSError:
+            return 0
+
+    def sinks(self) -> list[dict[str, Any]]:
+        shipping = self.gateway.shipping
+        if shipping is None or self.gateway.store is None:
+            return []
+        entries: list[dict[str, Any]] = shipping.status()
+        return entries
+
     # -- answers --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        gw = self.gateway
-        now = time.time()
-        stats = gw.stats
-        ingest = gw.ingest
-        store = gw.store
-        counters = store.counters() if store is not None else {}
-        return {
-            "gateway_id": gw.config.gateway_id,
-            "uptime_s": round(now - stats.started_at, 1),
-            "broker": {
-                "address": f"{gw.config.mqtt.host}:{gw.config.mqtt.port}",
-                "connected": bool(ingest and ingest.connected.is_set()),
-                "connects": ingest.connects if ingest else 0,
-                "last_error": ingest.last_error if ingest else None,
-                "pending": ingest.pending() if ingest else 0,
-            },
-            "ingest": {
-                "readings_per_s": round(stats.readings_per_second(now), 1),
-                "messages": stats.messages,
-                "readings": stats.readings,
-                "quarantined": stats.quarantined,
-                "duplicates_dropped": stats.duplicates,
-                "batches": stats.batches,
-                "commit_failures": stats.commit_failures,
-            },
-            "buffer": {
-                "path": str(gw.config.buffer.path),
-                "file_bytes": _file_size(gw),
-                "counters": counters,
-            },
-        }
+        return views.status(self)
 
     def sql(self, sql: str, limit: int | None) -> pa.Table:
         store = self.gateway.store
@@ -114,18 +212,18 @@ class ApiServer:
         return run_query(store.reader(), sql, min(limit or cap, cap))
 
 
-def _file_size(gw: Gateway) -> int:
-    path = gw.config.buffer.path
-    try:
-        size = path.stat().st_size
-        wal = path.with_name(path.name + ".wal")
-        return size + (wal.stat().st_size if wal.exists() else 0)
-    except OSError:
-        return 0
-
-
 def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
+    from gateway.api.metrics import CONTENT_TYPE, render_metrics
+
     token = api.config.token.get_secret_value() if api.config.token else None
+    json_views: dict[str, Callable[[], Any]] = {
+        "/api/status": api.status,
+        "/api/devices": lambda: {"devices": views.devices(api)},
+        "/api/rules": lambda: views.rules(api),
+        "/api/alerts": lambda: views.alerts(api),
+        "/api/sinks": lambda: {"sinks": api.sinks()},
+        "/api/quarantine": lambda: views.quarantine(api),
+    }
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "edge-gateway"
@@ -138,11 +236,12 @@ def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
             self.end_headers()
             self.wfile.write(body)
 
         def _json(self, status: int, payload: Any) -> None:
-            self._send(status, json.dumps(payload, default=str).encode(), "application/json")
+            self._send(status, to_json(payload), "application/json")
 
         def _authorised(self) -> bool:
             if token is None:
@@ -158,22 +257,53 @@ def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
             if path == "/healthz":
                 self._json(HTTPStatus.OK, {"status": "ok"})
                 return
+            static = api.static.get(path)
+            if static is not None:
+                self._send(HTTPStatus.OK, static[0], static[1])
+                return
             if not self._authorised():
                 return
-            if path == "/readyz":
-                ingest = api.gateway.ingest
-                ready = bool(ingest and ingest.connected.is_set() and api.gateway.store)
-                self._json(
-                    HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
-                    {
-                        "ready": ready,
-                        "broker_connected": bool(ingest and ingest.connected.is_set()),
-                    },
-                )
-            elif path == "/api/status":
-                self._json(HTTPStatus.OK, api.status())
-            else:
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {path}"})
+            try:
+                if path == "/readyz":
+                    self._ready()
+                elif path == "/metrics":
+                    self._send(HTTPStatus.OK, render_metrics(api), CONTENT_TYPE)
+                elif path == "/api/events":
+                    self._events()
+                elif path in json_views:
+                    self._json(HTTPStatus.OK, json_views[path]())
+                else:
+                    self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {path}"})
+            except BufferStoreError as exc:
+                self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+
+        def _ready(self) -> None:
+            ingest = api.gateway.ingest
+            connected = bool(ingest and ingest.connected.is_set())
+            writable = _buffer_writable(api)
+            ready = connected and writable
+            self._json(
+                HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
+                {"ready": ready, "broker_connected": connected, "buffer_writable": writable},
+            )
+
+        def _events(self) -> None:
+            """Server-sent events: one `snapshot` event per interval until the client goes."""
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Accel-Buffering", "no")  # a reverse proxy must not buffer it
+            self.end_headers()
+            self.close_connection = True
+            try:
+                self.wfile.write(b"retry: 2000\n\n")
+                while not api.closing.is_set():
+                    data = api.snapshots.get()
+                    self.wfile.write(b"event: snapshot\ndata: " + data + b"\n\n")
+                    self.wfile.flush()
+                    api.closing.wait(EVENT_INTERVAL)
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the viewer closed the page
 
         def do_POST(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -207,3 +337,16 @@ def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
                 self._json(HTTPStatus.OK, arrow_to_json_rows(table))
 
     return Handler
+
+
+def _buffer_writable(api: ApiServer) -> bool:
+    """The buffer is open, its directory is writable and its disk has room for a batch."""
+    store = api.gateway.store
+    if store is None:
+        return False
+    directory = api.gateway.config.buffer.path.parent
+    try:
+        disk = os.statvfs(directory)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK) and disk.f_bavail * disk.f_frsize >= MIN_FREE_BYTES

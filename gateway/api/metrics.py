@@ -1,0 +1,229 @@
+"""/metrics: the gateway's figures in the Prometheus text format, gathered at scrape time.
+
+Nothing is counted here: a scrape reads the counters the parts already keep (ingest stats, the
+MQTT client, the rules service, the forwarders, telemetry) and the buffer's size, so scraping
+costs the hot path nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+import gateway
+
+if TYPE_CHECKING:
+    from gateway.api.server import ApiServer
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "edge_gateway"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class GatewayCollector(Collector):
+    """Builds every metric family from the running gateway on each scrape."""
+
+    def __init__(self, api: ApiServer) -> None:
+        self.api = api
+
+    def collect(self) -> Iterator[Metric]:
+        gw = self.api.gateway
+        stats = gw.stats
+        yield _gauge(
+            "info",
+            "The gateway's id and version.",
+            1,
+            gateway_id=gw.config.gateway_id,
+            version=gateway.__version__,
+        )
+        yield _gauge(
+            "uptime_seconds",
+            "Seconds since the gateway started.",
+            self.api.now() - stats.started_at,
+        )
+        # -- ingest
+        yield _counter(
+            "mqtt_messages", "MQTT messages committed (readings or quarantine).", stats.messages
+        )
+        by_route = CounterMetricFamily(
+            f"{PREFIX}_readings",
+            "Readings committed to the buffer, by route pattern.",
+            labels=["route"],
+        )
+        for route, count in sorted(self.api.telemetry.readings_by_route.items()):
+            by_route.add_metric([route], count)
+        yield by_route
+        yield _counter(
+            "quarantined",
+            "Messages quarantined (bad payload, no route, too large).",
+            stats.quarantined,
+        )
+        yield _counter(
+            "duplicates_dropped",
+            "MQTT redeliveries recognised and not stored again.",
+            stats.duplicates,
+        )
+        yield _counter("batches", "Batches committed to the buffer.", stats.batches)
+        yield _counter(
+            "commit_failures", "Buffer commits that failed and were retried.", stats.commit_failures
+        )
+        ingest = gw.ingest
+        yield _gauge(
+            "mqtt_connected",
+            "1 while connected to the MQTT broker.",
+            int(bool(ingest and ingest.connected.is_set())),
+        )
+        connects = ingest.connects if ingest else 0
+        yield _counter(
+            "mqtt_reconnects",
+            "Connections to the broker after the first one.",
+            max(connects - 1, 0),
+        )
+        yield _gauge(
+            "mqtt_pending_messages",
+            "Messages received and not yet committed.",
+            ingest.pending() if ingest else 0,
+        )
+        yield from self._rules()
+        yield from self._buffer()
+        yield from self._sinks()
+
+    def _rules(self) -> Iterator[Metric]:
+        activity = self.api.telemetry.rule_activity()
+        firings = CounterMetricFamily(
+            f"{PREFIX}_rule_firings",
+            "Times a rule acted on a device (fired or cleared).",
+            labels=["rule"],
+        )
+        actions = CounterMetricFamily(
+            f"{PREFIX}_rule_actions",
+            "Actions rules emitted, by rule and kind.",
+            labels=["rule", "action"],
+        )
+        for rule_id, item in sorted(activity.items()):
+            firings.add_metric([rule_id], item.firings)
+            for kind, count in sorted(item.actions.items()):
+                actions.add_metric([rule_id, kind], count)
+        yield firings
+        yield actions
+        rules = self.api.gateway.rules
+        failures = CounterMetricFamily(
+            f"{PREFIX}_rule_action_failures",
+            "Rule actions that failed: MQTT publish errors, webhooks failed or dropped.",
+            labels=["kind"],
+        )
+        loaded = active = 0
+        if rules is not None:
+            ex = rules.executor
+            failures.add_metric(["mqtt_publish"], getattr(ex, "publish_failures", 0))
+            failures.add_metric(["webhook"], ex.webhooks_failed)
+            failures.add_metric(["webhook_dropped"], ex.webhooks_dropped)
+            engine = rules.engine
+            if engine is not None:
+                loaded, active = len(engine.rules), len(engine.alerts)
+        yield failures
+        yield _gauge("rules_loaded", "Rules the engine runs.", loaded)
+        yield _gauge("alerts_active", "Alerts raised and not yet cleared.", active)
+
+    def _buffer(self) -> Iterator[Metric]:
+        rows = GaugeMetricFamily(
+            f"{PREFIX}_buffer_rows", "Rows held in the buffer, by table.", labels=["table"]
+        )
+        totals = CounterMetricFamily(
+            f"{PREFIX}_buffer_events",
+            "Lifetime totals the buffer keeps across restarts (purges, alerts, ...).",
+            labels=["counter"],
+        )
+        store = self.api.gateway.store
+        if store is not None:
+            try:
+                with self.api.reader() as con:
+                    for table, count in con.execute(
+                        "SELECT 'readings', count(*) FROM readings UNION ALL "
+                        "SELECT 'quarantine', count(*) FROM quarantine UNION ALL "
+                        "SELECT 'alerts', count(*) FROM alerts UNION ALL "
+                        "SELECT 'dead_letters', count(*) FROM dead_letters"
+                    ).fetchall():
+                        rows.add_metric([str(table)], int(count))
+                    for name, value in con.execute(
+                        "SELECT name, value FROM counters ORDER BY name"
+                    ).fetchall():
+                        totals.add_metric([str(name).removesuffix("_total")], int(value))
+            except duckdb.Error as exc:
+                logger.warning("metrics: buffer figures unavailable: %s", exc)
+        yield rows
+        yield totals
+        yield _gauge(
+            "buffer_bytes",
+            "Size of the buffer file and its write-ahead log.",
+            self.api.buffer_bytes(),
+        )
+
+    def _sinks(self) -> Iterator[Metric]:
+        labels = ["sink", "stream"]
+        families: dict[str, Any] = {
+            "backlog_rows": GaugeMetricFamily(
+                f"{PREFIX}_sink_backlog_rows",
+                "Buffer rows the sink has not confirmed.",
+                labels=labels,
+            ),
+            "oldest_unsent_age_s": GaugeMetricFamily(
+                f"{PREFIX}_sink_backlog_age_seconds",
+                "Age of the oldest row the sink has not confirmed (0 when caught up).",
+                labels=labels,
+            ),
+            "sent_rows": CounterMetricFamily(
+                f"{PREFIX}_sink_sent_rows", "Rows the sink confirmed.", labels=labels
+            ),
+            "sent_bytes": CounterMetricFamily(
+                f"{PREFIX}_sink_sent_bytes", "Bytes sent to the sink.", labels=labels
+            ),
+            "failures": CounterMetricFamily(
+                f"{PREFIX}_sink_retries", "Failed sends, each retried with backoff.", labels=labels
+            ),
+            "dead_letters": CounterMetricFamily(
+                f"{PREFIX}_sink_dead_letters", "Rows the sink refused for good.", labels=labels
+            ),
+        }
+        for entry in self.api.sinks():
+            key = [entry["sink"], entry["stream"]]
+            for name, family in families.items():
+                family.add_metric(key, entry.get(name) or 0)
+        yield from families.values()
+        latency = HistogramMetricFamily(
+            f"{PREFIX}_sink_send_seconds", "Time a confirmed batch took to send.", labels=labels
+        )
+        for (sink, stream), hist in sorted(self.api.telemetry.send_histograms().items()):
+            latency.add_metric([sink, stream], hist.cumulative(), hist.total)
+        yield latency
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float, **labels: str) -> GaugeMetricFamily:
+    if not labels:
+        return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+    family = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=list(labels))
+    family.add_metric(list(labels.values()), value)
+    return family
+
+
+def render_metrics(api: ApiServer) -> bytes:
+    """The exposition text for one scrape."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(api))
+    return bytes(generate_latest(registry))

@@ -1,0 +1,1 @@
+"""The dashboard's assets, shipped as package data (no CDN)."""
