@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench setup mosquitto clean
+.PHONY: demo test lint bench setup mosquitto chromium clean
 
-setup: $(VENV)/.installed mosquitto
+setup: $(VENV)/.installed mosquitto chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,16 @@ mosquitto:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
 	else \
 		echo "mosquitto is missing: run 'sudo apt-get install mosquitto', then try again" >&2; exit 1; \
+	fi
+
+# The dashboard's browser test drives Debian's chromium (headless); without it that test skips.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium (Debian package) for the dashboard's browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "chromium is missing: the dashboard's browser test will skip ('sudo apt-get install chromium' to run it)" >&2; \
 	fi
 
 demo: setup
