@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing as mp
 import random
 import statistics
 import tempfile
@@ -187,7 +188,7 @@ class Probe:
             c.disconnect()
 
 
-def background_load(port: int, rate: float, stop: threading.Event) -> None:
+def background_load(port: int, rate: float, stop: Any) -> None:
     """`rate` readings a second spread over 100 devices, paced in 10 ms slices; the values stay
     below every benchmark threshold, so the rules evaluate them all and fire on none."""
     client = _client(port, "bench-load")
@@ -212,6 +213,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def run_gateway(config: GatewayConfig, stop: Any, ready: Any) -> None:
+    """The gateway in its own process, as in production (no GIL shared with the load)."""
+    with GatewayThread(config):
+        ready.set()
+        stop.wait()
+
+
+def run_load(port: int, rate: float, stop: Any) -> None:
+    background_load(port, rate, stop)
+
+
 def live_latency(probes: int, rate: float, load: float) -> tuple[list[float], list[float]]:
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(workdir=Path(tmp) / "mq") as broker:
         rules = Path(tmp) / "rules.yaml"
@@ -230,22 +242,27 @@ def live_latency(probes: int, rate: float, load: float) -> tuple[list[float], li
             api=ApiConfig(enabled=False),
             rules=RulesConfig(files=[rules], reload=False),
         )
-        stop = threading.Event()
-        loader = threading.Thread(target=background_load, args=(broker.port, load, stop))
-        with GatewayThread(config):
+        ctx = mp.get_context("spawn")
+        stop, ready = ctx.Event(), ctx.Event()
+        gateway_process = ctx.Process(target=run_gateway, args=(config, stop, ready))
+        loader = ctx.Process(target=run_load, args=(broker.port, load, stop))
+        gateway_process.start()
+        try:
+            if not ready.wait(60):
+                raise RuntimeError("the gateway did not start")
             loader.start()
-            time.sleep(1.0)  # let the load settle
-            try:
-                # ceiling: the broker round trip alone, under the same load
-                raw = Probe(broker.port, "bench/raw")
-                raw.run("bench/raw", probes, rate)
-                raw.close()
-                gateway = Probe(broker.port, "commands/bench/probe")
-                gateway.run("sensors/home/probe/seq", probes, rate)
-                gateway.close()
-            finally:
-                stop.set()
-                loader.join()
+            time.sleep(2.0)  # let the load settle
+            # ceiling: the broker round trip alone, under the same load
+            raw = Probe(broker.port, "bench/raw")
+            raw.run("bench/raw", probes, rate)
+            raw.close()
+            gateway = Probe(broker.port, "commands/bench/probe")
+            gateway.run("sensors/home/probe/seq", probes, rate)
+            gateway.close()
+        finally:
+            stop.set()
+            loader.join(30)
+            gateway_process.join(60)
         return gateway.latencies, raw.latencies
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gateway.config import LocationConfig, RulesConfig
 from gateway.errors import BufferStoreError, RuleError
@@ -89,6 +90,11 @@ class RulesService:
         self.last_reload_error: str | None = None
         self.save_failures = 0
         self._last_alert_id = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._buffer_uid = ""
+        self._uncommitted = 0  # batches fed through `tap` whose commit has not been reported
+        self._alert_writes = 0
+        self._tasks: set[asyncio.Future[None]] = set()
         # Held while a batch or tick is evaluated and its alerts written, so a snapshot never
         # records an alert as raised before its row is in the alerts table.
         self._lock = asyncio.Lock()
@@ -99,6 +105,8 @@ class RulesService:
         A broken rule set stops the start-up (RuleError)."""
         engine = build_engine(self.files, self.config, self.location)
         store = self._store
+        self._loop = asyncio.get_running_loop()
+        self._buffer_uid = store.buffer_uid
         snapshot = await self._on_writer(state.load_snapshot, store)
         self._last_alert_id = await self._on_writer(state.last_alert_id, store)
         if snapshot is not None:
@@ -141,7 +149,56 @@ class RulesService:
             self._dirty = True
 
     # -- input ----------------------------------------------------------------------------
+    def tap(self, readings: pa.Table, first_id: int) -> None:
+        """Called on the buffer's writer thread with a decoded batch just before it commits.
+
+        The rules act on it at once, while the commit goes to disk (a commit costs several
+        milliseconds). Should the commit fail, the broker redelivers the messages and the
+        engine sees the same values again, which crosses nothing twice."""
+        loop = self._loop
+        if loop is None or self.engine is None:
+            return
+        n = readings.num_rows
+        ids = pa.array(range(first_id, first_id + n), pa.int64())
+        # The ids and event ids the store gives these rows (BufferStore.append: uid-id).
+        event_ids = pc.binary_join_element_wise(
+            f"{self._buffer_uid}-", pc.cast(ids, pa.string()), ""
+        )
+        table = readings.add_column(0, "event_id", event_ids).add_column(0, "id", ids)
+        loop.call_soon_threadsafe(self._feed, table)
+
+    def _feed(self, table: pa.Table) -> None:
+        engine = self.engine
+        if engine is None:
+            return
+        self._uncommitted += 1
+        outputs = engine.process(table)
+        self._dirty = True
+        if outputs:
+            self._spawn_handle(outputs)
+
+    async def on_commit(self, committed: pa.Table) -> None:
+        """Batch listener paired with `tap`: the batch the rules saw is now durable."""
+        if self._uncommitted:
+            self._uncommitted -= 1
+
+    def _spawn_handle(self, outputs: list[Output]) -> None:
+        self.executor.execute(outputs)
+        alerts = [o for o in outputs if isinstance(o, AlertChange)]
+        if alerts:
+            self._alert_writes += 1
+            task = asyncio.ensure_future(self._store_alerts(alerts))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _store_alerts(self, alerts: list[AlertChange]) -> None:
+        try:
+            await self._write_alerts(alerts)
+        finally:
+            self._alert_writes -= 1
+
     async def on_batch(self, readings: pa.Table) -> None:
+        """Evaluate a committed batch (used when no pre-commit tap is wired, and by tests)."""
         engine = self.engine
         if engine is None:
             return
@@ -164,8 +221,10 @@ class RulesService:
     async def _handle(self, outputs: list[Output]) -> None:
         self.executor.execute(outputs)
         alerts = [o for o in outputs if isinstance(o, AlertChange)]
-        if not alerts:
-            return
+        if alerts:
+            await self._write_alerts(alerts)
+
+    async def _write_alerts(self, alerts: list[AlertChange]) -> None:
         for alert in alerts:
             log = logger.warning if alert.state == "raised" else logger.info
             log(
@@ -182,11 +241,21 @@ class RulesService:
             self.save_failures += 1
             logger.error("rules: %d alert changes not stored: %s", len(alerts), exc)
 
+    def quiet(self) -> bool:
+        """No batch seen before its commit finished, and no alert row still being written."""
+        return self._uncommitted == 0 and self._alert_writes == 0
+
     async def save(self) -> None:
         """Save the engine's state (a snapshot taken between batches, never inside one)."""
         engine = self.engine
         if engine is None:
             return
+        for _ in range(200):
+            # A snapshot must not include a reading whose commit has not finished, nor an
+            # alert whose row is not written yet: a restart would replay or lose it.
+            if self.quiet():
+                break
+            await asyncio.sleep(0.01)
         async with self._lock:
             snapshot = engine.snapshot()
             snapshot["last_alert_id"] = self._last_alert_id
@@ -247,7 +316,7 @@ class RulesService:
                 if self._reload_requested:
                     self._reload_requested = False
                     self.reload()
-                if self._dirty and mono >= next_save:
+                if self._dirty and mono >= next_save and self.quiet():
                     next_save = mono + cfg.state_interval
                     await self.save()
         finally:
@@ -257,6 +326,8 @@ class RulesService:
 
     async def close(self) -> None:
         """Save the final state (after the last batch was processed)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.save()
 
     def counters(self) -> dict[str, Any]:

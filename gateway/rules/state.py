@@ -33,6 +33,8 @@ ALERT_ROWS_SCHEMA = pa.schema(
 class StateStore(Protocol):
     """What the rules need from the buffer (BufferStore provides it)."""
 
+    buffer_uid: str
+
     def get_state(self, owner: str) -> dict[str, Any]: ...
 
     def put_state(self, owner: str, items: dict[str, Any]) -> None: ...

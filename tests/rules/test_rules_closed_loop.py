@@ -94,8 +94,14 @@ def test_motion_after_dark_or_in_low_light_switches_the_hallway_light(
             def send(topic: str, payload: str) -> None:
                 pub.publish(f"sensors/home/{topic}", payload, qos=1).wait_for_publish(5)
 
-            # daylight and a bright hallway: motion does not switch the light
-            send("hallway-lux/illuminance", "300")
+            # daylight and a bright hallway: motion does not switch the light. (The first
+            # reading is repeated until it arrives: the gateway reports connected just before
+            # the broker confirms its subscription.)
+            def first_reading_arrived() -> bool:
+                send("hallway-lux/illuminance", "300")
+                return wait_until(lambda: gw.committed_readings() > 0, timeout=0.5)
+
+            assert wait_until(first_reading_arrived)
             send("hallway-motion/occupancy", "true")
             assert wait_until(lambda: service.counters()["conditions_false"] >= 1)
             send("hallway-motion/occupancy", "false")
