@@ -9,6 +9,7 @@ from simhelpers import subscribe_all
 from gateway.services.mosquitto import Mosquitto
 from gateway.testing import wait_until
 from simulators.engine import Simulation
+from simulators.formats import Message
 from simulators.runner import ScenarioRunner
 from simulators.scenario import load_scenario
 
@@ -55,7 +56,7 @@ def test_simulation_is_a_pure_function_of_scenario_and_seed() -> None:
 
     def messages(seed: int) -> list[tuple[str, bytes]]:
         sim = Simulation(scenario, seed=seed)
-        return [(m.topic, m.payload) for m in sim.advance(sim.end) if hasattr(m, "topic")]
+        return [(m.topic, m.payload) for m in sim.advance(sim.end) if isinstance(m, Message)]
 
     assert messages(5) == messages(5)
     assert messages(5) != messages(6)
