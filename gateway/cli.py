@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -47,11 +46,13 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+def setup_logging(
+    level: str, fmt: str = "text", repeat_window: float = 60.0, repeat_burst: int = 5
+) -> None:
+    from gateway.logs import configure_logging
+
+    configure_logging(
+        level, fmt, repeat_window=repeat_window, repeat_burst=repeat_burst, stream=sys.stderr
     )
 
 
@@ -99,7 +100,9 @@ def run(config: ConfigOption = None) -> None:
         cfg = _load(config)
     except GatewayError as exc:
         raise fail(str(exc)) from None
-    setup_logging(cfg.log_level)
+    setup_logging(
+        cfg.log_level, cfg.logging.format, cfg.logging.repeat_window, cfg.logging.repeat_burst
+    )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -148,12 +151,11 @@ def export(
         str | None, typer.Option(envvar="EDGE_GATEWAY_TOKEN", help="API token.")
     ] = None,
 ) -> None:
-    """Export readings newer than --since to a Parquet file."""
+    """Export readings newer than --since to a Parquet file (with a progress bar)."""
     import time
 
-    import pyarrow.parquet as pq
-
-    from gateway.sqlclient import query as run_sql
+    from gateway.export import count_since, export_since
+    from gateway.progress import progress_bar
     from gateway.units import parse_duration
 
     try:
@@ -161,14 +163,14 @@ def export(
     except ValueError as exc:
         raise fail(f"--since: {exc}", 2) from None
     cutoff = time.time() - seconds
-    statement = f"SELECT * FROM readings WHERE ingest_time >= to_timestamp({cutoff!r}) ORDER BY id"
-    with console.status(f"exporting readings since {since} ago"):
-        try:
-            table = run_sql(_buffer_path(config, buffer), statement, token=token)
-        except GatewayError as exc:
-            raise fail(str(exc)) from None
-        pq.write_table(table, output, compression="zstd")
-    console.print(f"wrote {table.num_rows} readings to {output}")
+    path = _buffer_path(config, buffer)
+    try:
+        total = count_since(path, cutoff, token)
+        with progress_bar(console, f"exporting readings since {since} ago", total) as advance:
+            written = export_since(path, output, cutoff, token=token, progress=advance)
+    except GatewayError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"wrote {written} readings to {output}")
 
 
 @app.command()
@@ -178,12 +180,21 @@ def status(
     token: Annotated[
         str | None, typer.Option(envvar="EDGE_GATEWAY_TOKEN", help="API token.")
     ] = None,
+    watch: Annotated[
+        bool | None,
+        typer.Option("--watch/--once", help="Keep redrawing (the default on a terminal)."),
+    ] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between redraws.")] = 1.0,
 ) -> None:
-    """Readings per second, buffer size and quarantine count."""
-    from gateway.status import show_status
+    """Readings per second, broker, rules, sinks' backlog, buffer size and quarantine count."""
+    from gateway.status import show_status, watch_status
 
+    live = console.is_terminal if watch is None else watch
     try:
-        show_status(_buffer_path(config, buffer), console, token)
+        if live:
+            watch_status(_buffer_path(config, buffer), console, token, interval)
+        else:
+            show_status(_buffer_path(config, buffer), console, token)
     except GatewayError as exc:
         raise fail(str(exc)) from None
 

@@ -222,6 +222,16 @@ class LocationConfig(_Model):
         return self
 
 
+class LoggingConfig(_Model):
+    """Log lines on stderr (the journal under systemd), one line per event."""
+
+    format: Literal["logfmt", "json", "text"] = "logfmt"  # key=value, JSON, or for a terminal
+    # The same message more than `repeat_burst` times within `repeat_window` is held back;
+    # the next one after that says how many were.
+    repeat_window: Duration = 60.0
+    repeat_burst: int = Field(default=5, ge=1)
+
+
 class GatewayConfig(_Model):
     gateway_id: str = Field(default="edge-1", pattern=r"^[A-Za-z0-9_.-]+$")
     mqtt: MqttConfig = MqttConfig()
@@ -232,6 +242,7 @@ class GatewayConfig(_Model):
     rules: RulesConfig = RulesConfig()
     location: LocationConfig = LocationConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    logging: LoggingConfig = LoggingConfig()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
