@@ -97,6 +97,7 @@ class Gateway:
         self.telemetry = Telemetry(config.routes)  # per-route counts, devices, rule activity
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-writer")
         self.ready = asyncio.Event()
+        self.clock: Callable[[], float] = time.time  # wall clock: ingest time and retention
 
     async def on_writer(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the thread that owns the buffer's write connection."""
@@ -109,7 +110,10 @@ class Gateway:
         redelivery = RedeliveryFilter(await self.on_writer(store.inflight_entries))
         decoder = BatchDecoder(TopicRouter(cfg.routes), redelivery, cfg.buffer.max_payload_bytes)
         ingest = MqttIngest(
-            cfg.mqtt, max_pending=cfg.buffer.max_pending, wake_at=cfg.buffer.max_batch
+            cfg.mqtt,
+            max_pending=cfg.buffer.max_pending,
+            wake_at=cfg.buffer.max_batch,
+            clock=self.clock,
         )
         self.ingest = ingest
         if cfg.sinks:  # one forwarder per sink and stream; retention keeps what they lack
@@ -241,7 +245,7 @@ class Gateway:
             try:
                 await self.on_writer(
                     lambda: store.purge(
-                        now=time.time(),
+                        now=self.clock(),
                         max_age=retention.max_age,
                         max_bytes=retention.max_bytes,
                         protected_after=self.protected_position(),

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from gateway.buffer.commands import app as buffer_app
 from gateway.errors import GatewayError
 from gateway.rules.commands import app as rules_app
 from simulators.commands import app as simulate_app
@@ -23,6 +24,7 @@ config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True
 app.add_typer(config_app, name="config")
 app.add_typer(rules_app, name="rules")
 app.add_typer(simulate_app, name="simulate")
+app.add_typer(buffer_app, name="buffer")
 
 console = Console()
 err = Console(stderr=True)

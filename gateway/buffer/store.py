@@ -37,11 +37,24 @@ SAFE_DUCKDB_CONFIG: dict[str, Any] = {
 }
 
 
+_HEADER_BYTES = 3 * 4096  # DuckDB's file header and its two database headers
+
+
 @dataclass(frozen=True, slots=True)
 class CommitResult:
     first_id: int  # position of the batch's first reading (or the next position if none)
     readings: pa.Table  # the committed readings, READINGS_SCHEMA, with id and event_id
     quarantined: int
+
+
+@dataclass(frozen=True, slots=True)
+class _FailedAppend:
+    batch: IngestBatch  # the very object the writer retries with
+    first: int
+    readings_n: int
+    q_first: int
+    quarantine_n: int
+    readings: pa.Table
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +94,14 @@ def _connect_once(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         text = str(exc)
         if "lock" in text.lower():
             raise _LockedError from None
-        raise BufferStoreError(f"buffer {path}: cannot open: {text}") from None
+        hint = ""
+        if "not a valid DuckDB database" in text or "checksum" in text.lower():
+            hint = f"; the file is damaged: run `edge-gateway buffer recover -b {path}`"
+        raise BufferStoreError(f"buffer {path}: cannot open: {text}{hint}") from None
     except duckdb.Error as exc:
         raise BufferStoreError(
-            f"buffer {path}: cannot open ({exc}); if the file is damaged, see "
-            f"'Damaged buffer' in docs/operations.md"
+            f"buffer {path}: cannot open ({exc}); if the file is damaged, run "
+            f"`edge-gateway buffer recover -b {path}` (see 'Damaged buffer' in docs/operations.md)"
         ) from None
 
 
@@ -97,17 +113,66 @@ class BufferStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._con = connect(self.path, read_only=False, lock_wait=lock_wait)
         self._lock = threading.Lock()  # guards cursor creation against concurrent close
+        self._invalidated = False  # a fatal error (disk full in a checkpoint) killed the handle
+        self._failed: _FailedAppend | None = None
+        self.reopens = 0
+        self._check_length()
+        self._prepare()
+        self._event_prefix = f"{self.buffer_uid}-"
+
+    def _prepare(self) -> None:
         try:
             for statement in DDL:
                 self._con.execute(statement)
             self._init_meta()
-            self._next_reading_id = self._max_id("readings") + 1
-            self._next_quarantine_id = self._max_id("quarantine") + 1
-            self._next_alert_id = self._max_id("alerts") + 1
+            # Positions never go back, even when retention emptied a table: sinks name their
+            # uploads by position, so a reused position would be skipped upstream as loaded.
+            totals = self.counters()
+            self._next_reading_id = max(self._max_id("readings"), totals["readings_total"]) + 1
+            self._next_quarantine_id = (
+                max(self._max_id("quarantine"), totals["quarantined_total"]) + 1
+            )
+            self._next_alert_id = max(self._max_id("alerts"), totals["alerts_total"]) + 1
         except duckdb.Error as exc:
             self._con.close()
-            raise BufferStoreError(f"buffer {self.path}: cannot prepare tables: {exc}") from None
-        self._event_prefix = f"{self.buffer_uid}-"
+            raise BufferStoreError(
+                f"buffer {self.path}: cannot prepare tables: {exc}; the file may be damaged: "
+                f"stop the gateway and run `edge-gateway buffer check -b {self.path}`"
+            ) from None
+
+    def _check_length(self) -> None:
+        """Refuse a file shorter than its own block count says: a torn copy or a cut-off write."""
+        row = self._con.execute("SELECT total_blocks, block_size FROM pragma_database_size()")
+        sizes = row.fetchone()
+        if not sizes:
+            return
+        expected = _HEADER_BYTES + int(sizes[0]) * int(sizes[1])
+        actual = self.path.stat().st_size
+        if actual < expected:
+            self._con.close()
+            raise BufferStoreError(
+                f"buffer {self.path}: the file is cut short ({actual} of {expected} bytes); "
+                f"stop the gateway and run `edge-gateway buffer recover -b {self.path}`"
+            )
+
+    def _note_failure(self, exc: duckdb.Error) -> None:
+        # DuckDB invalidates the whole database after a fatal error (a checkpoint that hit a
+        # full disk); every later statement fails until the file is opened again.
+        if isinstance(exc, duckdb.FatalException) or "invalidated" in str(exc):
+            self._invalidated = True
+
+    def _ensure_open(self) -> None:
+        """Reopen the file after a fatal error; what was committed before it is in the WAL."""
+        if not self._invalidated:
+            return
+        with self._lock:
+            with contextlib.suppress(duckdb.Error):
+                self._con.close()
+            self._con = connect(self.path, read_only=False, lock_wait=15.0)
+            self._prepare()
+        self._invalidated = False
+        self.reopens += 1
+        logger.warning("buffer %s: reopened after a fatal error", self.path)
 
     # -- set-up ---------------------------------------------------------------------------
     def _init_meta(self) -> None:
@@ -155,7 +220,13 @@ class BufferStore:
         """Commit a batch's readings, quarantine rows and redelivery entries in one transaction.
 
         Redelivery entries of batches up to `forget_upto_batch` are deleted in the same commit.
+        A retry after a fatal error reopens the file first; if the failed attempt had reached
+        the file after all (a checkpoint failed after the commit), it is not written twice.
         """
+        self._ensure_open()
+        landed = self._landed_before(batch)
+        if landed is not None:
+            return landed
         readings = batch.readings
         n = readings.num_rows
         first = self._next_reading_id
@@ -203,10 +274,30 @@ class BufferStore:
         except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):
                 con.rollback()
+            self._note_failure(exc)
+            self._failed = _FailedAppend(batch, first, n, q_first, q.num_rows, readings)
             raise BufferStoreError(f"buffer {self.path}: commit failed: {exc}") from exc
+        self._failed = None
         self._next_reading_id += n
         self._next_quarantine_id += q.num_rows
         return CommitResult(first_id=first, readings=readings, quarantined=q.num_rows)
+
+    def _landed_before(self, batch: IngestBatch) -> CommitResult | None:
+        """The result of a failed append of this very batch whose rows are in the file anyway."""
+        failed, self._failed = self._failed, None
+        if failed is None or failed.batch is not batch:
+            return None
+        landed = (
+            failed.readings_n and self._next_reading_id == failed.first + failed.readings_n
+        ) or (
+            failed.quarantine_n and self._next_quarantine_id == failed.q_first + failed.quarantine_n
+        )
+        if not landed:
+            return None
+        logger.warning(
+            "buffer %s: the failed commit had reached the file; not writing it twice", self.path
+        )
+        return CommitResult(failed.first, failed.readings, failed.quarantine_n)
 
     def _add_counters(self, **increments: int) -> None:
         for name, amount in increments.items():
@@ -217,6 +308,7 @@ class BufferStore:
 
     def append_alerts(self, alerts: pa.Table) -> int:
         """Append alert rows (ALERTS columns but `id` and `event_id`); returns the first id."""
+        self._ensure_open()
         n = alerts.num_rows
         first = self._next_alert_id
         ids = pa.array(range(first, first + n), pa.int64())
@@ -239,6 +331,7 @@ class BufferStore:
     # -- state and cursors ----------------------------------------------------------------
     def put_state(self, owner: str, items: dict[str, Any]) -> None:
         """Replace an owner's persisted state (rule engine, decoders) in one transaction."""
+        self._ensure_open()
         now = time.time()
         try:
             self._con.begin()
@@ -294,11 +387,36 @@ class BufferStore:
         protected_after: int | None,
         drop_unsent: bool,
     ) -> PurgeResult:
+        """`_purge`, with any DuckDB error (a CHECKPOINT on a full disk) as a BufferStoreError."""
+        try:
+            return self._purge(
+                now=now,
+                max_age=max_age,
+                max_bytes=max_bytes,
+                protected_after=protected_after,
+                drop_unsent=drop_unsent,
+            )
+        except duckdb.Error as exc:
+            with contextlib.suppress(duckdb.Error):
+                self._con.rollback()
+            self._note_failure(exc)
+            raise BufferStoreError(f"buffer {self.path}: retention failed: {exc}") from exc
+
+    def _purge(
+        self,
+        *,
+        now: float,
+        max_age: float,
+        max_bytes: int,
+        protected_after: int | None,
+        drop_unsent: bool,
+    ) -> PurgeResult:
         """Delete readings older than max_age, then the oldest while the file is over max_bytes.
 
         Readings with id > protected_after (not yet confirmed by every sink) are kept unless
         drop_unsent; quarantine rows only follow the age limit and the size limit.
         """
+        self._ensure_open()
         con = self._con
         limit = protected_after if protected_after is not None else self._next_reading_id
         cutoff = now - max_age
