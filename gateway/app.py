@@ -146,6 +146,7 @@ class Gateway:
                     publish=ingest.publish,
                 )
                 await self.rules.start()
+                self.rules.executor.observers.append(self.telemetry.observe_rule_outputs)
                 self.precommit.append(self.rules.tap)
                 self.listeners.insert(0, self.rules.on_commit)
                 self.background.append(self.rules.run)

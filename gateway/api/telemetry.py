@@ -226,6 +226,14 @@ class Telemetry:
 
         A firing is the set of outputs one rule emitted for one device at one moment.
         """
+        try:
+            self._observe_rule_outputs(outputs)
+        except Exception:  # figures must never stop the rules from acting
+            if not self._failed:
+                self._failed = True
+                logger.exception("telemetry stopped counting rule firings; rules go on")
+
+    def _observe_rule_outputs(self, outputs: Sequence[Any]) -> None:
         groups: dict[tuple[str, str, float], list[Any]] = {}
         for output in outputs:
             groups.setdefault((output.rule_id, output.device, output.time), []).append(output)
