@@ -13,8 +13,8 @@ app = typer.Typer(
     help="Simulated devices: play a scenario against a broker, check the gateway, or load it.",
     invoke_without_command=True,
 )
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)  # check results are read by scripts: no wrapping
+err = Console(stderr=True, soft_wrap=True)
 
 HostOption = Annotated[str, typer.Option(envvar="EDGE_GATEWAY_MQTT_HOST", help="Broker host.")]
 PortOption = Annotated[int, typer.Option(envvar="EDGE_GATEWAY_MQTT_PORT", help="Broker port.")]
