@@ -47,7 +47,7 @@ def motion_rule(broker: Mosquitto) -> Iterator[list[bytes]]:
 
     def on_message(c: paho.Client, u: object, msg: paho.MQTTMessage) -> None:
         if msg.payload == b"true":
-            fired.append(msg.payload)
+            fired.append(bytes(msg.payload))
             c.publish("commands/home/hall-light/set", b"ON", qos=1)
 
     client.on_message = on_message
