@@ -17,9 +17,7 @@ from gateway.errors import SinkError
 try:
     import fastavro
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        "Avro values need fastavro: pip install 'edge-gateway[kafka]'"
-    ) from exc
+    raise ImportError("Avro values need fastavro: pip install 'edge-gateway[kafka]'") from exc
 
 SCHEMA_HEADER = "avro.schema"  # header holding the writer schema when no registry is used
 
@@ -130,5 +128,6 @@ class AvroEncoder:
 
 def decode(value: bytes, schema: dict[str, Any]) -> dict[str, Any]:
     """Decode one value written with `schema` (header mode), for tests and consumers."""
-    result: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(value), schema, None)
+    result = fastavro.schemaless_reader(io.BytesIO(value), schema, None)
+    assert isinstance(result, dict)
     return result

@@ -1,4 +1,4 @@
-"""The contract between the forwarder and a sink: what a batch attempt is and what a sink returns."""
+"""The contract between the forwarder and a sink: a batch attempt, and what a sink returns."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import pyarrow as pa
-
-STREAMS = ("readings", "alerts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +23,9 @@ class Attempt:
     last: int
     since_ms: int
     resumed: bool = False
-    replay: bool = False  # `edge-gateway replay`: the range was delivered before, maybe in other batches
+    replay: bool = (
+        False  # `edge-gateway replay`: the range was delivered before, maybe in other batches
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from gateway.units import Duration, Size
 
+Stream = Literal["readings", "alerts"]
+STREAMS: tuple[Stream, ...] = ("readings", "alerts")
 _NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
 
 
@@ -18,7 +20,7 @@ class _Model(BaseModel):
 
 
 class BatchingConfig(_Model):
-    """A batch is sent when any limit is reached: rows, bytes (in the buffer) or age of the oldest."""
+    """A batch leaves when a limit is reached: rows, bytes (in the buffer) or age of the oldest."""
 
     max_rows: int = Field(default=50_000, ge=1, le=1_000_000)
     max_bytes: Size = 16 * 1024**2
@@ -35,9 +37,7 @@ class RetryConfig(_Model):
 class _SinkBase(_Model):
     name: str = Field(pattern=_NAME)  # stable: cursors, dead letters and logs use it
     enabled: bool = True
-    streams: list[Literal["readings", "alerts"]] = Field(
-        default_factory=lambda: ["readings", "alerts"], min_length=1
-    )
+    streams: list[Stream] = Field(default_factory=lambda: list(STREAMS), min_length=1)
     batching: BatchingConfig = BatchingConfig()
     retry: RetryConfig = RetryConfig()
     max_bytes_per_s: Size | None = None  # bandwidth cap for this sink (None: uncapped)

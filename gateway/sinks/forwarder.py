@@ -89,8 +89,9 @@ def head_sql(stream: str) -> str:
     return f"SELECT coalesce(max(id), 0) FROM {stream}"
 
 
-def rows_after(con: duckdb.DuckDBPyConnection, stream: str, after: int, upto: int | None,
-               limit: int) -> pa.Table:
+def rows_after(
+    con: duckdb.DuckDBPyConnection, stream: str, after: int, upto: int | None, limit: int
+) -> pa.Table:
     """Rows of `stream` with `after < id <= upto`, oldest first, as Arrow."""
     sql = f"SELECT * FROM {stream} WHERE id > ?"
     params: list[Any] = [after]
@@ -189,7 +190,9 @@ class Forwarder:
         await self.on_writer(run)
 
     async def _record_attempt(self, attempt: Attempt) -> None:
-        value = json.dumps({"first": attempt.first, "last": attempt.last, "since_ms": attempt.since_ms})
+        value = json.dumps(
+            {"first": attempt.first, "last": attempt.last, "since_ms": attempt.since_ms}
+        )
         owner = state_owner(self.sink.name, self.stream)
 
         def write(con: duckdb.DuckDBPyConnection) -> None:
@@ -221,7 +224,10 @@ class Forwarder:
             for item in rejected[:5]:
                 logger.warning(
                     "sink %s: %s row %d rejected for good (dead-lettered): %s",
-                    sink, stream, item.position, item.reason,
+                    sink,
+                    stream,
+                    item.position,
+                    item.reason,
                 )
 
     # -- the loop ---------------------------------------------------------------------------
@@ -240,7 +246,10 @@ class Forwarder:
             first, last = max(int(pending["first"]), self.stats.position + 1), int(pending["last"])
             logger.info(
                 "sink %s: resending %s %d..%d, which was in flight when the gateway stopped",
-                self.sink.name, self.stream, first, last,
+                self.sink.name,
+                self.stream,
+                first,
+                last,
             )
             batch = await self._read(first - 1, last, last - first + 1)
             if batch.num_rows:
@@ -301,8 +310,15 @@ class Forwarder:
             await self._throttle(stop)
             try:
                 result = await self.sink.write_batch(
-                    batch, Attempt(attempt.stream, attempt.first, attempt.last,
-                                   attempt.since_ms, resumed=resumed, replay=attempt.replay)
+                    batch,
+                    Attempt(
+                        attempt.stream,
+                        attempt.first,
+                        attempt.last,
+                        attempt.since_ms,
+                        resumed=resumed,
+                        replay=attempt.replay,
+                    ),
                 )
             except SinkRejectedError as exc:
                 return await self._split(batch, attempt, exc, stop)

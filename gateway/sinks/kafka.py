@@ -32,7 +32,7 @@ try:
         Producer,
         TopicPartition,
     )
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "the Kafka sink needs confluent-kafka: pip install 'edge-gateway[kafka]'"
@@ -122,7 +122,11 @@ class KafkaSink:
                     records = records.filter(pa.array(keep))
                     logger.info(
                         "sink %s: %d of %s %d..%d already in Kafka, sending the other %d",
-                        self.name, skipped, attempt.stream, attempt.first, attempt.last,
+                        self.name,
+                        skipped,
+                        attempt.stream,
+                        attempt.first,
+                        attempt.last,
                         records.num_rows,
                     )
             return self._produce(records, attempt.stream)
@@ -164,8 +168,12 @@ class KafkaSink:
         positions = records.column("id").to_pylist()
         nbytes = 0
         for position, event_id, key, topic, value in zip(
-            positions, records.column("event_id").to_pylist(), records.column("key").to_pylist(),
-            records.column("topic").to_pylist(), values, strict=True,
+            positions,
+            records.column("event_id").to_pylist(),
+            records.column("key").to_pylist(),
+            records.column("topic").to_pylist(),
+            values,
+            strict=True,
         ):
             headers = [(EVENT_ID_HEADER, event_id.encode()), *extra_headers]
             while True:
@@ -195,7 +203,8 @@ class KafkaSink:
                 self._drop_producer()
                 position, err = transient[0]
                 raise SinkError(
-                    self.name, f"delivery failed ({len(transient)} messages, first at "
+                    self.name,
+                    f"delivery failed ({len(transient)} messages, first at "
                     f"{stream} {position}): {err.str()}",
                 )
             rejected += [Rejection(p, f"kafka: {err.str()}") for p, err in failed]
@@ -274,11 +283,13 @@ class KafkaSink:
                 for msg in consumer.consume(10_000, timeout=1.0):
                     if msg.error() is not None:
                         continue
-                    for name, value in msg.headers() or []:
-                        if name == EVENT_ID_HEADER and value is not None:
+                    raw = msg.headers() or []
+                    pairs = raw.items() if isinstance(raw, dict) else raw
+                    for name, value in pairs:
+                        if name == EVENT_ID_HEADER and isinstance(value, bytes):
                             present.add(value.decode())
-                    place = (msg.topic(), msg.partition())
-                    if place in ends and msg.offset() + 1 >= ends[place]:
+                    place = (str(msg.topic()), int(msg.partition() or 0))
+                    if place in ends and int(msg.offset() or 0) + 1 >= ends[place]:
                         del ends[place]
             if ends:
                 raise SinkError(self.name, "reading back what is already in Kafka timed out")
@@ -309,8 +320,9 @@ class _LibrdkafkaLog:
         self.logger = logging.getLogger(f"{__name__}.librdkafka")
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
-        self.logger.log(max(logging.DEBUG, min(level, logging.INFO) - 10), "sink %s: " + fmt,
-                        self.sink, *args)
+        self.logger.log(
+            max(logging.DEBUG, min(level, logging.INFO) - 10), "sink %s: " + fmt, self.sink, *args
+        )
 
 
 def _avro_record(doc: dict[str, Any], stream: str) -> dict[str, Any]:

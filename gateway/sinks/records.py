@@ -106,7 +106,8 @@ class RecordEncoder:
         """The Snowflake Kafka connector's layout: RECORD_METADATA and RECORD_CONTENT."""
         metadata = (
             "to_json({'topic': $source, 'partition': 0, 'offset': id, 'key': device, "
-            "'CreateTime': epoch_ms(" + ("ingest_time" if stream == "readings" else "alert_time")
+            "'CreateTime': epoch_ms("
+            + ("ingest_time" if stream == "readings" else "alert_time")
             + "), 'headers': {'event_id': event_id}})::VARCHAR"
         )
         sql = (

@@ -123,7 +123,9 @@ class Shipping:
         return entries
 
 
-def backlog(con: duckdb.DuckDBPyConnection, stream: str, position: int, now: float) -> dict[str, Any]:
+def backlog(
+    con: duckdb.DuckDBPyConnection, stream: str, position: int, now: float
+) -> dict[str, Any]:
     """Cursor, head, rows not yet confirmed and the age of the oldest of them."""
     time_column = "ingest_time" if stream == "readings" else "alert_time"
     row = con.execute(

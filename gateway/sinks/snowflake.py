@@ -183,8 +183,9 @@ class SnowflakeSink:
             if not found or not found[0][0]:
                 columns = ", ".join(f"{n} {t}" for n, t in self.columns_for(stream))
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
-                logger.info("sink %s: created table %s.%s.%s", self.name, cfg.database,
-                            cfg.schema_, table)
+                logger.info(
+                    "sink %s: created table %s.%s.%s", self.name, cfg.database, cfg.schema_, table
+                )
         self._prepared.add(stream)
 
     # -- batches to Parquet -----------------------------------------------------------------
@@ -219,9 +220,7 @@ class SnowflakeSink:
             hits = pc.indices_nonzero(pc.greater(lengths, limit)).to_pylist()
             for i in hits:
                 position = int(batch.column("id")[i].as_py())
-                too_big.append(
-                    Rejection(position, f"snowflake: {column} is over {limit} bytes")
-                )
+                too_big.append(Rejection(position, f"snowflake: {column} is over {limit} bytes"))
         return too_big
 
     # -- sending ----------------------------------------------------------------------------
@@ -256,7 +255,9 @@ class SnowflakeSink:
                 raise
             except ProgrammingError as exc:
                 if (exc.sqlstate or "").startswith("22"):  # data exception: will never load
-                    raise SinkRejectedError(self.name, f"COPY refused the rows: {exc.msg}") from None
+                    raise SinkRejectedError(
+                        self.name, f"COPY refused the rows: {exc.msg}"
+                    ) from None
                 self._reset()
                 raise SinkError(self.name, f"{exc.msg}") from None
             except (DatabaseError, Error, OSError) as exc:
@@ -316,5 +317,3 @@ class SnowflakeSink:
                     self._tmp.rmdir()
 
         await asyncio.to_thread(close)
-
-

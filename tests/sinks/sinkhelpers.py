@@ -4,6 +4,7 @@ readers that look at what arrived upstream, and a TCP proxy that can cut a sink 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -29,8 +30,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
-def readings(n: int, devices: int = 10, start: int = 0, site: str = "home",
-             text: str | None = None) -> pa.Table:
+def readings(
+    n: int, devices: int = 10, start: int = 0, site: str = "home", text: str | None = None
+) -> pa.Table:
     """`n` readings over `devices` devices; the value counts up per device, so order shows."""
     now = int(time.time() * 1e6)
     i = range(start, start + n)
@@ -129,8 +131,9 @@ def kafka_messages(bootstrap: str, topic_prefix: str) -> list[Any]:
                 if msg.error() is not None:
                     continue
                 out.append(msg)
-                if msg.offset() + 1 >= ends.get((msg.topic(), msg.partition()), 1 << 62):
-                    ends.pop((msg.topic(), msg.partition()), None)
+                place = (str(msg.topic()), int(msg.partition() or 0))
+                if int(msg.offset() or 0) + 1 >= ends.get(place, 1 << 62):
+                    ends.pop(place, None)
         assert not ends, f"could not read back {ends}"
         return out
     finally:
@@ -146,7 +149,9 @@ def snowflake_rows(server: FakeSnow, config: SnowflakeSinkConfig, sql: str) -> l
         **server.connection_args(), database=config.database, schema=config.schema_
     )
     try:
-        return list(con.cursor().execute(sql).fetchall())
+        cursor = con.cursor().execute(sql)
+        assert cursor is not None
+        return list(cursor.fetchall())
     finally:
         con.close()
 
@@ -205,10 +210,8 @@ class TcpProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self) -> None:
         server, self._server = self._server, None
@@ -217,10 +220,8 @@ class TcpProxy:
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             conn.close()
 
     def restore(self) -> None:

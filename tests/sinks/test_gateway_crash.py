@@ -74,15 +74,27 @@ def test_kill_9_during_upload_leaves_no_reading_missing_and_none_doubled_upstrea
     retry = {"min_delay": "100ms", "max_delay": "1s"}
     sinks: list[dict[str, Any]] = [
         {
-            "type": "kafka", "name": "kafka", "bootstrap_servers": tansu.bootstrap_servers,
-            "topic": f"{topic_prefix}.{{site}}", "alerts_topic": f"{topic_prefix}-alerts",
-            "batching": batching, "retry": retry,
+            "type": "kafka",
+            "name": "kafka",
+            "bootstrap_servers": tansu.bootstrap_servers,
+            "topic": f"{topic_prefix}.{{site}}",
+            "alerts_topic": f"{topic_prefix}-alerts",
+            "batching": batching,
+            "retry": retry,
         },
         {
-            "type": "snowflake", "name": "warehouse", "account": fakesnow.account,
-            "user": fakesnow.user, "password": "${FAKESNOW_PASSWORD}", "database": "EDGE",
-            "schema": schema, "host": fakesnow.host, "port": fakesnow.port,
-            "protocol": "http", "batching": batching, "retry": retry,
+            "type": "snowflake",
+            "name": "warehouse",
+            "account": fakesnow.account,
+            "user": fakesnow.user,
+            "password": "${FAKESNOW_PASSWORD}",
+            "database": "EDGE",
+            "schema": schema,
+            "host": fakesnow.host,
+            "port": fakesnow.port,
+            "protocol": "http",
+            "batching": batching,
+            "retry": retry,
         },
     ]
     config = tmp_path / "gateway.yaml"
@@ -91,7 +103,9 @@ def test_kill_9_during_upload_leaves_no_reading_missing_and_none_doubled_upstrea
             {
                 "gateway_id": "crashy",
                 "mqtt": {
-                    "host": broker.host, "port": broker.port, "client_id": "gw-sink-crash",
+                    "host": broker.host,
+                    "port": broker.port,
+                    "client_id": "gw-sink-crash",
                     "subscriptions": [{"topic": "sensors/#", "qos": 1}],
                 },
                 "buffer": {"path": str(tmp_path / "buffer.duckdb")},
@@ -119,7 +133,9 @@ def test_kill_9_during_upload_leaves_no_reading_missing_and_none_doubled_upstrea
     # Once the broker has them all, they are the gateway's session's to deliver, kill or not.
     assert wait_until(lambda: all(m.is_published() for m in sent), timeout=60)
     # Kill it hard while batches are on their way up.
-    assert wait_until(lambda: in_snowflake() >= 3000, timeout=90), (tmp_path / "gateway.log").read_text()[-3000:]
+    assert wait_until(lambda: in_snowflake() >= 3000, timeout=90), (
+        tmp_path / "gateway.log"
+    ).read_text()[-3000:]
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     pub.loop_stop()
@@ -128,7 +144,10 @@ def test_kill_9_during_upload_leaves_no_reading_missing_and_none_doubled_upstrea
     assert wait_until(lambda: in_snowflake() >= TOTAL, timeout=120), in_snowflake()
 
     def kafka_values() -> list[float]:
-        return [json.loads(m.value())["value"] for m in kafka_messages(tansu.bootstrap_servers, topic_prefix)]
+        return [
+            json.loads(m.value())["value"]
+            for m in kafka_messages(tansu.bootstrap_servers, topic_prefix)
+        ]
 
     assert wait_until(lambda: len(kafka_values()) >= TOTAL, timeout=60, interval=1.0)
     second.send_signal(signal.SIGTERM)
@@ -137,7 +156,9 @@ def test_kill_9_during_upload_leaves_no_reading_missing_and_none_doubled_upstrea
     values = kafka_values()
     assert len(values) == TOTAL and sorted(values) == [float(i) for i in range(TOTAL)]
     assert snowflake_rows(
-        fakesnow, snow, "SELECT count(*), count(DISTINCT value), min(value), max(value) FROM readings"
+        fakesnow,
+        snow,
+        "SELECT count(*), count(DISTINCT value), min(value), max(value) FROM readings",
     ) == [(TOTAL, TOTAL, 0.0, float(TOTAL - 1))]
     log = (tmp_path / "gateway.log").read_text()
     assert "gateway stopped" in log

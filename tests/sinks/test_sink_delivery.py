@@ -1,4 +1,4 @@
-"""Delivery: every buffered reading reaches Kafka and Snowflake exactly once, in order per device."""
+"""Delivery: every buffered reading reaches Kafka and Snowflake once, in order per device."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ from gateway.services.tansu import Tansu
 from gateway.sinks.shipping import Shipping
 
 
-async def ship_until_confirmed(shipping: Shipping, head: int, timeout: float = 90.0) -> None:
+async def ship_until_confirmed(shipping: Shipping, head: int, seconds: float = 90.0) -> None:
     """Run the forwarders until every readings cursor reached `head`, then stop them."""
     stop = asyncio.Event()
     task = asyncio.create_task(shipping.run(stop))
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + seconds
     try:
         while time.monotonic() < deadline:
             if all(f.position >= head for f in shipping.forwarders if f.stream == "readings"):
@@ -37,7 +37,7 @@ async def ship_until_confirmed(shipping: Shipping, head: int, timeout: float = 9
             if task.done():
                 task.result()
             await asyncio.sleep(0.05)
-        raise AssertionError(f"not confirmed in {timeout}s: {shipping.status()}")
+        raise AssertionError(f"not confirmed in {seconds}s: {shipping.status()}")
     finally:
         stop.set()
         await task
@@ -54,9 +54,7 @@ def test_50k_readings_arrive_exactly_once_in_kafka_and_snowflake(
     fill(store, readings(50_000, devices=20))
     kafka = kafka_config(tansu.bootstrap_servers)
     snow = snowflake_config(fakesnow)
-    shipping = Shipping(
-        [kafka, snow], "gw1", store, on_writer, lambda: store.next_reading_id - 1
-    )
+    shipping = Shipping([kafka, snow], "gw1", store, on_writer, lambda: store.next_reading_id - 1)
     asyncio.run(ship_until_confirmed(shipping, 50_000))
 
     expected = {f"{store.buffer_uid}-{i}" for i in range(1, 50_001)}
@@ -75,7 +73,9 @@ def test_50k_readings_arrive_exactly_once_in_kafka_and_snowflake(
     assert_in_device_order(by_device)
 
     rows = snowflake_rows(
-        fakesnow, snow, "SELECT count(*), count(DISTINCT event_id), min(tags:site::varchar), "
+        fakesnow,
+        snow,
+        "SELECT count(*), count(DISTINCT event_id), min(tags:site::varchar), "
         "max(gateway_id) FROM readings",
     )
     assert rows == [(50_000, 50_000, "home", "gw1")]

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 
+import pyarrow as pa
 from sinkhelpers import (
     WriterThread,
     event_id_of,
@@ -21,13 +22,13 @@ from sinkhelpers import (
 from gateway.buffer.store import BufferStore
 from gateway.services.fakesnow import FakeSnow
 from gateway.services.tansu import Tansu
-from gateway.sinks.base import Attempt
+from gateway.sinks.base import Attempt, Sink
 from gateway.sinks.forwarder import Forwarder, rows_after
 from gateway.sinks.kafka import KafkaSink
 from gateway.sinks.snowflake import SnowflakeSink
 
 
-def batch_of(store: BufferStore, first: int, last: int) -> tuple[Attempt, object]:
+def batch_of(store: BufferStore, first: int, last: int) -> tuple[Attempt, pa.Table]:
     table = rows_after(store.reader(), "readings", first - 1, last, last - first + 1)
     return Attempt("readings", first, last, int(time.time() * 1000)), table
 
@@ -41,9 +42,9 @@ def test_snowflake_retry_does_not_load_a_batch_twice(
     attempt, table = batch_of(store, 1, 1000)
 
     async def send_twice() -> None:
-        await sink.write_batch(table, attempt)  # type: ignore[arg-type]
+        await sink.write_batch(table, attempt)
         again = Attempt("readings", 1, 1000, attempt.since_ms, resumed=True)
-        await sink.write_batch(table, again)  # type: ignore[arg-type]
+        await sink.write_batch(table, again)
         await sink.aclose()
 
     asyncio.run(send_twice())
@@ -60,9 +61,9 @@ def test_kafka_batch_sent_again_is_not_doubled(store: BufferStore, tansu: Tansu)
 
     async def send() -> None:
         # The first try got only half out before "the error"; the retry sends the whole batch.
-        await sink.write_batch(first_half, half)  # type: ignore[arg-type]
+        await sink.write_batch(first_half, half)
         again = Attempt("readings", 1, 1000, attempt.since_ms, resumed=True)
-        await sink.write_batch(table, again)  # type: ignore[arg-type]
+        await sink.write_batch(table, again)
         await sink.aclose()
 
     asyncio.run(send())
@@ -79,12 +80,12 @@ def test_batch_in_flight_at_a_crash_is_resent_once_after_restart(
     snow = snowflake_config(fakesnow)
     since = int(time.time() * 1000)
     attempt, table = batch_of(store, 1, 2000)
-    sinks = [KafkaSink(kafka, "gw1"), SnowflakeSink(snow, "gw1")]
+    sinks: list[Sink] = [KafkaSink(kafka, "gw1"), SnowflakeSink(snow, "gw1")]
     attempt = Attempt("readings", 1, 2000, since)
 
     async def before_crash() -> None:
         for sink in sinks:
-            await sink.write_batch(table, attempt)  # type: ignore[arg-type]
+            await sink.write_batch(table, attempt)
             await sink.aclose()
 
     asyncio.run(before_crash())
@@ -95,15 +96,16 @@ def test_batch_in_flight_at_a_crash_is_resent_once_after_restart(
 
     async def after_restart() -> None:
         stop = asyncio.Event()
+        fresh: list[Sink] = [KafkaSink(kafka, "gw1"), SnowflakeSink(snow, "gw1")]
         forwarders = [
             Forwarder(sink, "readings", store, on_writer, batching=cfg.batching, retry=cfg.retry)
-            for sink, cfg in zip(
-                [KafkaSink(kafka, "gw1"), SnowflakeSink(snow, "gw1")], [kafka, snow], strict=True
-            )
+            for sink, cfg in zip(fresh, [kafka, snow], strict=True)
         ]
         tasks = [asyncio.create_task(f.run(stop)) for f in forwarders]
         deadline = time.monotonic() + 60
-        while not all(f.position == 3000 for f in forwarders) and time.monotonic() < deadline:
+        for _ in range(2400):  # poll until confirmed (or the deadline passes)
+            if all(f.position == 3000 for f in forwarders) or time.monotonic() > deadline:
+                break
             await asyncio.sleep(0.05)
         stop.set()
         await asyncio.gather(*tasks)
@@ -114,7 +116,9 @@ def test_batch_in_flight_at_a_crash_is_resent_once_after_restart(
     asyncio.run(after_restart())
     ids = [event_id_of(m) for m in kafka_messages(tansu.bootstrap_servers, kafka.name)]
     assert len(ids) == 3000 and len(set(ids)) == 3000
-    assert snowflake_rows(fakesnow, snow, "SELECT count(*), count(DISTINCT event_id) FROM readings") == [(3000, 3000)]
+    assert snowflake_rows(
+        fakesnow, snow, "SELECT count(*), count(DISTINCT event_id) FROM readings"
+    ) == [(3000, 3000)]
     state = store.get_state(f"sink:{kafka.name}:readings")
     assert state == {}, "the attempt is cleared once confirmed"
     wait_until(lambda: store.get_cursor(kafka.name) == 3000, 5, "cursor")

@@ -28,11 +28,11 @@ from gateway.services.tansu import Tansu
 from gateway.sinks.shipping import Shipping
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {seconds}s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
@@ -49,7 +49,9 @@ def test_sink_cut_off_mid_run_gets_everything_in_order_while_the_other_never_sto
         proxy.start()
         kafka = kafka_config(broker.bootstrap_servers, delivery_timeout="3s")
         snow = snowflake_config(fakesnow)
-        shipping = Shipping([kafka, snow], "gw1", store, on_writer, lambda: store.next_reading_id - 1)
+        shipping = Shipping(
+            [kafka, snow], "gw1", store, on_writer, lambda: store.next_reading_id - 1
+        )
         by_name = {f.sink.name: f for f in shipping.forwarders if f.stream == "readings"}
         to_kafka, to_snow = by_name[kafka.name], by_name[snow.name]
 
@@ -58,8 +60,11 @@ def test_sink_cut_off_mid_run_gets_everything_in_order_while_the_other_never_sto
             task = asyncio.create_task(shipping.run(stop))
             try:
                 await on_writer(fill, store, readings(10_000, devices=7))
-                await wait_for(lambda: to_kafka.position == to_snow.position == 10_000, 60,
-                               "both sinks to confirm the first 10,000")
+                await wait_for(
+                    lambda: to_kafka.position == to_snow.position == 10_000,
+                    60,
+                    "both sinks to confirm the first 10,000",
+                )
                 proxy.cut()  # the uplink to Kafka goes down
                 await on_writer(fill, store, readings(20_000, devices=7, start=10_000))
                 await wait_for(lambda: to_snow.position == 30_000, 60, "Snowflake to go on")

@@ -76,13 +76,20 @@ def test_typed_layout_loads_readings_and_alerts_into_their_own_tables(
     ship(Shipping([snow], "gw1", store, on_writer, lambda: store.next_reading_id - 1), store)
 
     rows = snowflake_rows(
-        fakesnow, snow,
+        fakesnow,
+        snow,
         "SELECT event_id, device, metric, value, unit, tags:site::varchar, gateway_id, "
         "event_time, ingest_time FROM readings ORDER BY event_time LIMIT 1",
     )
     event_id, device, metric, value, unit, site, gateway, event_time, _ingest = rows[0]
     assert (event_id, device, metric, value, unit, site, gateway) == (
-        f"{store.buffer_uid}-1", "dev0", "temperature", 0.0, "C", "cabin", "gw1"
+        f"{store.buffer_uid}-1",
+        "dev0",
+        "temperature",
+        0.0,
+        "C",
+        "cabin",
+        "gw1",
     )
     assert event_time.tzinfo is not None
     assert snowflake_rows(fakesnow, snow, "SELECT count(*) FROM readings") == [(500,)]
@@ -100,7 +107,8 @@ def test_kafka_connector_layout_loads_record_metadata_and_content(
     ship(Shipping([snow], "gw1", store, on_writer, lambda: store.next_reading_id - 1), store)
 
     rows = snowflake_rows(
-        fakesnow, snow,
+        fakesnow,
+        snow,
         "SELECT record_content:device::varchar, record_content:tags:site::varchar, "
         "record_metadata:headers:event_id::varchar, record_metadata:key::varchar "
         "FROM edge_readings ORDER BY record_metadata:offset::int LIMIT 1",
@@ -155,7 +163,8 @@ def test_records_refused_for_good_land_in_the_dead_letter_table_and_the_rest_goe
     ship(Shipping([kafka, snow], "gw1", store, on_writer, lambda: store.next_reading_id - 1), store)
 
     dead = run_query(
-        store.reader(), "SELECT sink, position, event_id, reason, record FROM dead_letters ORDER BY sink"
+        store.reader(),
+        "SELECT sink, position, event_id, reason, record FROM dead_letters ORDER BY sink",
     ).to_pylist()
     assert [(d["sink"], d["position"]) for d in dead] == sorted(
         [(kafka.name, 101), (snow.name, 101)]

@@ -34,8 +34,12 @@ def test_key_pair_with_passphrase_becomes_jwt_connection_arguments(
 ) -> None:
     key = write_key(tmp_path / "rsa_key.p8", b"s3cret")
     config = snowflake_config(
-        fakesnow, password=None, private_key_file=tmp_path / "rsa_key.p8",
-        private_key_passphrase="s3cret", role="EDGE_LOADER", warehouse="EDGE_WH",
+        fakesnow,
+        password=None,
+        private_key_file=tmp_path / "rsa_key.p8",
+        private_key_passphrase="s3cret",
+        role="EDGE_LOADER",
+        warehouse="EDGE_WH",
     )
     args = connection_args(config)
     assert args["authenticator"] == "SNOWFLAKE_JWT" and "password" not in args
@@ -46,7 +50,8 @@ def test_key_pair_with_passphrase_becomes_jwt_connection_arguments(
     # The connector signs its login with the key; the emulator accepts any signature.
     con = snowflake.connector.connect(**args)
     try:
-        assert con.cursor().execute("SELECT 1").fetchall() == [(1,)]
+        cursor = con.cursor().execute("SELECT 1")
+        assert cursor is not None and cursor.fetchall() == [(1,)]
     finally:
         con.close()
 
@@ -54,7 +59,9 @@ def test_key_pair_with_passphrase_becomes_jwt_connection_arguments(
 def test_wrong_passphrase_names_the_key_file(tmp_path: Path, fakesnow: FakeSnow) -> None:
     write_key(tmp_path / "rsa_key.p8", b"right")
     config = snowflake_config(
-        fakesnow, password=None, private_key_file=tmp_path / "rsa_key.p8",
+        fakesnow,
+        password=None,
+        private_key_file=tmp_path / "rsa_key.p8",
         private_key_passphrase="wrong",
     )
     with pytest.raises(SinkError, match=r"rsa_key\.p8.*passphrase"):
@@ -66,8 +73,12 @@ def test_password_comes_from_the_environment_and_one_credential_is_required(
 ) -> None:
     monkeypatch.setenv("SNOWFLAKE_PASSWORD", "from-env")
     sink = {
-        "type": "snowflake", "name": "warehouse", "account": "xy12345.eu-central-1",
-        "user": "EDGE", "database": "IOT", "schema": "RAW",
+        "type": "snowflake",
+        "name": "warehouse",
+        "account": "xy12345.eu-central-1",
+        "user": "EDGE",
+        "database": "IOT",
+        "schema": "RAW",
     }
     config = parse_config({"sinks": [{**sink, "password": "${SNOWFLAKE_PASSWORD}"}]})
     args = connection_args(config.sinks[0])  # type: ignore[arg-type]
