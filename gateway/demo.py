@@ -44,7 +44,10 @@ def run_demo(workdir: Path, duration: float | None, console: Console) -> None:
         )
         stop_devices = threading.Event()
         devices = threading.Thread(
-            target=run_home, args=(broker.host, broker.port, stop_devices), daemon=True
+            target=run_home,
+            args=(broker.host, broker.port, stop_devices),
+            kwargs={"scenario": "demo-home"},  # simulators/scenarios/demo-home.yaml
+            daemon=True,
         )
 
         async def main() -> None:
@@ -54,7 +57,8 @@ def run_demo(workdir: Path, duration: float | None, console: Console) -> None:
             await gateway.ready.wait()
             devices.start()
             console.print(
-                "simulated home publishing; showing what the buffer holds (Ctrl-C to stop)\n"
+                "simulated home (scenario demo-home) publishing; showing what the buffer holds "
+                "(Ctrl-C to stop)\n"
             )
             started = time.monotonic()
             try:

@@ -60,7 +60,7 @@ class Room:
         self.fire = False
         self.leaking = False
         self.water_supply = True  # a valve in the room closes it
-        self.dry_at = math.inf  # when the floor is dry again after the water stopped
+        self.dry_at = -math.inf  # when the floor is dry again after the water stopped
 
     def occupied(self, t: float) -> bool:
         return t < self.occupied_until
@@ -349,7 +349,6 @@ class Leak(Device):
             if not self.room.water_supply:
                 return []  # no water in the pipes, nothing leaks
             self.room.leaking = True
-            self.room.dry_at = math.inf
         elif action == "dry":
             self.room.leaking = False
             self.room.dry_at = t

@@ -50,6 +50,7 @@ def test_demo_home_first_minute_dark_hallway_freezer_and_leak(
     freezer = [float(v) for v in reports("kitchen-freezer", "temperature")]
     assert -19.5 < freezer[0] < -16.5 and max(freezer[:12]) > -10
     # The leak: wet until a rule closes the valve (nothing closes it here).
+    assert reports("kitchen-leak", "water_leak")[0] == "false"
     assert reports("kitchen-leak", "water_leak")[-1] == "true"
     # Expectations the demo's rules must meet, for `simulate --scenario demo-home --check`.
     assert {e.topic for e in plan.expect} == {

@@ -99,6 +99,7 @@ def test_every_profile_reports_its_metrics_over_a_day(
     assert max(float(str(v)) for t, v in freezer if 9 <= hour(t) <= 9.5) > -5
     # The leak stays wet until the valve is closed and the floor dries.
     leak = series(collector, "leak-1", "water_leak")
+    assert all(v is False for t, v in leak if hour(t) < 12)
     assert [v for t, v in leak if 12 <= hour(t) < 12.05] == [True]
     assert leak[-1][1] is False
     # A fire: smoke alarm and CO climbing.
