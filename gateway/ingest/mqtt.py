@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -190,6 +191,12 @@ class MqttIngest:
             return
         self.connects += 1
         client._attempt = 0  # type: ignore[attr-defined]
+        # Rule commands are small packets sent between acks: with Nagle's algorithm on, one
+        # waits for the broker to acknowledge the previous segment (tens of milliseconds).
+        sock = client.socket()
+        if isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.last_error = None
         logger.info(
             "MQTT connected to %s:%s (session present: %s)",
