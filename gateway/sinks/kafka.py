@@ -64,6 +64,7 @@ class KafkaSink:
         self._producer: Producer | None = None
         self._known_topics: set[str] = set()
         self._admin: AdminClient | None = None
+        self._replay_seen: dict[tuple[str, int], set[str]] = {}
 
     # -- clients ----------------------------------------------------------------------------
     def client_config(self) -> dict[str, Any]:
@@ -115,7 +116,7 @@ class KafkaSink:
             topics = sorted(set(records.column("topic").to_pylist()))
             self._ensure_topics(topics)
             if attempt.resumed or attempt.replay:
-                present = self._event_ids_since(topics, attempt.since_ms)
+                present = self._present(topics, attempt)
                 if present:
                     keep = [e not in present for e in records.column("event_id").to_pylist()]
                     skipped = records.num_rows - sum(keep)
@@ -244,6 +245,20 @@ class KafkaSink:
                             self.name, f"cannot create topic {topic}: {exc.args[0].str()}"
                         ) from None
         self._known_topics.update(missing)
+
+    def _present(self, topics: list[str], attempt: Attempt) -> set[str]:
+        """Event ids already upstream; a replay reads each topic once and keeps what it saw."""
+        if not attempt.replay:
+            return self._event_ids_since(topics, attempt.since_ms)
+        unread = [t for t in topics if (t, attempt.since_ms) not in self._replay_seen]
+        if unread:
+            found = self._event_ids_since(unread, attempt.since_ms)
+            for topic in unread:
+                self._replay_seen[(topic, attempt.since_ms)] = found
+        present: set[str] = set()
+        for topic in topics:
+            present |= self._replay_seen[(topic, attempt.since_ms)]
+        return present
 
     def _event_ids_since(self, topics: list[str], since_ms: int) -> set[str]:
         """Event ids present in `topics` in messages stamped at or after `since_ms`."""

@@ -283,7 +283,8 @@ class SnowflakeSink:
         # then insert only event ids the target does not hold.
         scratch = f"{table}_REPLAY_{uuid.uuid4().hex[:8].upper()}"
         key = "EVENT_ID" if cfg.layout == "typed" else "RECORD_CONTENT:event_id::VARCHAR"
-        cur.execute(f"CREATE TEMPORARY TABLE {scratch} LIKE {table}")
+        # A plain table, dropped below: COPY INTO does not load into temporary tables everywhere.
+        cur.execute(f"CREATE TABLE {scratch} LIKE {table}")
         try:
             results = cur.execute(
                 f"COPY INTO {scratch} FROM {location}{path.name} {copy_options}"

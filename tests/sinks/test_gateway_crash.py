@@ -16,9 +16,11 @@ import pytest
 import yaml
 from sinkhelpers import kafka_messages, snowflake_rows, unique
 
+from gateway.config import load_config
 from gateway.services.fakesnow import FakeSnow
 from gateway.services.mosquitto import Mosquitto
 from gateway.services.tansu import Tansu
+from gateway.sinks.commands import sink_status
 from gateway.sinks.config import SnowflakeSinkConfig
 from gateway.sqlclient import running_api
 from gateway.testing import publisher, wait_until
@@ -150,6 +152,14 @@ def test_kill_9_during_upload_leaves_no_reading_missing_and_none_doubled_upstrea
         ]
 
     assert wait_until(lambda: len(kafka_values()) >= TOTAL, timeout=60, interval=1.0)
+    # `edge-gateway sinks` reads the running gateway's figures through its API.
+    shown = {(e["sink"], e["stream"]): e for e in sink_status(buffer, load_config(config))}
+    assert (
+        shown[("kafka", "readings")]["running"] and shown[("kafka", "readings")]["type"] == "kafka"
+    )
+    assert wait_until(
+        lambda: sink_status(buffer, load_config(config))[0]["backlog_rows"] == 0, timeout=30
+    )
     second.send_signal(signal.SIGTERM)
     assert second.wait(30) == 0
 

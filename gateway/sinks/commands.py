@@ -1,0 +1,251 @@
+"""`edge-gateway sinks` (each sink's cursor, backlog, last error, throughput) and
+`edge-gateway replay` (send a range again, idempotently)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", envvar="EDGE_GATEWAY_CONFIG", help="Gateway config file (YAML)."
+    ),
+]
+BufferOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--buffer", "-b", envvar="EDGE_GATEWAY_BUFFER", help="Buffer file (default: from config)."
+    ),
+]
+TokenOption = Annotated[str | None, typer.Option(envvar="EDGE_GATEWAY_TOKEN", help="API token.")]
+PAGE_ROWS = 10_000
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _config(config: Path | None) -> Any:
+    from gateway.config import GatewayConfig, load_config
+
+    return load_config(config) if config else GatewayConfig()
+
+
+def sink_status(buffer_path: Path, config: Any, token: str | None = None) -> list[dict[str, Any]]:
+    """From the running gateway's API, or else from the buffer file opened read-only."""
+    from gateway.sqlclient import running_api
+
+    url = running_api(buffer_path)
+    if url is not None:
+        request = urllib.request.Request(f"{url}/api/sinks")  # noqa: S310 (loopback URL)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            entries: list[dict[str, Any]] = json.loads(response.read())["sinks"]
+            for entry in entries:
+                entry["running"] = True
+            return entries
+    return _status_from_file(buffer_path, config)
+
+
+def _status_from_file(buffer_path: Path, config: Any) -> list[dict[str, Any]]:
+    from gateway.buffer.store import connect
+    from gateway.errors import BufferStoreError
+    from gateway.sinks.shipping import backlog
+
+    if not buffer_path.exists():
+        raise BufferStoreError(f"buffer {buffer_path}: no such file (is the path right?)")
+    con = connect(buffer_path, read_only=True)
+    try:
+        cursors = {
+            (str(s), str(t)): int(p)
+            for s, t, p in con.execute("SELECT sink, stream, position FROM sink_cursors").fetchall()
+        }
+        dead = {
+            (str(s), str(t)): int(n)
+            for s, t, n in con.execute(
+                "SELECT sink, stream, count(*) FROM dead_letters GROUP BY ALL"
+            ).fetchall()
+        }
+        types = {c.name: c.type for c in config.sinks}
+        places = {(c.name, stream) for c in config.sinks if c.enabled for stream in c.streams}
+        now = time.time()
+        entries = []
+        for sink, stream in sorted(places | set(cursors)):
+            entries.append(
+                {
+                    "sink": sink,
+                    "type": types.get(sink, "?"),
+                    "stream": stream,
+                    **backlog(con, stream, cursors.get((sink, stream), 0), now),
+                    "dead_letters": dead.get((sink, stream), 0),
+                    "rows_per_s": None,
+                    "last_error": None,
+                    "running": False,
+                }
+            )
+        return entries
+    finally:
+        con.close()
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s"
+
+
+def sinks(
+    config: ConfigOption = None,
+    buffer: BufferOption = None,
+    token: TokenOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Each sink's cursor, backlog (rows, age of the oldest), last error and throughput."""
+    from gateway.errors import GatewayError
+
+    try:
+        cfg = _config(config)
+        entries = sink_status(buffer or Path(cfg.buffer.path), cfg, token)
+    except GatewayError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(entries, indent=1, default=str))
+        return
+    console = Console()
+    if not entries:
+        console.print("no sinks configured (see docs/sinks.md)")
+        return
+    grid = Table(header_style="bold")
+    for column in (
+        "sink",
+        "stream",
+        "cursor",
+        "backlog",
+        "oldest unsent",
+        "rows/s",
+        "dead",
+        "last error",
+    ):
+        grid.add_column(column)
+    for e in entries:
+        rate = e.get("rows_per_s")
+        grid.add_row(
+            f"{e['sink']} ({e['type']})",
+            e["stream"],
+            f"{e['position']} / {e['head']}",
+            str(e["backlog_rows"]),
+            _age(e.get("oldest_unsent_age_s")),
+            "-" if rate is None else f"{rate:.0f}",
+            str(e.get("dead_letters", 0)),
+            (e.get("last_error") or "")[:80],
+        )
+    console.print(grid)
+    if entries and not entries[0].get("running"):
+        console.print("[dim]gateway not running: figures from the buffer file[/dim]")
+
+
+def replay(
+    sink: Annotated[str, typer.Option("--sink", help="Name of the sink, as in the config.")],
+    since: Annotated[str, typer.Option(help="How far back, e.g. 2h, 7d.")],
+    stream: Annotated[str, typer.Option(help="readings or alerts.")] = "readings",
+    config: ConfigOption = None,
+    buffer: BufferOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Send rows ingested since --since to a sink again, without doubling what it holds.
+
+    Only rows the sink has confirmed are replayed (the forwarder sends the rest). Kafka: event
+    ids already in the topics are skipped; Snowflake: loaded through a scratch table and only
+    event ids the table lacks are inserted.
+    """
+    import asyncio
+
+    from rich.progress import Progress
+
+    from gateway.errors import GatewayError
+    from gateway.sinks.base import Attempt
+    from gateway.sinks.registry import build_sink
+    from gateway.sqlclient import query
+    from gateway.units import parse_duration
+
+    if stream not in ("readings", "alerts"):
+        raise _fail("--stream must be readings or alerts", 2)
+    try:
+        seconds = parse_duration(since)
+    except ValueError as exc:
+        raise _fail(f"--since: {exc}", 2) from None
+    try:
+        cfg = _config(config)
+    except GatewayError as exc:
+        raise _fail(str(exc)) from None
+    chosen = next((c for c in cfg.sinks if c.name == sink), None)
+    if chosen is None:
+        names = ", ".join(c.name for c in cfg.sinks) or "none configured"
+        raise _fail(f"no sink named {sink!r} in the config (sinks: {names})", 2)
+    path = buffer or Path(cfg.buffer.path)
+    console = Console()
+    cutoff = time.time() - seconds
+    time_column = "ingest_time" if stream == "readings" else "alert_time"
+    try:
+        confirmed = {
+            e["stream"]: int(e["position"])
+            for e in sink_status(path, cfg, token)
+            if e["sink"] == sink
+        }
+    except GatewayError as exc:
+        raise _fail(str(exc)) from None
+    upto = confirmed.get(stream, 0)
+    where = f"{time_column} >= to_timestamp({cutoff!r}) AND id <= {upto}"
+
+    async def run() -> int:
+        target = build_sink(chosen, cfg.gateway_id)
+        sent = 0
+        try:
+            total = int(
+                query(path, f"SELECT count(*) AS n FROM {stream} WHERE {where}", token=token)["n"][
+                    0
+                ].as_py()
+            )
+            after = 0
+            with Progress(console=console) as progress:
+                task = progress.add_task(f"replaying {stream} to {sink}", total=total)
+                while True:
+                    page = query(
+                        path,
+                        f"SELECT * FROM {stream} WHERE {where} AND id > {after} "
+                        f"ORDER BY id LIMIT {PAGE_ROWS}",
+                        token=token,
+                        limit=PAGE_ROWS,
+                    )
+                    if page.num_rows == 0:
+                        break
+                    first = int(page["id"][0].as_py())
+                    after = int(page["id"][-1].as_py())
+                    attempt = Attempt(stream, first, after, int(cutoff * 1000), replay=True)
+                    await target.write_batch(page, attempt)
+                    sent += page.num_rows
+                    progress.update(task, advance=page.num_rows)
+        finally:
+            await target.aclose()
+        return sent
+
+    try:
+        sent = asyncio.run(run())
+    except GatewayError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"replayed {sent} {stream} to {sink} (rows it already had were not doubled)")
