@@ -12,6 +12,7 @@ from rich.console import Console
 from gateway.buffer.commands import app as buffer_app
 from gateway.errors import GatewayError
 from gateway.rules.commands import app as rules_app
+from gateway.sinks import commands as sink_commands
 from simulators.commands import app as simulate_app
 
 app = typer.Typer(
@@ -25,6 +26,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(rules_app, name="rules")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(buffer_app, name="buffer")
+app.command("sinks")(sink_commands.sinks)
+app.command("replay")(sink_commands.replay)
 
 console = Console()
 err = Console(stderr=True)
