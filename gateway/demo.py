@@ -12,9 +12,19 @@ from rich.console import Console
 
 from gateway.app import Gateway
 from gateway.buffer.sql import run_query
-from gateway.config import ApiConfig, BufferConfig, GatewayConfig, MqttConfig, Subscription
+from gateway.config import (
+    ApiConfig,
+    BufferConfig,
+    GatewayConfig,
+    LocationConfig,
+    MqttConfig,
+    RulesConfig,
+    Subscription,
+)
 from gateway.output import render
 from gateway.services.mosquitto import Mosquitto
+
+RULES_DIR = Path(__file__).resolve().parent.parent / "rules"  # the rule sets users copy
 
 
 def run_demo(workdir: Path, duration: float | None, console: Console) -> None:
@@ -36,6 +46,8 @@ def run_demo(workdir: Path, duration: float | None, console: Console) -> None:
             ),
             buffer=BufferConfig(path=workdir / "buffer.duckdb"),
             api=ApiConfig(port=0),
+            rules=RulesConfig(files=[RULES_DIR / "smart-home.yaml", RULES_DIR / "thresholds.yaml"]),
+            location=LocationConfig(latitude=52.37, longitude=4.90, timezone="Europe/Amsterdam"),
         )
         buffer = config.buffer.path
         console.print(
@@ -74,6 +86,20 @@ def run_demo(workdir: Path, duration: float | None, console: Console) -> None:
                     )
                     console.rule(f"{gateway.stats.readings} readings buffered")
                     render(table, "table", console)
+                    if gateway.rules is not None:
+                        figures = gateway.rules.counters()
+                        console.rule(
+                            f"rules: {figures['fired']} fired, "
+                            f"{figures['commands_published']} commands sent, "
+                            f"{figures['active_alerts']} alerts open"
+                        )
+                        alerts = run_query(
+                            gateway.store.reader(),
+                            "SELECT strftime(alert_time, '%H:%M:%S') AS at, rule_id, device, "
+                            "severity, state, message FROM alerts ORDER BY id DESC LIMIT 5",
+                        )
+                        if alerts.num_rows:
+                            render(alerts, "table", console)
             except asyncio.CancelledError:
                 pass
             finally:

@@ -99,11 +99,13 @@ Output = Command | AlertChange | WebhookCall | LogLine
 
 
 def format_value(value: float | None) -> str:
+    """A number for templates: integers without `.0`, others to at most 3 decimals."""
     if value is None:
         return ""
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
-    return repr(value)
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
 
 
 def iso_time(epoch: float) -> str:
