@@ -78,10 +78,10 @@ function chart(container, series, opts) {
   container.replaceChildren();
   const all = series.flatMap((s) => s.points);
   if (!all.length) return;
-  const W = 600, H = 160, L = 44, B = 18, T = 8, R = 8;
+  // Drawn at the container's own width, so text is not stretched.
+  const W = Math.max(280, container.clientWidth || 600), H = 160, L = 44, B = 18, T = 14, R = 8;
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  svg.setAttribute("preserveAspectRatio", "none");
   const ys = all.map((p) => p[1]);
   const yMin = Math.min(0, ...ys), yMax = Math.max(...ys, yMin + 1);
   const y = (v) => T + (H - T - B) * (1 - (v - yMin) / (yMax - yMin));
@@ -113,8 +113,7 @@ function chart(container, series, opts) {
     const x = (v) => L + (W - L - R) * (v - xMin) / (xMax - xMin);
     series.forEach((s, si) => {
       add("polyline", { points: s.points.map((p) => `${x(p[0])},${y(p[1])}`).join(" "),
-        fill: "none", stroke: PALETTE[si % PALETTE.length], "stroke-width": 1.5,
-        "vector-effect": "non-scaling-stroke" });
+        fill: "none", stroke: PALETTE[si % PALETTE.length], "stroke-width": 1.5 });
     });
     const label = (v) => opts.time ? new Date(v * 1000).toLocaleTimeString() : fmtNumber(v);
     add("text", { x: L, y: H - 4 }, label(xMin));
@@ -122,7 +121,8 @@ function chart(container, series, opts) {
   }
   series.forEach((s, si) => {
     if (series.length > 1 || opts.legend) {
-      add("text", { x: L + 6 + si * 110, y: T + 10, fill: PALETTE[si % PALETTE.length] }, s.name);
+      add("text", { x: W - R - (series.length - si) * 110, y: T - 3,
+        fill: PALETTE[si % PALETTE.length] }, "■ " + s.name);
     }
   });
   container.append(svg);
@@ -186,6 +186,7 @@ function renderFirings(firings) {
 
 function renderSinks(sinks) {
   $("sinks-empty").hidden = sinks.length > 0;
+  $("sinks").hidden = sinks.length === 0;
   $("sinks").tBodies[0].replaceChildren(...sinks.map((s) =>
     el("tr", { "data-sink": s.sink },
       el("td", {}, s.sink + " (" + s.type + ")"), el("td", {}, s.stream),
@@ -198,7 +199,7 @@ function renderSinks(sinks) {
 function renderQuarantine(q) {
   $("quarantine-empty").hidden = q.reasons.length > 0;
   $("quarantine-reasons").replaceChildren(...q.reasons.map((r) =>
-    el("li", {}, el("strong", {}, fmtNumber(r.messages)), el("span", {}, r.reason),
+    el("li", {}, el("strong", {}, fmtNumber(r.messages) + " ×"), el("span", {}, r.reason),
       el("span", { class: "when" }, "last " + fmtTime(r.last)))));
   $("quarantine").tBodies[0].replaceChildren(...q.recent.map((m) =>
     el("tr", {}, el("td", {}, fmtTime(m.received_at)), el("td", {}, m.topic),
