@@ -28,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import DecodeError
+from gateway.ingest import sparkplug as spb
 from simulators.devices import PROFILES, Device, Room, Sample
 from simulators.formats import ENCODERS, Encoder, Message, Reason, SparkplugEncoder, SparkplugNode
 from simulators.scenario import Scenario
@@ -120,6 +122,7 @@ class Simulation:
         self.slots: list[_Slot] = []
         self.by_name: dict[str, _Slot] = {}
         self.commands: dict[str, _Slot] = {}
+        self.node_commands: dict[str, SparkplugNode] = {}  # NCMD topics: rebirth requests
         self._queue: list[tuple[float, int, int, int]] = []
         self._order = 0
         skew_rng = random.Random(f"{self.seed}:clock_skew")
@@ -143,6 +146,7 @@ class Simulation:
                     node = self.nodes.get(node_name)
                     if node is None:
                         node = self.nodes[node_name] = SparkplugNode(scenario.site, node_name, qos)
+                        self.node_commands[node.topic("NCMD")] = node
                     encoder.node = node
                 slot = _Slot(device, encoder, group.interval)
                 if faults.clock_skew and skew_rng.random() < faults.clock_skew.rate:
@@ -322,8 +326,16 @@ class Simulation:
             out.append(slot.held)  # the held message goes out after a newer one
             slot.held = None
 
+    @property
+    def command_topics(self) -> set[str]:
+        """Every topic a simulated device or Sparkplug node listens on."""
+        return set(self.commands) | set(self.node_commands)
+
     def command(self, topic: str, payload: bytes) -> list[Message]:
         """A command arrived for a device: it obeys and reports its new state."""
+        node = self.node_commands.get(topic)
+        if node is not None:
+            return self._node_command(node, payload)
         slot = self.commands.get(topic)
         if slot is None:
             return []
@@ -335,3 +347,21 @@ class Simulation:
         if not samples:
             return []
         return slot.encoder.command_reply(samples, self.t + slot.skew)
+
+    def _node_command(self, node: SparkplugNode, payload: bytes) -> list[Message]:
+        """`Node Control/Rebirth` = true: the node publishes NBIRTH and every DBIRTH again."""
+        try:
+            metrics = spb.decode_payload(payload).metrics
+        except DecodeError:
+            return []
+        if not any(m.name == "Node Control/Rebirth" and m.value is True for m in metrics):
+            return []
+        self.counts["rebirths"] += 1
+        node.born = False
+        node.devices_born.clear()
+        out: list[Message] = []
+        for slot in self.slots:
+            if isinstance(slot.encoder, SparkplugEncoder) and slot.encoder.node is node:
+                samples = slot.device.sample(self.t)
+                out += slot.encoder.encode(samples, self.t + slot.skew, "periodic")
+        return out

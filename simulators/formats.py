@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 
 import orjson
 
+from gateway.errors import DecodeError
 from gateway.ingest import sparkplug as spb
 from simulators.devices import Device, Sample, SampleValue
 
@@ -448,7 +449,7 @@ class SparkplugEncoder(Encoder):
     def command_payload(self, topic: str, payload: bytes) -> str | None:
         try:
             decoded = spb.decode_payload(payload)
-        except Exception:  # a garbled command is ignored, as a device would
+        except DecodeError:  # a garbled command is ignored, as a device would
             return None
         for metric in decoded.metrics:
             if metric.name in ("state", "setpoint"):

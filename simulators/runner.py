@@ -208,7 +208,7 @@ class ScenarioRunner:
         return dict(self._clients)
 
     def _on_connect(self, client: paho.Client) -> None:
-        topics = set(self.sim.commands) | set(self._expect_filters)
+        topics = self.sim.command_topics | set(self._expect_filters)
         if topics:
             client.subscribe([(t, 1) for t in sorted(topics)])
 
@@ -239,7 +239,7 @@ class ScenarioRunner:
             for key, will in sessions.items():
                 self._clients[key] = self._connect(key, will)
             # Subscribed before the first publish, so no command or expected message is missed.
-            if (set(sim.commands) or self._expect_filters) and not self._subscribed.wait(10):
+            if (sim.command_topics or self._expect_filters) and not self._subscribed.wait(10):
                 raise ConnectionError(f"{self.host}:{self.port} did not confirm the subscription")
             wall0 = time.monotonic()
             sim0 = sim.t
@@ -305,7 +305,7 @@ class ScenarioRunner:
                 return
             if any(paho.topic_matches_sub(f, topic) for f in self._expect_filters):
                 report.arrivals.append(Arrival(t, topic, payload))
-            if topic in self.sim.commands:
+            if topic in self.sim.command_topics:
                 self._publish(list(self.sim.command(topic, payload)), report)
 
 

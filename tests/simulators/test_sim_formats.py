@@ -10,7 +10,7 @@ from simhelpers import Collector, scenario, subscribe_all
 
 from gateway.ingest import sparkplug as spb
 from gateway.services.mosquitto import Mosquitto
-from gateway.testing import wait_until
+from gateway.testing import publisher, wait_until
 from simulators.runner import ScenarioRunner
 
 
@@ -184,3 +184,44 @@ def test_qos_and_retain_are_configurable(broker: Mosquitto) -> None:
     finally:
         live.client.disconnect()
         live.client.loop_stop()
+
+
+def test_sparkplug_node_is_born_again_on_a_rebirth_request(
+    broker: Mosquitto, collector: Collector
+) -> None:
+    fleet = [
+        {
+            "profile": "climate",
+            "name": "th-{n}",
+            "count": 2,
+            "format": "sparkplug",
+            "node": "edge-9",
+            "interval": "1m",
+        },
+    ]
+    plan = scenario(fleet=fleet, site="plant", duration="2h", qos=0)
+    runner = ScenarioRunner(plan, broker.host, broker.port, speed=60)
+    stop = threading.Event()
+    player = threading.Thread(target=runner.run, args=(stop,))
+    player.start()
+
+    def kinds() -> list[str]:
+        return [m.topic.split("/")[2] for m in collector.on("spBv1.0/plant/")]
+
+    try:
+        assert wait_until(lambda: "DDATA" in kinds())
+        rebirth = spb.Payload(metrics=[spb.Metric("Node Control/Rebirth", True, spb.BOOLEAN)])
+        cmd = publisher(broker.host, broker.port, "host-app")
+        cmd.publish("spBv1.0/plant/NCMD/edge-9", spb.encode_payload(rebirth), qos=1)
+        assert wait_until(lambda: kinds().count("NBIRTH") == 2 and kinds().count("DBIRTH") == 4)
+        cmd.loop_stop()
+    finally:
+        stop.set()
+        player.join(10)
+    messages = collector.on("spBv1.0/plant/")
+    second = [m for m in messages if m.topic.endswith("NBIRTH/edge-9")][1]
+    births = [spb.decode_payload(m.payload) for m in messages if "BIRTH" in m.topic]
+    assert spb.decode_payload(second.payload).seq == 0
+    # The same session, so the same bdSeq; every device is born again with every metric.
+    assert births[0].metrics[0].value == births[3].metrics[0].value
+    assert {m.name for m in births[4].metrics} == {"temperature", "humidity", "battery"}
