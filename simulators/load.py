@@ -126,7 +126,7 @@ def _worker(
     go: Any,
 ) -> None:
     """One process: connect, wait for `go`, publish windows at this worker's share of the rate."""
-    sent, errors, ready = counters
+    sent, errors, ready, finished = counters
     windows = _windows(spec, worker, device_ids)
     joined = [b"".join(w) for w in windows]
     rate = spec.rate / spec.processes if spec.rate else 0.0
@@ -174,6 +174,8 @@ def _worker(
             _read_acks(sock, unacked)
             with sent.get_lock():
                 sent.value += unacked
+        with finished.get_lock():  # CLOCK_MONOTONIC is one clock for all processes
+            finished.value = max(finished.value, time.monotonic())
     finally:
         try:
             sock.sendall(b"\xe0\x00")  # DISCONNECT, so the broker drops the session quietly
@@ -190,6 +192,7 @@ def run_load(
     sent = ctx.Value("q", 0)
     errors = ctx.Value("q", 0)
     ready = ctx.Value("q", 0)
+    finished = ctx.Value("d", 0.0)
     go = ctx.Event()
     processes = max(1, spec.processes)
     ids = list(range(max(1, spec.devices)))
@@ -200,7 +203,14 @@ def run_load(
     workers = [
         ctx.Process(
             target=_worker,
-            args=(spec, w, ids[w::processes] or ids[:1], quotas[w], (sent, errors, ready), go),
+            args=(
+                spec,
+                w,
+                ids[w::processes] or ids[:1],
+                quotas[w],
+                (sent, errors, ready, finished),
+                go,
+            ),
             daemon=True,
         )
         for w in range(processes)
@@ -234,6 +244,7 @@ def run_load(
             if p.is_alive():
                 p.terminate()
             p.join()
-    seconds = time.monotonic() - started
+    # The run lasted until the last worker sent its last message (not until processes exited).
+    seconds = (finished.value or time.monotonic()) - started
     failed = sum(1 for p in workers if p.exitcode not in (0, None))
     return LoadSummary(int(sent.value), int(errors.value) + failed, seconds, per_second)
