@@ -1,0 +1,233 @@
+"""Helpers for the fault suite: a gateway run as its own process (so it can be killed -9), a
+steady publisher that knows which readings the broker acknowledged, and counters that read
+back what reached the buffer, Kafka and Snowflake."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import snowflake.connector
+import yaml
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from gateway.buffer.store import connect
+from gateway.services.fakesnow import FakeSnow
+from gateway.services.mosquitto import Mosquitto
+from gateway.testing import publisher, wait_until
+
+
+def fault_loops(default: int) -> int:
+    """How many rounds a looping fault test runs: small in CI, FAULT_LOOPS=50 for a long run."""
+    return max(1, int(os.environ.get("FAULT_LOOPS", default)))
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def write_config(
+    tmp_path: Path,
+    broker: Mosquitto,
+    client_id: str,
+    *,
+    buffer: Path | None = None,
+    sinks: list[dict[str, Any]] | None = None,
+    retention: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    data: dict[str, Any] = {
+        "gateway_id": "faulty",
+        "mqtt": {
+            "host": broker.host,
+            "port": broker.port,
+            "client_id": client_id,
+            "subscriptions": [{"topic": "sensors/#", "qos": 1}],
+            "reconnect": {"min_delay": "100ms", "max_delay": "1s"},
+        },
+        "buffer": {"path": str(buffer or tmp_path / "buffer.duckdb"), "flush_interval": "20ms"},
+        "api": {"port": 0},
+        "sinks": sinks or [],
+        "log_level": "info",
+    }
+    if retention is not None:
+        data["buffer"]["retention"] = retention
+    data.update(extra or {})
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class GatewayProcess:
+    """`edge-gateway run` as a child process; the log collects every run's stderr."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log = config.parent / "gateway.log"
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> GatewayProcess:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=self.env,
+            )
+        self.starts += 1
+        return self
+
+    def kill(self) -> None:
+        """kill -9: no clean-up, no flush, no last commit, like a power cut."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+class SteadyPublisher:
+    """Publishes `sensors/plant/dev<k>/seq` with the values 0..total-1 (QoS 1) at a steady rate
+    from a thread; `acked()` are the values the broker has confirmed holding."""
+
+    def __init__(
+        self, broker: Mosquitto, total: int, rate: float, devices: int = 20, qos: int = 1
+    ) -> None:
+        self.total = total
+        self.rate = rate
+        self.devices = devices
+        self.qos = qos
+        self.client = publisher(broker.host, broker.port, client_id=unique("steady"))
+        self._infos: list[paho.MQTTMessageInfo] = []
+        self._thread = threading.Thread(target=self._run, name="steady-publisher", daemon=True)
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        for i in range(self.total):
+            if self._stop.is_set():
+                return
+            due = start + i / self.rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            topic = f"sensors/plant/dev{i % self.devices}/seq"
+            self._infos.append(self.client.publish(topic, str(i), qos=self.qos))
+
+    def start(self) -> SteadyPublisher:
+        self._thread.start()
+        return self
+
+    def published(self) -> int:
+        return len(self._infos)
+
+    def acked(self) -> set[int]:
+        return {i for i, info in enumerate(list(self._infos)) if info.is_published()}
+
+    def wait_all_acked(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return wait_until(lambda: len(self.acked()) == self.total, timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def buffer_values(buffer: Path) -> Counter[int]:
+    """How often each published value is in the (stopped) gateway's buffer."""
+    con = connect(buffer, read_only=True, lock_wait=10.0)
+    try:
+        rows = con.execute("SELECT value FROM readings WHERE metric = 'seq'").fetchall()
+    finally:
+        con.close()
+    return Counter(int(v) for (v,) in rows)
+
+
+def buffer_counters(buffer: Path) -> dict[str, int]:
+    con = connect(buffer, read_only=True, lock_wait=10.0)
+    try:
+        return {str(k): int(v) for k, v in con.execute("FROM counters").fetchall()}
+    finally:
+        con.close()
+
+
+def kafka_values(bootstrap: str, topic_prefix: str) -> Counter[int]:
+    """Every reading's value in the topics starting with `topic_prefix`, read partition by
+    partition by direct assignment (Tansu can stall consumer-group joins)."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": unique("check"), "enable.auto.commit": False}
+    )
+    try:
+        topics = [t for t in consumer.list_topics(timeout=10).topics if t.startswith(topic_prefix)]
+        ends: dict[tuple[str, int], int] = {}
+        assignment = []
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            for p in meta.partitions:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                if high > 0:
+                    ends[(topic, p)] = high
+                    assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        values: Counter[int] = Counter()
+        if not assignment:
+            return values
+        consumer.assign(assignment)
+        deadline = time.monotonic() + 60
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, timeout=1.0):
+                if msg.error() is not None:
+                    continue
+                values[int(json.loads(msg.value())["value"])] += 1
+                if msg.offset() + 1 >= ends.get((msg.topic(), msg.partition()), 1 << 62):
+                    ends.pop((msg.topic(), msg.partition()), None)
+        assert not ends, f"could not read back {ends}"
+        return values
+    finally:
+        consumer.close()
+
+
+def snowflake_values(server: FakeSnow, schema: str) -> Counter[int]:
+    """Every reading's value in the warehouse table READINGS of `schema` (empty before it exists)."""
+    try:
+        con = snowflake.connector.connect(
+            **server.connection_args(), database="EDGE", schema=schema
+        )
+    except snowflake.connector.Error:
+        return Counter()
+    try:
+        rows = con.cursor().execute("SELECT value FROM readings").fetchall()
+    except snowflake.connector.Error:
+        return Counter()
+    finally:
+        con.close()
+    return Counter(int(v) for (v,) in rows)
+
+
+def lost_and_doubled(expected: set[int], seen: Counter[int]) -> tuple[int, int]:
+    """Readings missing, and extra copies, against the set the broker acknowledged."""
+    lost = len(expected - set(seen))
+    doubled = sum(n - 1 for n in seen.values() if n > 1)
+    return lost, doubled
