@@ -200,9 +200,10 @@ def kafka_values(bootstrap: str, topic_prefix: str) -> Counter[int]:
             for msg in consumer.consume(10_000, timeout=1.0):
                 if msg.error() is not None:
                     continue
-                values[int(json.loads(msg.value())["value"])] += 1
-                if msg.offset() + 1 >= ends.get((msg.topic(), msg.partition()), 1 << 62):
-                    ends.pop((msg.topic(), msg.partition()), None)
+                values[int(json.loads(msg.value() or b"{}")["value"])] += 1
+                where = (str(msg.topic()), int(msg.partition() or 0))
+                if int(msg.offset() or 0) + 1 >= ends.get(where, 1 << 62):
+                    ends.pop(where, None)
         assert not ends, f"could not read back {ends}"
         return values
     finally:
@@ -210,7 +211,7 @@ def kafka_values(bootstrap: str, topic_prefix: str) -> Counter[int]:
 
 
 def snowflake_values(server: FakeSnow, schema: str) -> Counter[int]:
-    """Every reading's value in the warehouse table READINGS of `schema` (empty before it exists)."""
+    """Every reading's value in the table READINGS of `schema` (none before it exists)."""
     try:
         con = snowflake.connector.connect(
             **server.connection_args(), database="EDGE", schema=schema
@@ -218,7 +219,8 @@ def snowflake_values(server: FakeSnow, schema: str) -> Counter[int]:
     except snowflake.connector.Error:
         return Counter()
     try:
-        rows = con.cursor().execute("SELECT value FROM readings").fetchall()
+        cursor = con.cursor().execute("SELECT value FROM readings")
+        rows = cursor.fetchall() if cursor is not None else []
     except snowflake.connector.Error:
         return Counter()
     finally:

@@ -99,11 +99,11 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing_in_any_sink(
             else:
                 # While batches go up: the warehouse count just moved, so COPYs and sends are on.
                 before = sum(snowflake_values(fakesnow, schema).values())
-                moved = wait_until(
-                    lambda before=before: sum(snowflake_values(fakesnow, schema).values()) > before,
-                    timeout=30,
-                    interval=0.2,
-                )
+
+                def uploading(before: int = before) -> bool:
+                    return sum(snowflake_values(fakesnow, schema).values()) > before
+
+                moved = wait_until(uploading, timeout=30, interval=0.2)
                 time.sleep(rng.uniform(0.0, 0.3))
                 moments.append("uploading" if moved else "random")
             gateway.kill()
