@@ -145,6 +145,8 @@ class Forwarder:
         self._reader: duckdb.DuckDBPyConnection | None = None
         self._writer_con: duckdb.DuckDBPyConnection | None = None
         self._next_send_at = 0.0  # bandwidth cap: monotonic time the next batch may leave
+        self._prefetch: asyncio.Future[tuple[int, pa.Table]] | None = None
+        self._prefetch_con: duckdb.DuckDBPyConnection | None = None
         self.wake = wake or asyncio.Event()
         self.started = asyncio.Event()
 
@@ -271,17 +273,52 @@ class Forwarder:
             if available < self.batching.max_rows and now - waiting_since < self.batching.max_age:
                 await self._idle(stop, min(POLL_INTERVAL, self.batching.max_age))
                 continue
-            batch = await self._read(self.stats.position, None, self.batching.max_rows)
+            batch = await self._next_batch()
             if batch.num_rows == 0:  # purged under us (retention on_full: drop_oldest)
                 self.stats.position = self.head()
                 continue
-            batch = self._cap_bytes(batch)
             waiting_since = None
             first, last = _bounds(batch)
+            if self.head() - last >= self.batching.max_rows:
+                self._start_prefetch(last)  # draining a backlog: read on while this one sends
             attempt = Attempt(self.stream, first, last, int(time.time() * 1000))
             await self._record_attempt(attempt)
             if not await self._deliver(batch, attempt, stop):
                 return
+        self._drop_prefetch()
+
+    async def _next_batch(self) -> pa.Table:
+        """The rows after the cursor: the prefetched batch when it starts there, else read."""
+        task, self._prefetch = self._prefetch, None
+        if task is not None:
+            after, table = await task
+            if after == self.stats.position:
+                return table
+        table = await self._read(self.stats.position, None, self.batching.max_rows)
+        return self._cap_bytes(table)
+
+    def _start_prefetch(self, after: int) -> None:
+        """Read (and let the sink encode) the next full batch in a thread, overlapping the
+        send of the current one; only reads, so a stop or a crash loses nothing."""
+        prepare = getattr(self.sink, "prepare", None)
+
+        def fetch() -> tuple[int, pa.Table]:
+            if self._prefetch_con is None:
+                self._prefetch_con = self.store.reader()
+            table = self._cap_bytes(
+                rows_after(self._prefetch_con, self.stream, after, None, self.batching.max_rows)
+            )
+            if prepare is not None and table.num_rows:
+                prepare(self.stream, table)
+            return after, table
+
+        self._drop_prefetch()
+        self._prefetch = asyncio.ensure_future(asyncio.to_thread(fetch))
+
+    def _drop_prefetch(self) -> None:
+        task, self._prefetch = self._prefetch, None
+        if task is not None:
+            task.cancel()
 
     def _cap_bytes(self, batch: pa.Table) -> pa.Table:
         nbytes = batch.nbytes
@@ -383,6 +420,10 @@ class Forwarder:
         self.stats.last_error_at = time.time()
 
     def _close_cons(self) -> None:
+        if self._prefetch_con is not None:
+            with contextlib.suppress(duckdb.Error):
+                self._prefetch_con.close()
+            self._prefetch_con = None
         if self._reader is not None:
             with contextlib.suppress(duckdb.Error):
                 self._reader.close()

@@ -65,6 +65,8 @@ class KafkaSink:
         self._known_topics: set[str] = set()
         self._admin: AdminClient | None = None
         self._replay_seen: dict[tuple[str, int], set[str]] = {}
+        self._prepared: dict[tuple[str, tuple[int, int, int]], pa.Table] = {}
+        self._prepared_lock = threading.Lock()
 
     # -- clients ----------------------------------------------------------------------------
     def client_config(self) -> dict[str, Any]:
@@ -82,7 +84,7 @@ class KafkaSink:
                 "enable.idempotence": True,
                 "acks": "all",
                 "compression.type": self.config.compression,
-                "linger.ms": 20,
+                "linger.ms": 5,
                 "batch.size": 1_000_000,
                 "queue.buffering.max.messages": 1_000_000,
                 "message.timeout.ms": int(self.config.delivery_timeout * 1000),
@@ -110,9 +112,18 @@ class KafkaSink:
     async def write_batch(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
         return await asyncio.to_thread(self._write, batch, attempt)
 
+    def prepare(self, stream: str, batch: pa.Table) -> None:
+        """Encode a batch ahead of its send (the forwarder calls this while draining)."""
+        records = self._encoder.encode(stream, batch)
+        with self._prepared_lock:
+            self._prepared = {(stream, _span(batch)): records}  # only the latest is kept
+
     def _write(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
         with self._lock:
-            records = self._encoder.encode(attempt.stream, batch)
+            with self._prepared_lock:
+                records = self._prepared.pop((attempt.stream, _span(batch)), None)
+            if records is None:
+                records = self._encoder.encode(attempt.stream, batch)
             topics = sorted(set(records.column("topic").to_pylist()))
             self._ensure_topics(topics)
             if attempt.resumed or attempt.replay:
@@ -159,15 +170,18 @@ class KafkaSink:
             return WriteResult(bytes_sent=0)
         producer = self._producer_now()
         values, extra_headers = self._values(records, stream)
-        failed: list[tuple[int, KafkaError]] = []
+        failed: list[tuple[Any, KafkaError]] = []
 
-        def report(position: int) -> Any:
-            # Called only for failures (delivery.report.only.error): which reading, which error.
-            return lambda err, _msg: failed.append((position, err)) if err is not None else None
+        def on_error(err: KafkaError | None, msg: Any) -> None:
+            # Only failures are reported (delivery.report.only.error); one shared callback keeps
+            # the per-message cost down, and the value (it holds the event id) finds the row.
+            if err is not None:
+                failed.append((msg.value(), err))
 
         rejected: list[Rejection] = []
         positions = records.column("id").to_pylist()
         nbytes = 0
+        produce = producer.produce
         for position, event_id, key, topic, value in zip(
             positions,
             records.column("event_id").to_pylist(),
@@ -176,22 +190,35 @@ class KafkaSink:
             values,
             strict=True,
         ):
-            headers = [(EVENT_ID_HEADER, event_id.encode()), *extra_headers]
-            while True:
-                try:
-                    producer.produce(
-                        topic, value, key, headers=headers, on_delivery=report(position)
-                    )
-                    break
-                except BufferError:  # local queue full: let deliveries drain
+            try:
+                produce(
+                    topic,
+                    value,
+                    key,
+                    headers=[(EVENT_ID_HEADER, event_id), *extra_headers],
+                    on_delivery=on_error,
+                )
+            except BufferError:  # local queue full: let deliveries drain, then try again
+                while True:
                     producer.poll(0.05)
-                except KafkaException as exc:
-                    error = exc.args[0]
-                    if error.code() in _PERMANENT:
-                        rejected.append(Rejection(position, f"kafka: {error.str()}"))
+                    try:
+                        produce(
+                            topic,
+                            value,
+                            key,
+                            headers=[(EVENT_ID_HEADER, event_id), *extra_headers],
+                            on_delivery=on_error,
+                        )
                         break
-                    self._drop_producer()
-                    raise SinkError(self.name, f"produce failed: {error.str()}") from None
+                    except BufferError:
+                        continue
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() in _PERMANENT:
+                    rejected.append(Rejection(position, f"kafka: {error.str()}"))
+                    continue
+                self._drop_producer()
+                raise SinkError(self.name, f"produce failed: {error.str()}") from None
             nbytes += len(value)
         deadline = time.monotonic() + self.config.delivery_timeout + 5.0
         while producer.flush(1.0) > 0:
@@ -199,16 +226,21 @@ class KafkaSink:
                 self._drop_producer()
                 raise SinkError(self.name, "delivery timed out")
         if failed:
-            transient = [(p, err) for p, err in failed if err.code() not in _PERMANENT]
+            transient = [err for _value, err in failed if err.code() not in _PERMANENT]
             if transient:
                 self._drop_producer()
-                position, err = transient[0]
                 raise SinkError(
                     self.name,
-                    f"delivery failed ({len(transient)} messages, first at "
-                    f"{stream} {position}): {err.str()}",
+                    f"delivery of {len(transient)} {stream} messages failed: {transient[0].str()}",
                 )
-            rejected += [Rejection(p, f"kafka: {err.str()}") for p, err in failed]
+            by_value = dict(zip(values, positions, strict=True))
+            for value, err in failed:
+                key = (
+                    value.decode()
+                    if isinstance(value, bytes) and isinstance(values[0], str)
+                    else value
+                )
+                rejected.append(Rejection(by_value[key], f"kafka: {err.str()}"))
         return WriteResult(bytes_sent=nbytes, rejected=rejected)
 
     # -- topics and read-back ---------------------------------------------------------------
@@ -324,6 +356,11 @@ class KafkaSink:
                 self._encoder.close()
 
         await asyncio.to_thread(close)
+
+
+def _span(batch: pa.Table) -> tuple[int, int, int]:
+    ids = batch.column("id")
+    return int(ids[0].as_py()), int(ids[-1].as_py()), batch.num_rows
 
 
 class _LibrdkafkaLog:
