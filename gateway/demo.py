@@ -27,11 +27,17 @@ from gateway.services.mosquitto import Mosquitto
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"  # the rule sets users copy
 
 
-def run_demo(workdir: Path, duration: float | None, console: Console) -> None:
+def run_demo(
+    workdir: Path, duration: float | None, console: Console, sinks: str = "all"
+) -> None:
+    from gateway.sinks.local import LocalUpstreams
     from simulators.home import run_home
 
     workdir.mkdir(parents=True, exist_ok=True)
-    with Mosquitto(workdir=workdir / "mosquitto", persistence=False) as broker:
+    with (
+        Mosquitto(workdir=workdir / "mosquitto", persistence=False) as broker,
+        LocalUpstreams(enabled=sinks != "none") as upstream,  # fakesnow and Tansu
+    ):
         config = GatewayConfig(
             gateway_id="demo",
             mqtt=MqttConfig(
@@ -48,12 +54,15 @@ def run_demo(workdir: Path, duration: float | None, console: Console) -> None:
             api=ApiConfig(port=0),
             rules=RulesConfig(files=[RULES_DIR / "smart-home.yaml", RULES_DIR / "thresholds.yaml"]),
             location=LocationConfig(latitude=52.37, longitude=4.90, timezone="Europe/Amsterdam"),
+            sinks=upstream.sink_configs(),
         )
         buffer = config.buffer.path
         console.print(
             f"[bold]edge-gateway demo[/bold]: broker on {broker.host}:{broker.port}, "
             f"buffer {buffer}"
         )
+        console.print(upstream.describe())
+        console.print(upstream.how_to_query(buffer), highlight=False, markup=False, soft_wrap=True)
         stop_devices = threading.Event()
         devices = threading.Thread(
             target=run_home,
@@ -86,6 +95,7 @@ def run_demo(workdir: Path, duration: float | None, console: Console) -> None:
                     )
                     console.rule(f"{gateway.stats.readings} readings buffered")
                     render(table, "table", console)
+                    await asyncio.to_thread(upstream.show, console)
                     if gateway.rules is not None:
                         figures = gateway.rules.counters()
                         console.rule(
