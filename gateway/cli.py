@@ -210,13 +210,14 @@ def demo(
         float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
     ] = None,
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps its buffer.")] = Path(".demo"),
+    sinks: Annotated[str, typer.Option(help="all: ship to local Snowflake and Kafka; none.")] = "all",
 ) -> None:
     """Start a private Mosquitto, simulated devices and the gateway, and show what arrives."""
     from gateway.demo import run_demo
 
     setup_logging("warning")
     try:
-        run_demo(workdir, duration, console)
+        run_demo(workdir, duration, console, sinks=sinks)
     except GatewayError as exc:
         raise fail(str(exc)) from None
 
