@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import pyarrow as pa
 
 app = typer.Typer(
@@ -91,6 +93,7 @@ def backtest(
 
     from gateway.errors import GatewayError
     from gateway.output import render
+    from gateway.progress import progress_bar
     from gateway.rules.backtest import history_pages, outputs_table, run_backtest
     from gateway.rules.service import build_engine
     from gateway.sqlclient import query
@@ -118,7 +121,20 @@ def backtest(
             )
             return query(path, sql, token=token, limit=page)
 
-        outputs = run_backtest(engine, history_pages(fetch), now)
+        total = query(
+            path,
+            f"SELECT count(*) AS n FROM readings WHERE event_time >= to_timestamp({cutoff!r})",
+            token=token,
+        )
+        readings = int(total["n"][0].as_py())
+        with progress_bar(err, f"backtesting {since} of readings", readings) as advance:
+
+            def pages() -> Iterator[pa.Table]:
+                for table in history_pages(fetch):
+                    advance(table.num_rows)
+                    yield table
+
+            outputs = run_backtest(engine, pages(), now)
     except GatewayError as exc:
         err.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(1) from None
