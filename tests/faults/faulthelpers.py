@@ -233,3 +233,20 @@ def lost_and_doubled(expected: set[int], seen: Counter[int]) -> tuple[int, int]:
     lost = len(expected - set(seen))
     doubled = sum(n - 1 for n in seen.values() if n > 1)
     return lost, doubled
+
+
+def gateway_ready(buffer: Path) -> bool:
+    """True once the gateway running on `buffer` answers /readyz: connected and subscribed."""
+    import urllib.error
+    import urllib.request
+
+    from gateway.sqlclient import running_api
+
+    url = running_api(buffer)
+    if url is None:
+        return False
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as answer:
+            return bool(json.loads(answer.read())["ready"])
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return False

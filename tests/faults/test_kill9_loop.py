@@ -16,6 +16,7 @@ from faulthelpers import (
     SteadyPublisher,
     buffer_values,
     fault_loops,
+    gateway_ready,
     kafka_values,
     lost_and_doubled,
     snowflake_values,
@@ -85,7 +86,7 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing_in_any_sink(
     # The first run creates the gateway's persistent session; from then on the broker keeps
     # every reading for it, whether the gateway is up, killed or restarting.
     gateway.start()
-    assert wait_until(lambda: running_api(buffer) is not None, timeout=30), gateway.tail()
+    assert wait_until(lambda: gateway_ready(buffer), timeout=30), gateway.tail()
     load = SteadyPublisher(broker, total=total, rate=800.0).start()
     moments: list[str] = []
     try:
