@@ -1,7 +1,8 @@
 """The composition root: `Gateway` wires ingest, the buffer, the API and the optional parts.
 
     MQTT --> MqttIngest.take --> BatchDecoder --> BufferStore.append (one transaction)
-         --> ack to broker --> batch listeners (rules engine)
+         --> ack to broker --> batch listeners (sinks, telemetry)
+    MQTT --> MqttIngest.on_receive --> rules engine, as messages arrive --> commands, alerts
     BufferStore --> retention, API/SQL, sink forwarders
 
 Parts receive what they need as arguments; only this module knows them all. Blocking work on
@@ -88,9 +89,6 @@ class Gateway:
         self.ingest: MqttIngest | None = None
         self.api_address: tuple[str, int] | None = None
         self.listeners: list[BatchListener] = []
-        # Called on the writer thread with each decoded batch and the id its first reading will
-        # get, just before the commit: the rules act without waiting for the disk.
-        self.precommit: list[Callable[[pa.Table, int], None]] = []
         self.background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
         self.shipping: Any = None  # gateway.sinks.shipping.Shipping when sinks are configured
         self.rules: Any = None  # gateway.rules.service.RulesService when rule files are configured
@@ -135,20 +133,23 @@ class Gateway:
                 api_server = ApiServer(cfg.api, self)
                 self.api_address = api_server.start()
                 self._write_runtime_file()
-            if cfg.rules.files:  # rules see each batch first: they act in milliseconds
+            if cfg.rules.files:  # rules see messages as they arrive: they act in milliseconds
                 from gateway.rules.service import RulesService
 
+                seen = RedeliveryFilter()
+                early = BatchDecoder(TopicRouter(cfg.routes), seen, cfg.buffer.max_payload_bytes)
                 self.rules = RulesService(
                     cfg.rules,
                     cfg.location,
                     store=store,
                     on_writer=self.on_writer,
                     publish=ingest.publish,
+                    early=(early, seen),
+                    settled=lambda: ingest.received == self.stats.messages,
                 )
                 await self.rules.start()
                 self.rules.executor.observers.append(self.telemetry.observe_rule_outputs)
-                self.precommit.append(self.rules.tap)
-                self.listeners.insert(0, self.rules.on_commit)
+                ingest.on_receive = self.rules.receive
                 self.background.append(self.rules.run)
             self.listeners.append(self.telemetry.on_commit)
             ingest.start()
@@ -199,9 +200,6 @@ class Gateway:
 
         def commit(messages: list[Any]) -> tuple[IngestBatch, pa.Table]:
             batch = decoder.decode(messages)
-            if batch.reading_count:
-                for tap in self.precommit:
-                    tap(batch.readings, store.next_reading_id)
             rows, forget = redelivery.remember(batch.messages)
             delay = 0.1
             while True:  # the broker keeps the messages unacked meanwhile: nothing is lost

@@ -108,6 +108,9 @@ class MqttIngest:
         self.connected = threading.Event()
         self.received = 0
         self.connects = 0
+        # Sees every message as it arrives (the rules engine, which does not wait for commits);
+        # called on paho's network thread under the pending lock, so it must only hand over.
+        self.on_receive: Callable[[RawMessage], None] | None = None
         self.last_error: str | None = None
         self._client = self._make_client()
 
@@ -255,6 +258,8 @@ class MqttIngest:
             pending = self._pending
             pending.append(raw)
             self.received += 1
+            if self.on_receive is not None:
+                self.on_receive(raw)
             size = len(pending)
             if size in (1, self._wake_at):
                 self._cond.notify()

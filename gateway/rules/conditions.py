@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 UNKNOWN_STATES = frozenset(("unknown", "unavailable", "none", "null", ""))
 
 # (event time, value, text, topic, tags JSON, event id) of a (device, metric)'s latest reading
-Latest = tuple[float, float | None, str | None, str, str | None, str]
+Latest = tuple[float, float | None, str | None, str, str | None, str | None]
 
 
 @dataclass(slots=True)

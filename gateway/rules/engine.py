@@ -320,7 +320,9 @@ class RuleEngine:
         texts = readings.column("text").to_pylist()
         topics = readings.column("topic").to_pylist()
         tags = readings.column("tags").to_pylist()
-        ids = readings.column("event_id").to_pylist()
+        # Readings evaluated as they arrive have no ids yet (the buffer assigns them on commit).
+        committed = "event_id" in readings.column_names
+        ids = readings.column("event_id").to_pylist() if committed else [None] * n
         order: Sequence[int] = range(n)
         if any(times[i] > times[i + 1] for i in range(n - 1)):
             order = sorted(range(n), key=times.__getitem__)
@@ -360,9 +362,10 @@ class RuleEngine:
             for handler in handlers:
                 handler(key, t, value, text)
             evaluations += len(handlers)
-        last_id = pc.max(readings.column("id")).as_py()
-        if last_id is not None and last_id > self.last_reading_id:
-            self.last_reading_id = int(last_id)
+        if committed:
+            last_id = pc.max(readings.column("id")).as_py()
+            if last_id is not None and last_id > self.last_reading_id:
+                self.last_reading_id = int(last_id)
         stats = self.stats
         stats.readings += n
         stats.late_dropped += late

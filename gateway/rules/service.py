@@ -13,16 +13,17 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from gateway.config import LocationConfig, RulesConfig
 from gateway.errors import BufferStoreError, RuleError
+from gateway.model import IngestBatch, RawMessage
 from gateway.rules import state
 from gateway.rules.actions import AlertChange, Output
 from gateway.rules.engine import RuleEngine
@@ -32,6 +33,20 @@ from gateway.rules.schema import load_rule_files
 logger = logging.getLogger(__name__)
 
 OnWriter = Callable[..., Awaitable[Any]]
+
+
+class EarlyDecoder(Protocol):
+    """Routes and decodes raw messages (gateway.ingest.decoding.BatchDecoder)."""
+
+    def decode(self, messages: list[RawMessage]) -> IngestBatch: ...
+
+
+class Remembers(Protocol):
+    """Remembers delivered messages to recognise redeliveries (gateway.ingest.redelivery)."""
+
+    def remember(self, messages: list[RawMessage]) -> tuple[list[Any], int]: ...
+
+
 REPLAY_PAGE = 10_000
 
 
@@ -70,8 +85,12 @@ class RulesService:
         store: state.StateStore,
         on_writer: OnWriter,
         publish: Publish | None,
+        early: tuple[EarlyDecoder, Remembers] | None = None,
+        settled: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`early`: the decoder the rules use on messages as they arrive, and the filter that
+        remembers them; `settled`: true when every received message has been committed."""
         self.config = config
         self.location = location
         self._store = store
@@ -91,8 +110,10 @@ class RulesService:
         self.save_failures = 0
         self._last_alert_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._buffer_uid = ""
-        self._uncommitted = 0  # batches fed through `tap` whose commit has not been reported
+        self._early = early
+        self._settled = settled
+        self._inbox: list[RawMessage] = []
+        self._inbox_lock = threading.Lock()
         self._alert_writes = 0
         self._tasks: set[asyncio.Future[None]] = set()
         # Held while a batch or tick is evaluated and its alerts written, so a snapshot never
@@ -106,7 +127,6 @@ class RulesService:
         engine = build_engine(self.files, self.config, self.location)
         store = self._store
         self._loop = asyncio.get_running_loop()
-        self._buffer_uid = store.buffer_uid
         snapshot = await self._on_writer(state.load_snapshot, store)
         self._last_alert_id = await self._on_writer(state.last_alert_id, store)
         if snapshot is not None:
@@ -149,38 +169,33 @@ class RulesService:
             self._dirty = True
 
     # -- input ----------------------------------------------------------------------------
-    def tap(self, readings: pa.Table, first_id: int) -> None:
-        """Called on the buffer's writer thread with a decoded batch just before it commits.
+    def receive(self, message: RawMessage) -> None:
+        """Called on the MQTT network thread for every message as it arrives: hand it over.
 
-        The rules act on it at once, while the commit goes to disk (a commit costs several
-        milliseconds). Should the commit fail, the broker redelivers the messages and the
-        engine sees the same values again, which crosses nothing twice."""
-        loop = self._loop
-        if loop is None or self.engine is None:
-            return
-        n = readings.num_rows
-        ids = pa.array(range(first_id, first_id + n), pa.int64())
-        # The ids and event ids the store gives these rows (BufferStore.append: uid-id).
-        event_ids = pc.binary_join_element_wise(
-            f"{self._buffer_uid}-", pc.cast(ids, pa.string()), ""
-        )
-        table = readings.add_column(0, "event_id", event_ids).add_column(0, "id", ids)
-        loop.call_soon_threadsafe(self._feed, table)
+        The rules decode and evaluate messages themselves, on the event loop, instead of
+        waiting for the buffer's commit (several milliseconds of disk). Commits and rules see
+        the same messages in the same order."""
+        with self._inbox_lock:
+            self._inbox.append(message)
+            first = len(self._inbox) == 1
+        if first and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._drain)
 
-    def _feed(self, table: pa.Table) -> None:
+    def _drain(self) -> None:
+        with self._inbox_lock:
+            messages, self._inbox = self._inbox, []
         engine = self.engine
-        if engine is None:
+        if not messages or engine is None or self._early is None:
             return
-        self._uncommitted += 1
-        outputs = engine.process(table)
-        self._dirty = True
-        if outputs:
-            self._spawn_handle(outputs)
-
-    async def on_commit(self, committed: pa.Table) -> None:
-        """Batch listener paired with `tap`: the batch the rules saw is now durable."""
-        if self._uncommitted:
-            self._uncommitted -= 1
+        decoder, seen = self._early
+        batch = decoder.decode(messages)
+        # Remember them, so a broker's redelivery (DUP) of one of them is not evaluated twice.
+        seen.remember(batch.messages)
+        if batch.reading_count:
+            outputs = engine.process(batch.readings)
+            self._dirty = True
+            if outputs:
+                self._spawn_handle(outputs)
 
     def _spawn_handle(self, outputs: list[Output]) -> None:
         self.executor.execute(outputs)
@@ -198,7 +213,7 @@ class RulesService:
             self._alert_writes -= 1
 
     async def on_batch(self, readings: pa.Table) -> None:
-        """Evaluate a committed batch (used when no pre-commit tap is wired, and by tests)."""
+        """Evaluate a committed batch (the gateway uses `receive`; tests and embedders this)."""
         engine = self.engine
         if engine is None:
             return
@@ -242,8 +257,12 @@ class RulesService:
             logger.error("rules: %d alert changes not stored: %s", len(alerts), exc)
 
     def quiet(self) -> bool:
-        """No batch seen before its commit finished, and no alert row still being written."""
-        return self._uncommitted == 0 and self._alert_writes == 0
+        """Every message the rules saw is committed (and nothing committed is unseen), and no
+        alert row is still being written: a snapshot taken now matches the buffer."""
+        with self._inbox_lock:
+            if self._inbox:
+                return False
+        return self._alert_writes == 0 and self._settled()
 
     async def save(self) -> None:
         """Save the engine's state (a snapshot taken between batches, never inside one)."""
@@ -257,6 +276,10 @@ class RulesService:
                 break
             await asyncio.sleep(0.01)
         async with self._lock:
+            if self._early is not None:  # the rules saw exactly what is committed
+                engine.last_reading_id = max(
+                    engine.last_reading_id, self._store.next_reading_id - 1
+                )
             snapshot = engine.snapshot()
             snapshot["last_alert_id"] = self._last_alert_id
             self._dirty = False

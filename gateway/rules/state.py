@@ -33,7 +33,8 @@ ALERT_ROWS_SCHEMA = pa.schema(
 class StateStore(Protocol):
     """What the rules need from the buffer (BufferStore provides it)."""
 
-    buffer_uid: str
+    @property
+    def next_reading_id(self) -> int: ...
 
     def get_state(self, owner: str) -> dict[str, Any]: ...
 
