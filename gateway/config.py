@@ -187,6 +187,12 @@ class ApiConfig(_Model):
     token: SecretStr | None = None
     sql_row_limit: int = Field(default=10_000, ge=1)
 
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> ApiConfig:
+        if self.enabled and self.host not in ("127.0.0.1", "localhost", "::1") and not self.token:
+            raise ValueError(f"binding to {self.host} needs a token (api.token)")
+        return self
+
 
 class RulesConfig(_Model):
     """The local rules engine (docs/rules.md)."""

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from gateway.api.server import ApiServer, is_loopback
 from gateway.app import Gateway
-from gateway.config import ApiConfig, BufferConfig, GatewayConfig, MqttConfig
+from gateway.config import ApiConfig, BufferConfig, GatewayConfig, MqttConfig, parse_config
 from gateway.errors import ConfigError
 from gateway.services.mosquitto import Mosquitto
 from gateway.testing import GatewayThread
@@ -86,3 +86,11 @@ def test_binding_beyond_loopback_without_a_token_is_refused(host: str, tmp_path:
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "::1", "localhost"])
 def test_loopback_needs_no_token(host: str) -> None:
     assert is_loopback(host)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5"])
+def test_config_check_refuses_a_public_api_without_a_token(host: str) -> None:
+    with pytest.raises(ConfigError, match=f"api: binding to {host} needs a token"):
+        parse_config({"api": {"host": host}})
+    config = parse_config({"api": {"host": host, "token": "${GATEWAY_API_TOKEN:-t}"}})
+    assert config.api.token is not None
