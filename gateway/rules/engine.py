@@ -74,6 +74,7 @@ class EngineStats:
     evaluations: int = 0  # (reading, selecting rule) pairs evaluated
     late_dropped: int = 0  # older than the watermark: beyond the allowed lateness
     fired: int = 0
+    primed: int = 0  # would have fired on a retained (known, not new) reading
     conditions_false: int = 0
     cooldown_suppressed: int = 0
     retrigger_ignored: int = 0
@@ -245,6 +246,7 @@ class RuleEngine:
         self.clock = float("-inf")
         self.last_reading_id = 0  # the highest buffer id processed (restart replays after it)
         self._primed = False
+        self._priming = False
         self._seq = 0
         self._wm_timers: list[tuple[float, int, Runner, Key, Any]] = []
         self._clock_timers: list[tuple[float, int, Runner | None, Key, Any]] = []
@@ -297,11 +299,22 @@ class RuleEngine:
         return TimeRunner(i, self, spec, self.env.zone, lat, lon, self.misfire_grace)
 
     # -- input ----------------------------------------------------------------------------
-    def process(self, readings: pa.Table, now: float | None = None) -> list[Output]:
-        """Evaluate a committed batch (READINGS_SCHEMA), then advance to `now` if given."""
+    def process(
+        self, readings: pa.Table, now: float | None = None, *, prime: bool = False
+    ) -> list[Output]:
+        """Evaluate a batch (READINGS_SCHEMA; `id`/`event_id` may be missing before commit),
+        then advance to `now` if given.
+
+        `prime`: the readings are known state, not news (an MQTT broker's retained messages on
+        subscribing): they update triggers and latest states but fire nothing, so a value
+        already past a threshold is not taken for a crossing."""
         n = readings.num_rows
         if n:
-            self._evaluate(readings, n)
+            self._priming = prime
+            try:
+                self._evaluate(readings, n)
+            finally:
+                self._priming = False
         if now is not None:
             self._advance(now)
         out, self._out = self._out, []
@@ -430,9 +443,12 @@ class RuleEngine:
         return Event(r.id, key[0], key[1], t, value, text, latest[3], latest[4], latest[5])
 
     def fire(self, rule: int, key: Key, t: float, value: float | None, text: str | None) -> bool:
+        stats = self.stats
+        if self._priming:
+            stats.primed += 1
+            return False
         r = self.rules[rule]
         event = self._event(r, key, t, value, text)
-        stats = self.stats
         if r.check is not None and not r.check(event, self.env):
             stats.conditions_false += 1
             return False

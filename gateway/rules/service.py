@@ -188,14 +188,21 @@ class RulesService:
         if not messages or engine is None or self._early is None:
             return
         decoder, seen = self._early
-        batch = decoder.decode(messages)
-        # Remember them, so a broker's redelivery (DUP) of one of them is not evaluated twice.
-        seen.remember(batch.messages)
-        if batch.reading_count:
-            outputs = engine.process(batch.readings)
-            self._dirty = True
-            if outputs:
-                self._spawn_handle(outputs)
+        # Retained messages are the broker's memory of a device's state, delivered when we
+        # subscribe: they prime the rules but are no crossings. Runs keep the arrival order.
+        start = 0
+        for end in range(1, len(messages) + 1):
+            if end == len(messages) or messages[end].retain != messages[start].retain:
+                run = messages[start:end]
+                batch = decoder.decode(run)
+                # Remembered, so a broker's redelivery (DUP) of one is not evaluated twice.
+                seen.remember(batch.messages)
+                if batch.reading_count:
+                    outputs = engine.process(batch.readings, prime=run[0].retain)
+                    self._dirty = True
+                    if outputs:
+                        self._spawn_handle(outputs)
+                start = end
 
     def _spawn_handle(self, outputs: list[Output]) -> None:
         self.executor.execute(outputs)

@@ -284,3 +284,53 @@ def test_alert_rows_match_the_alerts_table(tmp_path: Path) -> None:
         assert isinstance(alerts_table([]), pa.Table)
     finally:
         store.close()
+
+
+def test_retained_messages_prime_the_rules_without_firing(tmp_path: Path) -> None:
+    from gateway.config import GatewayConfig
+    from gateway.ingest.decoding import BatchDecoder
+    from gateway.ingest.redelivery import RedeliveryFilter
+    from gateway.ingest.routing import TopicRouter
+    from gateway.model import RawMessage
+
+    rule_file = tmp_path / "freezer.yaml"
+    rule_file.write_text(FREEZER_RULE.replace("for: 10m", "for: 0s"))
+    store = BufferStore(tmp_path / "buffer.duckdb")
+    seen = RedeliveryFilter()
+    decoder = BatchDecoder(TopicRouter(GatewayConfig().routes), seen, 10_000)
+
+    def message(mid: int, value: str, *, retain: bool = False, dup: bool = False) -> RawMessage:
+        topic = "sensors/home/freezer/temperature"
+        return RawMessage(topic, value.encode(), 1, mid, dup, retain, 1000.0 + mid)
+
+    async def main() -> RulesService:
+        service = RulesService(
+            RulesConfig(files=[rule_file]),
+            LocationConfig(),
+            store=store,
+            on_writer=direct,
+            publish=None,
+            early=(decoder, seen),
+        )
+        await service.start()
+        messages = [
+            message(1, "-10", retain=True),  # the broker's stored state: already warm
+            message(2, "-9"),  # still warm: no crossing
+            message(3, "-18"),
+            message(4, "-10"),  # a real crossing
+            message(4, "-10", dup=True),  # the broker redelivers it: not evaluated twice
+        ]
+        for m in messages:
+            service.receive(m)
+            await asyncio.sleep(0)  # let the event loop drain, as live
+        await service.close()
+        return service
+
+    try:
+        service = asyncio.run(main())
+        assert stored_alerts(store) == [(1004.0, "freezer-warm", "raised")]
+        assert service.engine is not None
+        assert service.engine.stats.primed == 1
+        assert service.engine.stats.readings == 4
+    finally:
+        store.close()
