@@ -9,10 +9,12 @@ import json
 import socket
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pyarrow as pa
@@ -20,9 +22,11 @@ import snowflake.connector
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from gateway.buffer.store import BufferStore
+from gateway.errors import SinkError, SinkRejectedError
 from gateway.model import DECODED_QUARANTINE_SCHEMA, DECODED_READINGS_SCHEMA, IngestBatch
 from gateway.services import free_port
 from gateway.services.fakesnow import FakeSnow
+from gateway.sinks.base import Attempt, WriteResult
 from gateway.sinks.config import KafkaSinkConfig, SnowflakeSinkConfig
 
 
@@ -226,3 +230,80 @@ class TcpProxy:
 
     def restore(self) -> None:
         self.start()
+
+
+class RecordingSink:
+    """An in-memory sink for forwarder tests: keeps every batch it confirmed; can be told to
+    fail the next sends, or to refuse for good any batch holding given positions."""
+
+    def __init__(self, name: str = "memory") -> None:
+        self.name = name
+        self.batches: list[tuple[int, int, int]] = []  # (first, last, rows) confirmed
+        self.attempts: list[Attempt] = []
+        self.fail_next = 0
+        self.refuse: set[int] = set()
+
+    async def write_batch(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
+        self.attempts.append(attempt)
+        if self.fail_next:
+            self.fail_next -= 1
+            raise SinkError(self.name, "upstream unreachable")
+        positions = set(batch.column("id").to_pylist())
+        if positions & self.refuse:
+            raise SinkRejectedError(self.name, "schema mismatch")
+        self.batches.append((attempt.first, attempt.last, batch.num_rows))
+        return WriteResult(bytes_sent=batch.nbytes)
+
+    async def aclose(self) -> None:
+        return None
+
+    @property
+    def positions(self) -> list[int]:
+        return [p for first, last, _ in self.batches for p in range(first, last + 1)]
+
+
+class SchemaRegistry:
+    """A minimal Confluent-compatible schema registry (register and fetch by id) on loopback,
+    standing in for the Java service, which does not run here."""
+
+    def __init__(self) -> None:
+        self.schemas: list[str] = []
+        self.subjects: dict[str, int] = {}
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+            def _json(self, payload: Any) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                subject = self.path.split("/")[2]
+                schema = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["schema"]
+                if schema not in registry.schemas:
+                    registry.schemas.append(schema)
+                schema_id = registry.schemas.index(schema) + 1
+                registry.subjects[subject] = schema_id
+                self._json({"id": schema_id})
+
+            def do_GET(self) -> None:
+                schema_id = int(self.path.rsplit("/", 1)[1])
+                self._json({"schema": registry.schemas[schema_id - 1]})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def schema(self, schema_id: int) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/schemas/ids/{schema_id}") as response:
+            return dict(json.loads(json.loads(response.read())["schema"]))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,111 @@
+"""The forwarder on its own (an in-memory sink): batching, retries, splitting around a record
+refused for good, and what retention may purge."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from sinkhelpers import RecordingSink, WriterThread, fill, readings
+
+from gateway.buffer.sql import run_query
+from gateway.buffer.store import BufferStore
+from gateway.sinks.config import BatchingConfig, RetryConfig
+from gateway.sinks.forwarder import Forwarder, backoff_delay
+
+FAST_RETRY = RetryConfig(min_delay=0.01, max_delay=0.05)
+
+
+def run_until(forwarder: Forwarder, done: Callable[[], bool], seconds: float = 20.0) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(forwarder.run(stop))
+        deadline = time.monotonic() + seconds
+        try:
+            while not done():
+                assert time.monotonic() < deadline, f"timed out; stats {forwarder.stats}"
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        finally:
+            stop.set()
+            await task
+
+    asyncio.run(main())
+
+
+def forwarder(
+    store: BufferStore, on_writer: WriterThread, sink: RecordingSink, **batching: object
+) -> Forwarder:
+    return Forwarder(
+        sink,
+        "readings",
+        store,
+        on_writer,
+        batching=BatchingConfig.model_validate({"max_rows": 1000, "max_age": 0.05, **batching}),
+        retry=FAST_RETRY,
+        head=lambda: store.next_reading_id - 1,
+    )
+
+
+def test_full_batches_by_count_then_the_rest_by_age(
+    store: BufferStore, on_writer: WriterThread
+) -> None:
+    fill(store, readings(2500))
+    sink = RecordingSink()
+    f = forwarder(store, on_writer, sink)
+    run_until(f, lambda: f.position == 2500)
+    assert sink.batches == [(1, 1000, 1000), (1001, 2000, 1000), (2001, 2500, 500)]
+    assert store.get_cursor("memory") == 2500
+
+
+def test_a_batch_stops_at_max_bytes(store: BufferStore, on_writer: WriterThread) -> None:
+    fill(store, readings(1000))
+    sink = RecordingSink()
+    row_bytes = readings(1000).nbytes / 1000
+    f = forwarder(store, on_writer, sink, max_bytes=int(row_bytes * 300))
+    run_until(f, lambda: f.position == 1000)
+    assert max(rows for _, _, rows in sink.batches) < 1000
+    assert sink.positions == list(range(1, 1001))
+
+
+def test_failed_sends_are_retried_with_the_same_range_marked_resumed(
+    store: BufferStore, on_writer: WriterThread
+) -> None:
+    fill(store, readings(500))
+    sink = RecordingSink()
+    sink.fail_next = 3
+    f = forwarder(store, on_writer, sink)
+    run_until(f, lambda: f.position == 500)
+    assert sink.batches == [(1, 500, 500)]
+    assert [(a.first, a.last, a.resumed) for a in sink.attempts] == [
+        (1, 500, False),
+        (1, 500, True),
+        (1, 500, True),
+        (1, 500, True),
+    ]
+    assert f.stats.failures == 3 and f.stats.last_error is not None
+    assert "upstream unreachable" in f.stats.last_error
+
+
+def test_a_record_refused_for_good_is_isolated_and_dead_lettered(
+    store: BufferStore, on_writer: WriterThread
+) -> None:
+    fill(store, readings(1000))
+    sink = RecordingSink()
+    sink.refuse = {377}
+    f = forwarder(store, on_writer, sink)
+    run_until(f, lambda: f.position == 1000)
+    assert sink.positions == [p for p in range(1, 1001) if p != 377]
+    dead = run_query(store.reader(), "SELECT sink, position, reason FROM dead_letters").to_pylist()
+    assert dead == [{"sink": "memory", "position": 377, "reason": "sink 'memory': schema mismatch"}]
+
+
+def test_backoff_grows_to_its_cap_with_jitter() -> None:
+    retry = RetryConfig(min_delay=0.5, max_delay=8.0)
+    for failures in range(1, 12):
+        delays = [backoff_delay(failures, retry) for _ in range(200)]
+        ceiling = min(8.0, 0.5 * 2 ** (failures - 1))
+        assert all(0.25 <= d <= max(ceiling, 0.25) for d in delays)
+    assert len({round(backoff_delay(6, retry), 3) for _ in range(50)}) > 10  # jittered
