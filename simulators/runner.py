@@ -260,7 +260,7 @@ class ScenarioRunner:
                     met, _ = evaluate(self.scenario, report.arrivals)
                     if len(met) == len(self.scenario.expect):
                         break
-                    if now() > last_by and sim.finished:
+                    if now() > last_by:  # every deadline has passed: the verdict is in
                         break
                 elif sim.finished:
                     break
