@@ -237,6 +237,7 @@ class Forwarder:
         try:
             await self._run(stop)
         finally:
+            self._drop_prefetch()
             self._close_cons()
 
     async def _run(self, stop: asyncio.Event) -> None:

@@ -242,12 +242,15 @@ class RecordingSink:
         self.attempts: list[Attempt] = []
         self.fail_next = 0
         self.refuse: set[int] = set()
+        self.down_after: int | None = None  # batches past this position fail (an outage)
 
     async def write_batch(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
         self.attempts.append(attempt)
         if self.fail_next:
             self.fail_next -= 1
             raise SinkError(self.name, "upstream unreachable")
+        if self.down_after is not None and attempt.last > self.down_after:
+            raise SinkError(self.name, "upstream down")
         positions = set(batch.column("id").to_pylist())
         if positions & self.refuse:
             raise SinkRejectedError(self.name, "schema mismatch")

@@ -13,6 +13,7 @@ from gateway.buffer.sql import run_query
 from gateway.buffer.store import BufferStore
 from gateway.sinks.config import BatchingConfig, RetryConfig
 from gateway.sinks.forwarder import Forwarder, backoff_delay
+from gateway.sinks.shipping import Shipping
 
 FAST_RETRY = RetryConfig(min_delay=0.01, max_delay=0.05)
 
@@ -109,3 +110,43 @@ def test_backoff_grows_to_its_cap_with_jitter() -> None:
         ceiling = min(8.0, 0.5 * 2 ** (failures - 1))
         assert all(0.25 <= d <= max(ceiling, 0.25) for d in delays)
     assert len({round(backoff_delay(6, retry), 3) for _ in range(50)}) > 10  # jittered
+
+
+def test_retention_keeps_what_the_slowest_sink_has_not_confirmed(
+    store: BufferStore, on_writer: WriterThread
+) -> None:
+    """One sink is down after 400 of 1,000 readings: age-based retention purges only those 400."""
+    fill(store, readings(1000))
+    fast, slow = RecordingSink("fast"), RecordingSink("slow")
+    slow.down_after = 400
+    shipping = Shipping([], "gw1", store, on_writer)
+    shipping.forwarders = [
+        forwarder(store, on_writer, fast),
+        forwarder(store, on_writer, slow, max_rows=400),
+    ]
+    assert shipping.protected_position() == 0  # cursors not loaded yet: protect everything
+
+    async def ship() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(shipping.run(stop))
+        deadline = time.monotonic() + 20
+        while not (
+            shipping.forwarders[0].position == 1000 and any(a.resumed for a in slow.attempts)
+        ):
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+
+    asyncio.run(ship())
+    assert shipping.protected_position() == 400
+    result = store.purge(
+        now=time.time() + 10 * 86400,  # every reading is past max_age
+        max_age=86400,
+        max_bytes=1 << 40,
+        protected_after=shipping.protected_position(),
+        drop_unsent=False,
+    )
+    assert result.readings == 400 and result.unsent == 0
+    left = run_query(store.reader(), "SELECT min(id) AS lo, count(*) AS n FROM readings")
+    assert left.to_pylist() == [{"lo": 401, "n": 600}]
