@@ -45,6 +45,7 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/drain.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
