@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -67,6 +68,11 @@ class Mosquitto:
             "log_type warning",
             self.extra_config,
         ]
+        if os.geteuid() == 0:
+            # Started as root, Mosquitto switches to the `mosquitto` user, which cannot write
+            # the log or the persistence file into a root-owned work dir: sessions would be
+            # lost on restart without a word. Stay the user that started it.
+            lines.append("user root")
         conf.write_text("\n".join(lines) + "\n")
         return conf
 
