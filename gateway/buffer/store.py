@@ -374,9 +374,14 @@ class BufferStore:
 
     # -- retention ------------------------------------------------------------------------
     def used_bytes(self) -> int:
+        """Blocks in use plus the WAL: until a checkpoint, new readings live only in the WAL."""
         row = self._con.execute("SELECT used_blocks * block_size FROM pragma_database_size()")
         result = row.fetchone()
-        return int(result[0]) if result else 0
+        try:
+            wal = self.path.with_name(self.path.name + ".wal").stat().st_size
+        except FileNotFoundError:
+            wal = 0
+        return (int(result[0]) if result else 0) + wal
 
     def purge(
         self,
@@ -437,13 +442,18 @@ class BufferStore:
         if purged or quarantine:
             con.execute("CHECKPOINT")
         # Over the size cap: drop the oldest tenth at a time until under it (or nothing left).
+        # DuckDB frees space a whole row group (122,880 rows) at a time; when a round freed
+        # nothing, stop until the next check rather than dropping everything now.
+        before: int | None = None
         for _ in range(20):
-            if self.used_bytes() <= max_bytes:
+            used = self.used_bytes()
+            if used <= max_bytes or (before is not None and used >= before):
                 break
+            before = used
             row = con.execute("SELECT min(id), max(id), count(*) FROM readings").fetchone()
             if not row or not row[2]:
                 break
-            low, high, count = int(row[0]), int(row[1]), int(row[2])
+            low, _high, count = int(row[0]), int(row[1]), int(row[2])
             upto = low + max(count // 10, 1) - 1
             if not drop_unsent:
                 upto = min(upto, limit)
@@ -455,8 +465,12 @@ class BufferStore:
                     )
                     break
             con.begin()
+            # Count what is really there: earlier rounds (and age limits) left holes.
+            unsent_row = con.execute(
+                "SELECT count(*) FROM readings WHERE id > ? AND id <= ?", [limit, upto]
+            ).fetchone()
+            unsent_now = int(unsent_row[0]) if unsent_row else 0
             deleted = self._delete("DELETE FROM readings WHERE id <= ?", [upto])
-            unsent_now = max(0, min(upto, high) - limit) if upto > limit else 0
             q = self._delete(
                 "DELETE FROM quarantine WHERE id <= (SELECT coalesce(min(id), 0) + "
                 "count(*) // 10 FROM quarantine)",
