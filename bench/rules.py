@@ -279,7 +279,7 @@ def main() -> None:
     print(f"engine over {DEVICES} devices, {args.batch_size}-reading batches:")
     rates = {}
     for count in (1, 100, 1000):
-        use = tables if count < 1000 else tables[: max(2, len(tables) // 5)]
+        use = tables if count < 1000 else tables[: max(3, len(tables) // 4)]
         rate, fired = engine_rate(count, use)
         ceiling = ceiling_rate(count, use)
         rates[count] = rate
