@@ -66,6 +66,9 @@ class SnowflakeSinkConfig(_SinkBase):
     port: int | None = Field(default=None, ge=1, le=65535)
     protocol: Literal["https", "http"] = "https"
     login_timeout: Duration = 60.0
+    # How long one request may keep retrying before the sink reports the failure (and the
+    # forwarder backs off); without it the connector retries a dead uplink silently.
+    network_timeout: Duration = 120.0
     max_record_bytes: Size = 16 * 1024**2  # Snowflake's VARIANT / VARCHAR limit
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

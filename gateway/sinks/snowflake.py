@@ -98,6 +98,8 @@ def connection_args(config: SnowflakeSinkConfig) -> dict[str, Any]:
         "database": config.database,
         "schema": config.schema_,
         "login_timeout": int(config.login_timeout),
+        "network_timeout": int(config.network_timeout),
+        "socket_timeout": int(config.network_timeout),
         "application": "edge-gateway",
         "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
     }

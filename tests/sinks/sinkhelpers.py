@@ -220,6 +220,10 @@ class TcpProxy:
     def cut(self) -> None:
         server, self._server = self._server, None
         if server is not None:
+            # shutdown wakes the thread blocked in accept(); close alone would leave the
+            # socket listening until that accept returns.
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)
             server.close()
         with self._lock:
             conns, self._conns = self._conns, []

@@ -9,6 +9,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from sinkhelpers import (
     TcpProxy,
     WriterThread,
@@ -91,3 +93,47 @@ def test_sink_cut_off_mid_run_gets_everything_in_order_while_the_other_never_sto
         assert len(series) == len(set(series)), f"{device} has a doubled reading"
     rows = snowflake_rows(fakesnow, snow, "SELECT count(*), count(DISTINCT event_id) FROM readings")
     assert rows == [(30_000, 30_000)]
+
+
+# With `network_timeout` set, the connector cancels a timed-out query from its own timer thread;
+# while the uplink is down that cancel request fails too, in that thread, not in the gateway's.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_snowflake_cut_off_mid_run_catches_up_without_doubling_while_kafka_goes_on(
+    store: BufferStore,
+    on_writer: WriterThread,
+    tansu: Tansu,
+    fakesnow: FakeSnow,
+    proxy_factory: Callable[[int], TcpProxy],
+) -> None:
+    proxy = proxy_factory(fakesnow.port)
+    kafka = kafka_config(tansu.bootstrap_servers, streams=["readings"])
+    snow = snowflake_config(
+        fakesnow, port=proxy.port, streams=["readings"], network_timeout=3, login_timeout=3
+    )
+    shipping = Shipping([kafka, snow], "gw1", store, on_writer, lambda: store.next_reading_id - 1)
+    by_name = {f.sink.name: f for f in shipping.forwarders}
+    to_kafka, to_snow = by_name[kafka.name], by_name[snow.name]
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(shipping.run(stop))
+        try:
+            await on_writer(fill, store, readings(5_000, devices=5))
+            await wait_for(
+                lambda: to_kafka.position == to_snow.position == 5_000, 60, "the first 5,000"
+            )
+            proxy.cut()  # the uplink to Snowflake goes down
+            await on_writer(fill, store, readings(10_000, devices=5, start=5_000))
+            await wait_for(lambda: to_kafka.position == 15_000, 60, "Kafka to go on")
+            await wait_for(lambda: to_snow.stats.failures > 0, 60, "Snowflake to fail")
+            assert to_snow.position == 5_000
+            proxy.restore()
+            await wait_for(lambda: to_snow.position == 15_000, 90, "Snowflake to catch up")
+        finally:
+            stop.set()
+            await task
+
+    asyncio.run(scenario())
+    rows = snowflake_rows(fakesnow, snow, "SELECT count(*), count(DISTINCT event_id) FROM readings")
+    assert rows == [(15_000, 15_000)]
+    assert len(kafka_messages(tansu.bootstrap_servers, kafka.name)) == 15_000
