@@ -334,3 +334,67 @@ def test_retained_messages_prime_the_rules_without_firing(tmp_path: Path) -> Non
         assert service.engine.stats.readings == 4
     finally:
         store.close()
+
+
+SIGHUP_RULE = """
+rules:
+  - id: fan
+    select: {device: room, metric: temperature}
+    trigger: {type: threshold, above: 30}
+    actions: [{mqtt: {topic: commands/home/room-fan/set, payload: "VERSION"}}]
+"""
+
+
+def test_sighup_reloads_the_rules_of_a_running_gateway(broker: Mosquitto, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    rule_file = tmp_path / "fan.yaml"
+    rule_file.write_text(SIGHUP_RULE.replace("VERSION", "v1"))
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"""
+mqtt: {{host: {broker.host}, port: {broker.port}, client_id: gw-sighup}}
+buffer: {{path: {tmp_path / "buffer.duckdb"}}}
+api: {{enabled: false}}
+rules: {{files: [{rule_file}], reload: false}}
+"""
+    )
+    log_path = tmp_path / "gateway.log"
+    listener = Listener(broker, "commands/home/#")
+    pub = publisher(broker.host, broker.port)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        assert wait_until(lambda: "rules engine running 1 rules" in log_path.read_text(), 30)
+
+        def cross_until(count: int) -> bool:
+            for value in ("29", "31"):
+                pub.publish("sensors/home/room/temperature", value, qos=1).wait_for_publish(5)
+            return wait_until(lambda: len(listener.received()) >= count, timeout=1.0)
+
+        assert wait_until(lambda: cross_until(1))
+        rule_file.write_text(SIGHUP_RULE.replace("VERSION", "v2"))
+        process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "rules reloaded: 1 rules" in log_path.read_text())
+        count = len(listener.received())
+        assert wait_until(lambda: cross_until(count + 1))
+        payloads = [payload for _, payload in listener.received()]
+        assert payloads[0] == b"v1"
+        assert payloads[-1] == b"v2"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        pub.loop_stop()
+        pub.disconnect()
+        listener.close()
