@@ -1,10 +1,10 @@
-"""Runs the engine inside the gateway: feeds it committed batches and ticks, reloads rule files,
-carries out its outputs, and keeps its state and alerts in the buffer.
+"""Runs the engine inside the gateway: feeds it messages as they arrive and ticks, reloads rule
+files, carries out its outputs, and keeps its state and alerts in the buffer.
 
-Per batch, commands are published first (latency), then alert changes are appended to the
-alerts table. The engine's state is saved every `state_interval` and on shutdown; after a crash,
-the readings committed since the last saved state are replayed from the buffer, so pending
-`for` timers, windows and alerts continue where they were, without repeating stored alerts.
+Commands are published first (latency), then alert changes are appended to the alerts table.
+The engine's state is saved every `state_interval` and on shutdown; after a crash, the readings
+committed since the last saved state are replayed from the buffer, so pending `for` timers,
+windows and alerts continue where they were, without repeating stored alerts.
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ def _fingerprint(files: list[Path]) -> tuple[tuple[str, float, int], ...]:
 
 
 class RulesService:
-    """The engine's life in the gateway. `start()` loads rules and state; `on_batch` is a batch
-    listener; `run(stop)` ticks, reloads and saves; `close()` saves the final state."""
+    """The engine's life in the gateway. `start()` loads rules and state; `receive` takes each
+    MQTT message as it arrives (`on_batch` takes a committed batch instead); `run(stop)` ticks,
+    reloads and saves; `close()` saves the final state."""
 
     def __init__(
         self,
