@@ -12,6 +12,7 @@ import orjson
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 TEMPLATE_NAMES = ("device", "metric", "value", "text", "state", "rule", "time", "topic")
+_TOPIC_UNSAFE = frozenset("/+#\0")  # a level separator, wildcards, and NUL (MQTT refuses it)
 
 
 @dataclass(slots=True, frozen=True)
@@ -145,6 +146,25 @@ class Template:
             raise ValueError("unbalanced brace; write {{ or }} for a literal brace")
         parts.append((False, rest))
         self._parts = tuple(p for p in parts if p[0] or p[1])
+
+    def render_topic(self, event: Event) -> str:
+        """`render` for an MQTT topic: no filled-in value may add a level or a wildcard.
+
+        Device and metric names come from the field (topic levels, payload keys); a name like
+        `a/../b` or `#` would otherwise steer a command to another device's topic.
+        """
+        for is_name, name in self._parts:
+            if not is_name:
+                continue
+            value = Template("{" + name + "}").render(event)
+            unsafe = sorted({c for c in value if c in _TOPIC_UNSAFE})
+            if unsafe or not value:
+                holds = "holds " + " ".join(repr(c) for c in unsafe) if unsafe else "is empty"
+                raise ValueError(
+                    f"topic {self.source!r}: {{{name}}} = {value[:60]!r} {holds}, which would "
+                    "send the command to another topic; not sent"
+                )
+        return self.render(event)
 
     def render(self, event: Event) -> str:
         out = []

@@ -79,6 +79,7 @@ class EngineStats:
     cooldown_suppressed: int = 0
     retrigger_ignored: int = 0
     queue_dropped: int = 0
+    commands_refused: int = 0  # a filled-in topic would have reached another topic
 
 
 def _names_matcher(names: list[str] | None) -> Callable[[str], bool] | None:
@@ -537,12 +538,18 @@ class RuleEngine:
             spec = step.spec
             topic, payload = step.templates
             assert topic is not None and payload is not None
+            try:
+                rendered = topic.render_topic(event)
+            except ValueError as exc:
+                self.stats.commands_refused += 1
+                logger.warning("rule %s, device %r: %s", r.id, device, exc)
+                return
             self._out.append(
                 Command(
                     r.id,
                     device,
                     at,
-                    topic.render(event),
+                    rendered,
                     payload.render(event),
                     spec.qos,
                     spec.retain,
