@@ -1,1 +1,1 @@
-"""The local HTTP API: health, status and read-only SQL over the buffer."""
+"""The local HTTP API: health, metrics, JSON views, read-only SQL, live events and the dashboard."""
