@@ -78,6 +78,27 @@ class _IngestClient(paho.Client):
             with contextlib.suppress(BlockingIOError):
                 self._sockpairW.send(b"0")
 
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        """paho's TLS handshake, closing the socket when it fails.
+
+        paho leaves the socket open on a failed handshake (an untrusted broker certificate, a
+        refused client certificate); reconnecting forever would leak a descriptor per attempt.
+        Host names are checked by the context (`check_hostname`), unless `tls.insecure`.
+        """
+        context = self._ssl_context
+        if context is None:
+            raise ValueError("TLS is not set up")
+        ssl_sock = context.wrap_socket(
+            tcp_sock, server_hostname=self._host, do_handshake_on_connect=False
+        )
+        try:
+            ssl_sock.settimeout(self._connect_timeout)
+            ssl_sock.do_handshake()
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
+
     def _reconnect_wait(self) -> None:
         ceiling = min(self.backoff_max, self.backoff_min * (2**self._attempt))
         self._attempt += 1
@@ -112,6 +133,7 @@ class MqttIngest:
         # called on paho's network thread under the pending lock, so it must only hand over.
         self.on_receive: Callable[[RawMessage], None] | None = None
         self.last_error: str | None = None
+        self._refused = False
         self._client = self._make_client()
 
     # -- set-up ---------------------------------------------------------------------------
@@ -190,6 +212,7 @@ class MqttIngest:
         cfg = self._config
         if reason.is_failure:
             self.last_error = f"broker refused the connection: {reason}"
+            self._refused = True  # the disconnect that follows must not hide the reason
             logger.error("MQTT %s:%s: %s", cfg.host, cfg.port, self.last_error)
             return
         self.connects += 1
@@ -235,7 +258,8 @@ class MqttIngest:
         properties: Properties | None,
     ) -> None:
         self.connected.clear()
-        if not self._closing:
+        refused, self._refused = self._refused, False
+        if not self._closing and not refused:
             self.last_error = f"disconnected from MQTT broker: {reason}"
             logger.warning("%s; reconnecting with backoff", self.last_error)
 
