@@ -62,7 +62,7 @@ class GatewayCollector(Collector):
             "Readings committed to the buffer, by route pattern.",
             labels=["route"],
         )
-        for route, count in sorted(self.api.telemetry.readings_by_route.items()):
+        for route, count in sorted(self.api.telemetry.route_counts().items()):
             by_route.add_metric([route], count)
         yield by_route
         yield _counter(

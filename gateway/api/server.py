@@ -274,7 +274,7 @@ def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
                     self._json(HTTPStatus.OK, json_views[path]())
                 else:
                     self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {path}"})
-            except BufferStoreError as exc:
+            except (BufferStoreError, duckdb.Error) as exc:  # buffer not open yet, or closing
                 self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
 
         def _ready(self) -> None:
@@ -298,8 +298,11 @@ def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
             try:
                 self.wfile.write(b"retry: 2000\n\n")
                 while not api.closing.is_set():
-                    data = api.snapshots.get()
-                    self.wfile.write(b"event: snapshot\ndata: " + data + b"\n\n")
+                    try:
+                        event = b"event: snapshot\ndata: " + api.snapshots.get() + b"\n\n"
+                    except (BufferStoreError, duckdb.Error) as exc:  # starting or stopping
+                        event = b"event: unavailable\ndata: " + to_json(str(exc)) + b"\n\n"
+                    self.wfile.write(event)
                     self.wfile.flush()
                     api.closing.wait(EVENT_INTERVAL)
             except (BrokenPipeError, ConnectionResetError):

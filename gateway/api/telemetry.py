@@ -196,6 +196,10 @@ class Telemetry:
                         series.spark.append((int(at), value))
                     self.series[(device, metric)] = series
 
+    def route_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.readings_by_route)
+
     def devices(self) -> list[dict[str, Any]]:
         with self._lock:
             items = sorted(self.series.values(), key=lambda s: (s.device, s.metric))
