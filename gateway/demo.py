@@ -77,6 +77,9 @@ def run_demo(
             task = asyncio.create_task(gateway.run(stop))
             await gateway.ready.wait()
             devices.start()
+            if gateway.api_address is not None:
+                host, port = gateway.api_address
+                console.print(f"dashboard: [bold]http://{host}:{port}/[/bold]")
             console.print(
                 "simulated home (scenario demo-home) publishing; showing what the buffer holds "
                 "(Ctrl-C to stop)\n"
