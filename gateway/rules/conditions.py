@@ -54,6 +54,11 @@ def normalize_expected(value: str | bool | float) -> str:
     return value.strip().lower()
 
 
+# CEL parses and evaluates recursively; a long enough chain (`1+1+...`) overflows the stack and
+# kills the process (measured: ~32k characters on the main thread, less on worker threads).
+MAX_EXPR_CHARS = 4096
+
+
 def compile_expression(source: str) -> Any:
     """Compile CEL once; raises ValueError (a syntax error) or RuntimeError (CEL not installed)."""
     try:
@@ -62,6 +67,10 @@ def compile_expression(source: str) -> Any:
         raise ValueError(
             "`expr` needs CEL: pip install 'edge-gateway[rules]' (common-expression-language)"
         ) from None
+    if len(source) > MAX_EXPR_CHARS:
+        raise ValueError(
+            f"expr: {len(source)} characters; an expression may have at most {MAX_EXPR_CHARS}"
+        )
     try:
         return cel.compile(source)
     except ValueError as exc:
