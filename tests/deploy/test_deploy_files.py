@@ -218,7 +218,15 @@ def test_mosquitto_accepts_the_shipped_broker_config(name: str, tmp_path: Path) 
 
         assert wait_until(connects, 10)
         assert process.poll() is None, process.communicate()[0].decode()
+        # The compose healthcheck subscribes to $SYS/broker/version: it must come at once.
+        versions: list[bytes] = []
+        client.on_message = lambda _c, _u, message: versions.append(bytes(message.payload))
+        client.subscribe("$SYS/broker/version")
+        client.loop_start()
+        assert wait_until(lambda: bool(versions), 3)
+        assert versions[0].startswith(b"mosquitto version 2.")
         client.disconnect()
+        client.loop_stop()
     finally:
         process.terminate()
         process.communicate(timeout=10)
