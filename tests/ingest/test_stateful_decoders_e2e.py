@@ -7,7 +7,6 @@ from pathlib import Path
 
 import orjson
 import paho.mqtt.client as paho
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.buffer.sql import run_query
@@ -221,36 +220,33 @@ def test_shelly_partial_status_is_merged_onto_the_last_full_status(
         assert len(quarantine) == 1 and "params" in str(quarantine[0]["reason"])
 
 
-@pytest.mark.parametrize(
-    ("topic", "body", "expected"),
-    [
-        ("homeassistant/sensor/kitchen_temperature/state", b"21.5", (21.5, None)),
-        ("homeassistant/binary_sensor/hall_motion/state", b"on", (1.0, "on")),
-        ("homeassistant/sensor/kitchen_temperature/state", b"unavailable", (None, "unavailable")),
-        (
-            "homeassistant/sensor/kitchen_temperature/unit_of_measurement",
-            b'"\xc2\xb0C"',
-            (None, "°C"),
-        ),
-        ("homeassistant/light/hall/brightness", b"128", (128.0, None)),
-        ("homeassistant/light/hall/rgb_color", b"[255, 0, 0]", (None, "[255,0,0]")),
-    ],
-)
-def test_statestream_states_and_attributes(
-    broker: Mosquitto,
-    tmp_path: Path,
-    topic: str,
-    body: bytes,
-    expected: tuple[float | None, str | None],
-) -> None:
+STATESTREAM = [
+    # (topic, payload, (value, text) stored)
+    ("homeassistant/sensor/kitchen_temperature/state", b"21.5", (21.5, None)),
+    ("homeassistant/binary_sensor/hall_motion/state", b"on", (1.0, "on")),
+    ("homeassistant/sensor/kitchen_temperature/state", b"unavailable", (None, "unavailable")),
+    ("homeassistant/sensor/kitchen_temperature/unit_of_measurement", b'"\xc2\xb0C"', (None, "°C")),
+    ("homeassistant/light/hall/brightness", b"128", (128.0, None)),
+    ("homeassistant/light/hall/rgb_color", b"[255, 0, 0]", (None, "[255,0,0]")),
+]
+
+
+def test_statestream_states_and_attributes(broker: Mosquitto, tmp_path: Path) -> None:
     with GatewayThread(gateway_config(broker, tmp_path)) as gw:
         pub = publisher(broker.host, broker.port)
-        pub.publish(topic, body, qos=1).wait_for_publish(5)
+        for topic, body, _ in STATESTREAM:
+            pub.publish(topic, body, qos=1).wait_for_publish(5)
+        # Discovery shares the prefix but is not statestream: quarantined, not misread.
+        pub.publish("homeassistant/sensor/x/config", b'{"name": "x"}', qos=1).wait_for_publish(5)
         pub.loop_stop()
-        assert wait_until(lambda: gw.gateway.stats.messages >= 1)
-        device, metric = topic.split("/")[2:]
-        got = rows(gw, "SELECT device, metric, value, text, tags FROM readings")
+        assert wait_until(lambda: gw.gateway.stats.messages >= len(STATESTREAM) + 1)
+        got = rows(gw, "SELECT device, metric, value, text, tags FROM readings ORDER BY id")
         assert [(r["device"], r["metric"], r["value"], r["text"]) for r in got] == [
-            (device, metric, *expected)
+            (*topic.split("/")[2:], *expected) for topic, _, expected in STATESTREAM
         ]
-        assert orjson.loads(str(got[0]["tags"])) == {"domain": topic.split("/")[1]}
+        assert [orjson.loads(str(r["tags"])) for r in got] == [
+            {"domain": topic.split("/")[1]} for topic, _, _ in STATESTREAM
+        ]
+        quarantine = rows(gw, "SELECT topic, reason FROM quarantine")
+        assert [q["topic"] for q in quarantine] == ["homeassistant/sensor/x/config"]
+        assert "discovery" in str(quarantine[0]["reason"])
