@@ -277,6 +277,7 @@ class _NodeState:
     bd_seq: int | None = None
 
 
+_MAX_NODES = 100_000
 _NODE_TYPES = ("NBIRTH", "NDATA", "NDEATH", "NCMD")
 _DEVICE_TYPES = ("DBIRTH", "DDATA", "DDEATH", "DCMD")
 
@@ -323,6 +324,9 @@ class SparkplugDecoder:
         payload = decode_payload(msg.payload)
         state = self._nodes.get((group, node))
         if kind == "NBIRTH":
+            if state is None and len(self._nodes) >= _MAX_NODES:
+                self._nodes.clear()  # a flood of invented node ids must not grow memory
+                self._tag_cache.clear()
             state = self._nodes[(group, node)] = _NodeState(seq_gaps=state.seq_gaps if state else 0)
         elif state is None:
             if kind == "NDEATH":
