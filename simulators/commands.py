@@ -118,12 +118,18 @@ def load(
     site: Annotated[str, typer.Option(help="Topics are sensors/<site>/dev-NNNNNN/temperature.")] = (
         "load"
     ),
+    payload: Annotated[
+        str, typer.Option(help="plain (21.53), json (value and unit) or zigbee2mqtt (a state).")
+    ] = "plain",
 ) -> None:
     """Publish load from several processes; prints the achieved rate once a second."""
-    from simulators.load import LoadSpec, run_load
+    from simulators.load import PAYLOADS, LoadSpec, run_load
 
     if qos not in (0, 1):
         err.print("[bold red]error:[/bold red] --qos must be 0 or 1")
+        raise typer.Exit(2)
+    if payload not in PAYLOADS:
+        err.print(f"[bold red]error:[/bold red] --payload must be one of {', '.join(PAYLOADS)}")
         raise typer.Exit(2)
     if duration is None and count is None:
         duration = 10.0
@@ -134,7 +140,7 @@ def load(
             highlight=False,
         )
 
-    spec = LoadSpec(host, port, devices, rate, processes, duration, count, qos, site)
+    spec = LoadSpec(host, port, devices, rate, processes, duration, count, qos, site, payload)
     try:
         summary = run_load(spec, report)
     except (ConnectionError, OSError) as exc:

@@ -35,6 +35,7 @@ class LoadSpec:
     count: int | None = None
     qos: int = 0
     site: str = "load"
+    payload: str = "plain"  # plain | json | zigbee2mqtt (see PAYLOADS)
     seed: int = 1
 
 
@@ -70,6 +71,29 @@ def publish_packet(topic: str, payload: bytes, qos: int = 0, mid: int = 0) -> by
     return bytes([0x30 | qos << 1]) + _remaining_length(len(body)) + body
 
 
+def _plain(site: str, device: int, rng: random.Random) -> tuple[str, bytes]:
+    return f"sensors/{site}/dev-{device:06d}/temperature", f"{20 + 5 * rng.random():.2f}".encode()
+
+
+def _json(site: str, device: int, rng: random.Random) -> tuple[str, bytes]:
+    body = b'{"value": %.2f, "unit": "\xc2\xb0C"}' % (20 + 5 * rng.random())
+    return f"sensors/{site}/dev-{device:06d}/temperature", body
+
+
+def _zigbee2mqtt(site: str, device: int, rng: random.Random) -> tuple[str, bytes]:
+    body = b'{"temperature": %.2f, "humidity": %.1f, "battery": %d, "linkquality": %d}' % (
+        20 + 5 * rng.random(),
+        40 + 20 * rng.random(),
+        rng.randint(20, 100),
+        rng.randint(40, 200),
+    )
+    return f"zigbee2mqtt/{site}-dev-{device:06d}", body
+
+
+# What one load message looks like: a plain number, the gateway's JSON, or a Zigbee2MQTT state.
+PAYLOADS = {"plain": _plain, "json": _json, "zigbee2mqtt": _zigbee2mqtt}
+
+
 def _windows(spec: LoadSpec, worker: int, device_ids: list[int]) -> list[list[bytes]]:
     """Windows of `_WINDOW` pre-encoded packets cycling over this worker's devices.
 
@@ -85,10 +109,9 @@ def _windows(spec: LoadSpec, worker: int, device_ids: list[int]) -> list[list[by
         for j in range(_WINDOW):
             device = device_ids[k % n]
             k += 1
-            value = 20.0 + 5.0 * rng.random()
-            topic = f"sensors/{spec.site}/dev-{device:06d}/temperature"
+            topic, body = PAYLOADS[spec.payload](spec.site, device, rng)
             mid = w % 2 * _WINDOW + j + 1
-            packets.append(publish_packet(topic, f"{value:.2f}".encode(), spec.qos, mid))
+            packets.append(publish_packet(topic, body, spec.qos, mid))
         windows.append(packets)
     return windows
 

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from simhelpers import subscribe_all
 
+from gateway.buffer.sql import run_query
+from gateway.config import ApiConfig, BufferConfig, GatewayConfig, MqttConfig, Subscription
 from gateway.services.mosquitto import Mosquitto
-from gateway.testing import wait_until
-from simulators.load import LoadSpec, run_load
+from gateway.testing import GatewayThread, wait_until
+from simulators.load import PAYLOADS, LoadSpec, run_load
 
 
 def test_load_publishes_the_count_across_processes_and_devices(broker: Mosquitto) -> None:
@@ -58,3 +60,43 @@ def test_load_command_prints_the_rate_each_second_and_a_summary(broker: Mosquitt
     lines = result.stdout.splitlines()
     assert any("msg/s  total" in line for line in lines)
     assert "sent 5,000 messages (QoS 0) in" in lines[-1] and lines[-1].endswith("0 errors")
+
+
+def test_load_payloads_are_readings_the_gateway_decodes(broker: Mosquitto, tmp_path: Path) -> None:
+    config = GatewayConfig(
+        mqtt=MqttConfig(
+            host=broker.host,
+            port=broker.port,
+            client_id="gw-load",
+            subscriptions=[Subscription(topic=t, qos=1) for t in ("sensors/#", "zigbee2mqtt/+")],
+        ),
+        buffer=BufferConfig(path=tmp_path / "buffer.duckdb"),
+        api=ApiConfig(enabled=False),
+    )
+    with GatewayThread(config) as gw:
+        for payload in PAYLOADS:
+            spec = LoadSpec(
+                broker.host,
+                broker.port,
+                devices=100,
+                processes=1,
+                count=1000,
+                qos=1,
+                payload=payload,
+            )
+            assert run_load(spec).sent == 1000
+        assert wait_until(lambda: gw.gateway.stats.messages >= 3000)
+        assert gw.gateway.store is not None
+        counts = run_query(
+            gw.gateway.store.reader(),
+            "SELECT metric, count(*) AS n, min(value) AS low FROM readings GROUP BY metric "
+            "ORDER BY metric",
+        ).to_pylist()
+        assert gw.gateway.stats.quarantined == 0
+    # plain and json: 1000 temperatures each; Zigbee2MQTT: four fields in each of 1000 states.
+    assert [(r["metric"], r["n"]) for r in counts] == [
+        ("battery", 1000),
+        ("humidity", 1000),
+        ("linkquality", 1000),
+        ("temperature", 3000),
+    ]
