@@ -263,7 +263,8 @@ class Forwarder:
                 await self._confirm(batch, last, [])
         waiting_since: float | None = None
         while not stop.is_set():
-            available = self.head() - self.stats.position
+            head = self.head()
+            available = head - self.stats.position
             if available <= 0:
                 waiting_since = None
                 await self._idle(stop, POLL_INTERVAL)
@@ -276,7 +277,7 @@ class Forwarder:
                 continue
             batch = await self._next_batch()
             if batch.num_rows == 0:  # purged under us (retention on_full: drop_oldest)
-                self.stats.position = self.head()
+                self.stats.position = head  # not a later head: rows may have come since
                 continue
             waiting_since = None
             first, last = _bounds(batch)
