@@ -12,7 +12,7 @@ from sinkhelpers import RecordingSink, WriterThread, fill, readings
 from gateway.buffer.sql import run_query
 from gateway.buffer.store import BufferStore
 from gateway.sinks.config import BatchingConfig, RetryConfig
-from gateway.sinks.forwarder import Forwarder, backoff_delay
+from gateway.sinks.forwarder import Forwarder, backoff_delay, rows_after
 from gateway.sinks.shipping import Shipping
 
 FAST_RETRY = RetryConfig(min_delay=0.01, max_delay=0.05)
@@ -150,3 +150,25 @@ def test_retention_keeps_what_the_slowest_sink_has_not_confirmed(
     assert result.readings == 400 and result.unsent == 0
     left = run_query(store.reader(), "SELECT min(id) AS lo, count(*) AS n FROM readings")
     assert left.to_pylist() == [{"lo": 401, "n": 600}]
+
+
+def test_a_bandwidth_cap_spaces_the_batches(store: BufferStore, on_writer: WriterThread) -> None:
+    fill(store, readings(2000))
+    sink = RecordingSink()
+    batch_bytes = rows_after(store.reader(), "readings", 0, None, 200).nbytes
+    cap = batch_bytes * 8  # bytes per second: ten batches need at least 9/8 s
+    f = Forwarder(
+        sink,
+        "readings",
+        store,
+        on_writer,
+        batching=BatchingConfig(max_rows=200, max_age=0.01),
+        retry=FAST_RETRY,
+        max_bytes_per_s=cap,
+        head=lambda: store.next_reading_id - 1,
+    )
+    started = time.monotonic()
+    run_until(f, lambda: f.position == 2000)
+    elapsed = time.monotonic() - started
+    assert len(sink.batches) == 10
+    assert f.stats.sent_bytes / elapsed <= cap * 10 / 9 * 1.01  # never faster than the cap
