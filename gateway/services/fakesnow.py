@@ -34,8 +34,18 @@ class FakeSnow:
                 "the local Snowflake emulator is fakesnow: pip install 'edge-gateway[dev]'"
             ) from None
         self._process = subprocess.Popen(
-            [sys.executable, "-W", "ignore", "-m", "fakesnow", "-s", "--host", self.host,
-             "-p", str(self.port)],
+            [
+                sys.executable,
+                "-W",
+                "ignore",
+                "-m",
+                "fakesnow",
+                "-s",
+                "--host",
+                self.host,
+                "-p",
+                str(self.port),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
