@@ -69,6 +69,7 @@ def test_kill_9_during_upload_leaves_no_reading_missing_and_none_doubled_upstrea
     fakesnow: FakeSnow,
     tmp_path: Path,
     processes: list[subprocess.Popen[bytes]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     topic_prefix = unique("crash")
     schema = unique("CRASH")
@@ -117,7 +118,7 @@ def test_kill_9_during_upload_leaves_no_reading_missing_and_none_doubled_upstrea
             }
         )
     )
-    os.environ["FAKESNOW_PASSWORD"] = fakesnow.password
+    monkeypatch.setenv("FAKESNOW_PASSWORD", fakesnow.password)  # the config reads ${...}
     snow = SnowflakeSinkConfig.model_validate({**sinks[1], "password": fakesnow.password})
 
     def in_snowflake() -> int:
