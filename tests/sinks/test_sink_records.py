@@ -26,6 +26,7 @@ from gateway.services.fakesnow import FakeSnow
 from gateway.services.tansu import Tansu
 from gateway.sinks.avro import SCHEMA_HEADER, SCHEMAS, decode
 from gateway.sinks.shipping import Shipping
+from gateway.sinks.snowflake import TYPED_COLUMNS
 
 
 def alerts(n: int) -> pa.Table:
@@ -178,3 +179,27 @@ def test_records_refused_for_good_land_in_the_dead_letter_table_and_the_rest_goe
     assert len(kafka_messages(tansu.bootstrap_servers, kafka.name)) == 199
     assert snowflake_rows(fakesnow, snow, "SELECT count(*) FROM readings") == [(199,)]
     assert store.get_cursor(kafka.name) == store.get_cursor(snow.name) == 200
+
+
+def test_a_row_snowflake_refuses_is_found_by_splitting_and_dead_lettered(
+    store: BufferStore, on_writer: WriterThread, fakesnow: FakeSnow
+) -> None:
+    """The table's VALUE column is narrower than one reading: COPY refuses the whole file."""
+    snow = snowflake_config(fakesnow, streams=["readings"])
+    snowflake_rows(fakesnow, snow, f"CREATE SCHEMA IF NOT EXISTS EDGE.{snow.schema_}")
+    columns = ", ".join(
+        f"{name} {'NUMBER(6,1)' if name == 'VALUE' else kind}"
+        for name, kind in TYPED_COLUMNS["readings"]
+    )
+    snowflake_rows(fakesnow, snow, f"CREATE TABLE EDGE.{snow.schema_}.READINGS ({columns})")
+    fill(store, readings(60))
+    fill(store, readings(1, devices=1, start=12_345_678))  # position 61: value 12345678.0
+    fill(store, readings(39, start=61))
+    ship(Shipping([snow], "gw1", store, on_writer, lambda: store.next_reading_id - 1), store)
+
+    dead = run_query(store.reader(), "SELECT position, reason FROM dead_letters").to_pylist()
+    assert len(dead) == 1 and dead[0]["position"] == 61
+    assert "COPY refused the rows" in dead[0]["reason"]
+    assert snowflake_rows(fakesnow, snow, "SELECT count(*), max(value) FROM readings") == [
+        (99, 9.0)
+    ]
