@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 from apihelpers import Scenario, wait_for_sinks
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def scrape(scenario: Scenario) -> dict[str, list[Sample]]:
@@ -80,3 +86,14 @@ def test_sink_backlog_retries_and_send_latency(scenario: Scenario) -> None:
     assert value(m, "edge_gateway_sink_send_seconds_bucket", le="+Inf", **live) == batches
     assert value(m, "edge_gateway_sink_send_seconds_sum", **live) > 0
     assert not [s for s in m["edge_gateway_sink_send_seconds_count"] if s.labels == dead]
+
+
+def test_grafana_dashboard_queries_only_metrics_the_gateway_exports(scenario: Scenario) -> None:
+    wait_for_sinks(scenario)  # every family has samples by then, the send histogram too
+    exported = set(scrape(scenario))
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) == len(dashboard["panels"]) + 1  # one panel draws two queries
+    used = {name for expr in exprs for name in re.findall(r"edge_gateway_[a-z_]+", expr)}
+    assert used <= exported, used - exported
+    assert len(used) >= 12
