@@ -166,7 +166,11 @@ class Telemetry:
             self._update_series(grouped, second)
 
     def _update_series(self, grouped: pa.Table, second: int) -> None:
-        columns = [grouped.column(c).to_pylist() for c in grouped.column_names]
+        # Timestamps as integer microseconds: datetime objects would cost most of the time here.
+        columns = [
+            (col.cast(pa.int64()) if pa.types.is_timestamp(col.type) else col).to_pylist()
+            for col in grouped.columns
+        ]
         for device, metric, value, text, unit, at, count in zip(*columns, strict=True):
             key = (device, metric)
             series = self.series.get(key)
@@ -176,7 +180,7 @@ class Telemetry:
                     del self.series[(oldest.device, oldest.metric)]
                 series = self.series[key] = Series(device, metric, value, text, unit, 0.0)
             series.value, series.text, series.unit = value, text, unit
-            series.at = at.timestamp() if at is not None else float(second)
+            series.at = at / 1e6 if at is not None else float(second)
             series.count += int(count)
             if value is not None:
                 spark = series.spark
