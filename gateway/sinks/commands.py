@@ -145,7 +145,7 @@ def sinks(
     for e in entries:
         rate = e.get("rows_per_s")
         grid.add_row(
-            f"{e['sink']} ({e['type']})",
+            e["sink"] if e["type"] == "?" else f"{e['sink']} ({e['type']})",
             e["stream"],
             f"{e['position']} / {e['head']}",
             str(e["backlog_rows"]),
