@@ -99,14 +99,18 @@ class KafkaSink:
         return self._producer
 
     def _drop_producer(self) -> None:
-        """After a failed batch: purge what is queued and start a fresh producer session."""
+        """After a failed batch: let every message still out reach its final outcome (each has
+        one within message.timeout.ms), so none can land after the retry's read-back; then
+        start a fresh producer session."""
         producer, self._producer = self._producer, None
-        if producer is not None:
-            try:
+        if producer is None:
+            return
+        try:
+            if producer.flush(self.config.delivery_timeout) > 0:
                 producer.purge(in_queue=True, in_flight=True)
                 producer.flush(1.0)
-            except KafkaException as exc:
-                logger.debug("sink %s: purge failed: %s", self.name, exc)
+        except KafkaException as exc:
+            logger.debug("sink %s: dropping the producer: %s", self.name, exc)
 
     # -- sending ----------------------------------------------------------------------------
     async def write_batch(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
