@@ -46,6 +46,7 @@ test: setup lint
 bench: setup
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/drain.py
+	$(BIN)/python bench/rules.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
