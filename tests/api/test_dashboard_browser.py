@@ -2,7 +2,8 @@
 live, an alert appears when a rule fires, the SQL box answers with rows and a chart, and the page
 fits a phone's width.
 
-Set UPDATE_SCREENSHOTS=1 to refresh docs/dashboard.png and docs/dashboard-phone.png.
+Set UPDATE_SCREENSHOTS=1 to refresh docs/dashboard.png (from the shared API scenario, which has
+sinks) and docs/dashboard-phone.png.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apihelpers import RULES
+from apihelpers import RULES, Scenario, wait_for_sinks
 from pydantic import SecretStr
 
 from gateway.config import (
@@ -191,7 +192,6 @@ def test_dashboard_shows_devices_alerts_and_sql_results(broker: Mosquitto, tmp_p
         page.screenshot(path=str(phone))
     assert shot.stat().st_size > 20_000 and phone.stat().st_size > 10_000
     if os.environ.get("UPDATE_SCREENSHOTS"):
-        shutil.copy(shot, DOCS / "dashboard.png")
         shutil.copy(phone, DOCS / "dashboard-phone.png")
 
 
@@ -212,3 +212,47 @@ def test_dashboard_asks_for_the_token_once_when_the_api_wants_one(
         page.reload()  # kept in the browser: no second prompt
         sync_api.expect(page.locator("#live")).to_have_text("live", timeout=TIMEOUT_MS)
         assert page.locator("#token-form").is_hidden()
+
+
+def test_dashboard_shows_each_sinks_backlog_and_last_error(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """On the shared API scenario: one sink delivered everything, the other's broker is down."""
+    wait_for_sinks(scenario)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1900})
+            page.goto(scenario.base + "/")
+            live = page.locator('#sinks tr[data-sink="upstream"]').first
+            dead = page.locator('#sinks tr[data-sink="offline"]').first
+            live.wait_for(timeout=TIMEOUT_MS)
+            sync_api.expect(page.locator("#sinks tbody tr")).to_have_count(4)  # 2 sinks x 2 streams
+            cells = dead.locator("td")
+            sync_api.expect(cells.nth(1)).to_have_text("readings")
+            sync_api.expect(cells.nth(2)).to_have_text(str(scenario.sent.readings))
+            sync_api.expect(cells.nth(5)).not_to_be_empty()  # the last error, spelled out
+            sync_api.expect(live.locator("td").nth(2)).to_have_text("0")
+            sync_api.expect(live.locator("td").nth(5)).to_be_empty()
+            sync_api.expect(page.locator("#quarantine-reasons li")).to_have_count(2)
+            sparks = page.locator("#devices svg.spark polyline")
+            sync_api.expect(sparks).to_have_count(5)  # one per series, even with one point
+            page.fill(
+                "#sql",
+                "SELECT device, metric, count(*) AS readings, round(avg(value), 1) AS mean "
+                "FROM readings GROUP BY ALL ORDER BY device, metric",
+            )
+            page.click("#sql-form button[type=submit]")
+            sync_api.expect(page.locator("#sql-results tbody tr")).to_have_count(5)
+            sync_api.expect(page.locator("#alerts-active li")).to_have_count(
+                len(scenario.sent.hot_now(30))
+            )
+            shot = tmp_path / "dashboard.png"  # the README's picture: every card has content
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("UPDATE_SCREENSHOTS"):
+        shutil.copy(shot, DOCS / "dashboard.png")

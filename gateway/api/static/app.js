@@ -61,6 +61,7 @@ function sparkline(values) {
   svg.setAttribute("viewBox", "0 0 100 20");
   svg.setAttribute("preserveAspectRatio", "none");
   const nums = values.filter((v) => typeof v === "number");
+  if (nums.length === 1) nums.push(nums[0]);  // one reading so far: a level line
   if (nums.length > 1) {
     const lo = Math.min(...nums), hi = Math.max(...nums), span = hi - lo || 1;
     const line = document.createElementNS(SVG, "polyline");
@@ -122,7 +123,7 @@ function chart(container, series, opts) {
   series.forEach((s, si) => {
     if (series.length > 1 || opts.legend) {
       add("text", { x: W - R - (series.length - si) * 110, y: T - 3,
-        fill: PALETTE[si % PALETTE.length] }, "■ " + s.name);
+        style: "fill: " + PALETTE[si % PALETTE.length] }, "■ " + s.name);
     }
   });
   container.append(svg);
