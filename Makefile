@@ -32,13 +32,15 @@ chromium:
 		echo "chromium is missing: the dashboard's browser test will skip ('sudo apt-get install chromium' to run it)" >&2; \
 	fi
 
-demo: setup
+demo: $(VENV)/.installed mosquitto
 	$(BIN)/edge-gateway demo
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	@# each test folder has its own conftest.py, so mypy checks them one folder at a time
+	@for dir in tests tests/*/; do $(BIN)/mypy --no-error-summary $$dir/*.py || exit 1; done
 
 test: setup lint
 	$(BIN)/pytest -q
