@@ -1,0 +1,352 @@
+"""Soak: run the gateway for a set time under steady load with faults injected, then count.
+
+Starts a private Mosquitto and Tansu (Kafka), runs `edge-gateway run` as a child process with a
+Kafka sink behind a TCP proxy, publishes readings 0, 1, 2, ... at a steady rate (QoS 1), and
+every --fault-every seconds injects the next fault in turn: the uplink cut for a while, a broker
+restart, and (in the first third of the run only, so memory can be watched on one process for
+the rest) kill -9 of the gateway. Prints the gateway's RSS over time; at the end counts every
+reading the broker acknowledged in the buffer and in Kafka. The last line is
+
+    soak minutes=<n> lost=<n> doubled=<n> rss_start_mb=<n> rss_end_mb=<n>
+
+Usage: python bench/soak.py --minutes 30 [--rate 300] [--fault-every 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from gateway.buffer.store import connect
+from gateway.services import free_port
+from gateway.services.mosquitto import Mosquitto
+from gateway.services.tansu import Tansu
+from gateway.sqlclient import query
+from gateway.testing import publisher, wait_until
+
+TOPIC_PREFIX = "soak"
+
+
+class Proxy:
+    """127.0.0.1:port -> target port; `cut()` drops every connection and refuses new ones."""
+
+    def __init__(self, target: int) -> None:
+        self.port = free_port()
+        self.target = target
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would not, and
+            # the port would stay taken.
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)
+            server.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+
+class Load:
+    """Publishes the values 0, 1, 2, ... at `rate` per second until stopped."""
+
+    def __init__(self, broker: Mosquitto, rate: float) -> None:
+        self.rate = rate
+        self.client = publisher(broker.host, broker.port, client_id="soak-load")
+        self.infos: list[Any] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        i = 0
+        while not self._stop.is_set():
+            due = start + i / self.rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+                continue
+            if not self.client.is_connected():  # the broker is restarting: catch up after
+                self._stop.wait(0.1)
+                continue
+            topic = f"sensors/soak/dev{i % 50}/seq"
+            # QoS 2 to the broker: a publisher's own retry across a broker restart must not
+            # turn into a second message (QoS 1 would allow that, before the gateway sees it).
+            self.infos.append(self.client.publish(topic, str(i), qos=2))
+            i += 1
+
+    def start(self) -> Load:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def acked(self) -> set[int]:
+        return {i for i, info in enumerate(list(self.infos)) if _published(info)}
+
+
+def _published(info: Any) -> bool:
+    try:
+        return bool(info.is_published())
+    except RuntimeError:  # queued while the broker was away; paho resends it on reconnect
+        return False
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def kafka_values(bootstrap: str) -> Counter[int]:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "soak-check", "enable.auto.commit": False}
+    )
+    values: Counter[int] = Counter()
+    try:
+        topics = [t for t in consumer.list_topics(timeout=10).topics if t.startswith(TOPIC_PREFIX)]
+        ends: dict[tuple[str, int], int] = {}
+        assignment = []
+        for topic in topics:
+            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                if high > 0:
+                    ends[(topic, p)] = high
+                    assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        if assignment:
+            consumer.assign(assignment)
+        deadline = time.monotonic() + 300
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, timeout=1.0):
+                if msg.error() is not None:
+                    continue
+                values[int(json.loads(msg.value() or b"{}")["value"])] += 1
+                where = (str(msg.topic()), int(msg.partition() or 0))
+                if int(msg.offset() or 0) + 1 >= ends.get(where, 1 << 62):
+                    ends.pop(where, None)
+        return values
+    finally:
+        consumer.close()
+
+
+def buffer_values(buffer: Path) -> Counter[int]:
+    con = connect(buffer, read_only=True, lock_wait=30.0)
+    try:
+        rows = con.execute("SELECT value FROM readings WHERE metric = 'seq'").fetchall()
+    finally:
+        con.close()
+    return Counter(int(v) for (v,) in rows)
+
+
+def shipped_position(buffer: Path) -> tuple[int, int]:
+    table = query(
+        buffer,
+        "SELECT (SELECT coalesce(max(id), 0) FROM readings) AS head, "
+        "(SELECT coalesce(max(position), 0) FROM sink_cursors WHERE stream = 'readings') AS pos",
+    )
+    row = table.to_pylist()[0]
+    return int(row["head"]), int(row["pos"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--rate", type=float, default=300.0, help="readings per second")
+    parser.add_argument("--fault-every", type=float, default=60.0, help="seconds between faults")
+    parser.add_argument("--sample-every", type=float, default=30.0, help="seconds between RSS")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="soak-"))
+    buffer = workdir / "buffer.duckdb"
+    duration = args.minutes * 60
+    with Mosquitto(persistence=True, workdir=workdir / "mosquitto") as broker, Tansu() as kafka:
+        proxy = Proxy(kafka.port)
+        proxy.start()
+        config = workdir / "gateway.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "gateway_id": "soak",
+                    "mqtt": {
+                        "host": broker.host,
+                        "port": broker.port,
+                        "client_id": "gw-soak",
+                        "subscriptions": [{"topic": "sensors/#", "qos": 1}],
+                        "reconnect": {"min_delay": "200ms", "max_delay": "2s"},
+                    },
+                    "buffer": {"path": str(buffer)},
+                    "api": {"port": 0},
+                    "sinks": [
+                        {
+                            "type": "kafka",
+                            "name": "uplink",
+                            "bootstrap_servers": f"127.0.0.1:{proxy.port}",
+                            "topic": f"{TOPIC_PREFIX}.{{site}}",
+                            "alerts_topic": f"{TOPIC_PREFIX}-alerts",
+                            "batching": {"max_rows": 5000, "max_age": "200ms"},
+                            "retry": {"min_delay": "200ms", "max_delay": "2s"},
+                            "client": {"reconnect.backoff.max.ms": "2000"},
+                        }
+                    ],
+                    "log_level": "warning",
+                }
+            )
+        )
+        log = (workdir / "gateway.log").open("ab")
+
+        def start_gateway() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "-c", str(config)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+        gateway = start_gateway()
+        if not wait_until((workdir / "buffer.duckdb.runtime.json").exists, 60):
+            raise SystemExit("the gateway did not start; see " + str(workdir / "gateway.log"))
+        time.sleep(1.0)  # subscribed
+        load = Load(broker, args.rate).start()
+        started = time.monotonic()
+        restarts = broker_restarts = outages = 0
+        samples: list[tuple[float, float]] = []
+        faults = ["uplink", "broker", "kill"]
+        next_fault, next_sample, fault_index = started + args.fault_every, started, 0
+        print(f"soak: {args.minutes} min at {args.rate}/s, workdir {workdir}", flush=True)
+        while (now := time.monotonic()) < started + duration:
+            if now >= next_sample:
+                rss = rss_mb(gateway.pid)
+                samples.append((now - started, rss))
+                print(
+                    f"t={now - started:6.0f}s rss_mb={rss:6.1f} published={len(load.infos)} "
+                    f"restarts={restarts} broker_restarts={broker_restarts} outages={outages}",
+                    flush=True,
+                )
+                next_sample += args.sample_every
+            if now >= next_fault:
+                fault = faults[fault_index % len(faults)]
+                fault_index += 1
+                if fault == "kill" and now - started > duration / 3:
+                    fault = faults[fault_index % len(faults)]
+                    fault_index += 1
+                if fault == "uplink":
+                    proxy.cut()
+                    time.sleep(min(20.0, args.fault_every / 3))
+                    proxy.start()
+                    outages += 1
+                elif fault == "broker":
+                    broker.stop()
+                    time.sleep(3.0)
+                    broker.start()
+                    broker_restarts += 1
+                else:
+                    gateway.send_signal(signal.SIGKILL)
+                    gateway.wait(10)
+                    gateway = start_gateway()
+                    restarts += 1
+                    # A new process: memory is watched from its own start.
+                    samples.clear()
+                next_fault += args.fault_every
+            time.sleep(0.2)
+        load.stop()
+        if not wait_until(lambda: len(load.acked()) == len(load.infos), timeout=120):
+            print("warning: the broker did not acknowledge every reading", flush=True)
+        acked = load.acked()
+        rss_end = rss_mb(gateway.pid)
+
+        def all_shipped() -> bool:
+            head, position = shipped_position(buffer)
+            return head >= len(acked) and position >= head
+
+        caught_up = wait_until(all_shipped, timeout=300, interval=1.0)
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(60)
+        log.close()
+        in_kafka = kafka_values(kafka.bootstrap_servers)
+        in_buffer = buffer_values(buffer)
+        proxy.cut()
+    lost = len(acked - set(in_kafka))
+    doubled = sum(n - 1 for n in in_kafka.values() if n > 1)
+    buffer_lost = len(acked - set(in_buffer))
+    buffer_doubled = sum(n - 1 for n in in_buffer.values() if n > 1)
+    # Memory is compared from one minute into the last gateway process's life (imports and
+    # first batches warm up before that) to its end.
+    warm = [rss for t, rss in samples if t >= samples[0][0] + 60] if samples else []
+    rss_start = warm[0] if warm else (samples[0][1] if samples else rss_end)
+    print(f"caught up: {caught_up}; readings acknowledged by the broker: {len(acked)}")
+    print(f"buffer: lost={buffer_lost} doubled={buffer_doubled}")
+    print(f"kafka: lost={lost} doubled={doubled}")
+    print(
+        f"faults survived: kill -9 restarts={restarts} broker restarts={broker_restarts} "
+        f"uplink outages={outages}"
+    )
+    growth = (rss_end - rss_start) / rss_start * 100 if rss_start else 0.0
+    print(f"rss growth over the last process: {growth:.1f}%")
+    print(
+        f"soak minutes={round(args.minutes)} lost={lost + buffer_lost} "
+        f"doubled={doubled + buffer_doubled} rss_start_mb={round(rss_start)} "
+        f"rss_end_mb={round(rss_end)}"
+    )
+
+
+if __name__ == "__main__":
+    main()
