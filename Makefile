@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench setup mosquitto chromium clean
+.PHONY: demo test lint bench faults soak setup mosquitto chromium clean
 
 setup: $(VENV)/.installed mosquitto chromium
 
@@ -49,6 +49,13 @@ bench: setup
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/drain.py
 	$(BIN)/python bench/rules.py
+
+# The fault suite alone; FAULT_LOOPS=50 repeats the kill -9 loop longer than CI does.
+faults: setup
+	$(BIN)/pytest -q tests/faults
+
+soak: setup
+	$(BIN)/python bench/soak.py --minutes 30
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
