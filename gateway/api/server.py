@@ -245,7 +245,17 @@ def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
 
         def _authorised(self) -> bool:
             if token is None:
-                return True
+                # Without a token the API is for this box only. A web page elsewhere could
+                # still reach it through the browser by DNS rebinding: such requests name
+                # the attacker's host, so only loopback names are answered.
+                host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
+                if is_loopback(host):
+                    return True
+                self._json(
+                    HTTPStatus.FORBIDDEN,
+                    {"error": "without api.token the API answers only 127.0.0.1 and localhost"},
+                )
+                return False
             given = self.headers.get("Authorization", "")
             if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return True

@@ -79,7 +79,8 @@ class Scenario:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, dict(response.headers), response.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
+            with exc:
+                return exc.code, dict(exc.headers), exc.read()
 
     def json(self, path: str) -> Any:
         status, _, body = self.get(path)

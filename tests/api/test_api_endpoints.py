@@ -123,7 +123,8 @@ def post_sql(scenario: Scenario, sql: str, accept: str = "application/json") -> 
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        with exc:
+            return exc.code, exc.read()
 
 
 def test_sql_answers_as_json_rows_and_as_arrow(scenario: Scenario) -> None:

@@ -35,7 +35,8 @@ def get(gw: GatewayThread, path: str) -> tuple[int, bytes]:
         with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        with exc:
+            return exc.code, exc.read()
 
 
 def metric(gw: GatewayThread, name: str) -> float:

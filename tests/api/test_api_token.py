@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from apihelpers import Scenario
 from pydantic import SecretStr
 
 from gateway.api.server import ApiServer, is_loopback
@@ -42,7 +43,8 @@ def status_of(url: str, token: str | None = None, data: bytes | None = None) -> 
         with urllib.request.urlopen(request, timeout=10) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
-        body = json.loads(exc.read())
+        with exc:
+            body = json.loads(exc.read())
         assert TOKEN not in json.dumps(body)
         return exc.code
 
@@ -94,3 +96,21 @@ def test_config_check_refuses_a_public_api_without_a_token(host: str) -> None:
         parse_config({"api": {"host": host}})
     config = parse_config({"api": {"host": host, "token": "${GATEWAY_API_TOKEN:-t}"}})
     assert config.api.token is not None
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8787", "192.168.1.20:8787"])
+def test_without_a_token_requests_naming_another_host_are_refused(
+    scenario: Scenario, host: str
+) -> None:
+    """A page elsewhere reaching the loopback API through DNS rebinding names its own host."""
+    request = urllib.request.Request(scenario.base + "/api/status", headers={"Host": host})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    with refused.value as answer:
+        assert answer.code == 403
+        assert "only 127.0.0.1 and localhost" in json.loads(answer.read())["error"]
+    port = scenario.base.rsplit(":", 1)[1]
+    for name in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+        request = urllib.request.Request(scenario.base + "/api/status", headers={"Host": name})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
