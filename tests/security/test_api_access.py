@@ -3,6 +3,7 @@ no binding beyond loopback without a token, and no secret in any answer."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -107,13 +108,20 @@ def test_the_cli_needs_the_token_too_and_does_not_echo_it(gateway: GatewayThread
         assert TOKEN not in allowed.stdout + allowed.stderr
 
 
-def test_oversized_requests_are_refused(gateway: GatewayThread) -> None:
+def test_oversized_requests_are_refused_before_their_body_is_read(gateway: GatewayThread) -> None:
     with gateway as gw:
         assert gw.gateway.api_address is not None
         host, port = gw.gateway.api_address
-        huge = json.dumps({"sql": "SELECT 1 -- " + "x" * (2 * 1024 * 1024)}).encode()
-        status, _ = call(f"http://{host}:{port}/api/sql", TOKEN, huge)
-        assert status == 413
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            # Announce 64 MiB and send none of it: the answer comes from the headers alone.
+            conn.putrequest("POST", "/api/sql")
+            conn.putheader("Authorization", f"Bearer {TOKEN}")
+            conn.putheader("Content-Length", str(64 * 1024 * 1024))
+            conn.endheaders()
+            assert conn.getresponse().status == 413
+        finally:
+            conn.close()
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::"])
