@@ -175,7 +175,7 @@ def buffer_counters(buffer: Path) -> dict[str, int]:
 
 
 def kafka_values(bootstrap: str, topic_prefix: str) -> Counter[int]:
-    """Every reading's value in the topics starting with `topic_prefix`, read partition by
+    """Every `seq` reading's value in the topics starting with `topic_prefix`, read partition by
     partition by direct assignment (Tansu can stall consumer-group joins)."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": unique("check"), "enable.auto.commit": False}
@@ -200,7 +200,9 @@ def kafka_values(bootstrap: str, topic_prefix: str) -> Counter[int]:
             for msg in consumer.consume(10_000, timeout=1.0):
                 if msg.error() is not None:
                     continue
-                values[int(json.loads(msg.value() or b"{}")["value"])] += 1
+                doc = json.loads(msg.value() or b"{}")
+                if doc.get("metric") == "seq":  # the counted readings, not filler text
+                    values[int(doc["value"])] += 1
                 where = (str(msg.topic()), int(msg.partition() or 0))
                 if int(msg.offset() or 0) + 1 >= ends.get(where, 1 << 62):
                     ends.pop(where, None)

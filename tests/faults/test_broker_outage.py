@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faulthelpers import buffer_values, lost_and_doubled
+from faulthelpers import buffer_values, kafka_values, lost_and_doubled, unique
 
 from gateway.config import (
     ApiConfig,
@@ -20,10 +20,14 @@ from gateway.config import (
     Subscription,
 )
 from gateway.services.mosquitto import Mosquitto
+from gateway.services.tansu import Tansu
+from gateway.sinks.config import KafkaSinkConfig
 from gateway.testing import GatewayThread, publisher, wait_until
 
 
-def config_for(broker: Mosquitto, tmp_path: Path, client_id: str) -> GatewayConfig:
+def config_for(
+    broker: Mosquitto, tmp_path: Path, client_id: str, sinks: list[KafkaSinkConfig] | None = None
+) -> GatewayConfig:
     return GatewayConfig(
         mqtt=MqttConfig(
             host=broker.host,
@@ -35,6 +39,7 @@ def config_for(broker: Mosquitto, tmp_path: Path, client_id: str) -> GatewayConf
         # A short pending queue: most of a burst waits in the broker, in the session.
         buffer=BufferConfig(path=tmp_path / "buffer.duckdb", max_batch=500, max_pending=1000),
         api=ApiConfig(enabled=False),
+        sinks=list(sinks or []),
     )
 
 
@@ -48,9 +53,21 @@ def publish_all(broker: Mosquitto, values: range, client_id: str) -> None:
 
 
 def test_broker_restarts_mid_stream_and_the_session_delivers_the_rest_once(
-    broker: Mosquitto, tmp_path: Path
+    broker: Mosquitto, tansu: Tansu, tmp_path: Path
 ) -> None:
-    config = config_for(broker, tmp_path, "gw-broker-restart")
+    prefix = unique("restart")
+    sink = KafkaSinkConfig.model_validate(
+        {
+            "type": "kafka",
+            "name": "uplink",
+            "bootstrap_servers": tansu.bootstrap_servers,
+            "topic": f"{prefix}.{{site}}",
+            "alerts_topic": f"{prefix}-alerts",
+            "batching": {"max_rows": 5000, "max_age": "100ms"},
+            "retry": {"min_delay": "100ms", "max_delay": "1s"},
+        }
+    )
+    config = config_for(broker, tmp_path, "gw-broker-restart", [sink])
     with GatewayThread(config) as gw:
         ingest = gw.gateway.ingest
         assert ingest is not None
@@ -65,8 +82,15 @@ def test_broker_restarts_mid_stream_and_the_session_delivers_the_rest_once(
         publish_all(broker, range(30_000, 40_000), "after-restart")
         assert wait_until(lambda: gw.gateway.stats.readings >= 40_000, timeout=60)
         time.sleep(0.5)  # a stray redelivery would land now; it must not be stored again
+        assert wait_until(
+            lambda: sum(kafka_values(tansu.bootstrap_servers, prefix).values()) >= 40_000,
+            timeout=60,
+            interval=1.0,
+        )
     assert committed_while_down < 40_000
-    assert lost_and_doubled(set(range(40_000)), buffer_values(config.buffer.path)) == (0, 0)
+    expected = set(range(40_000))
+    assert lost_and_doubled(expected, buffer_values(config.buffer.path)) == (0, 0)
+    assert lost_and_doubled(expected, kafka_values(tansu.bootstrap_servers, prefix)) == (0, 0)
 
 
 def test_broker_unreachable_for_a_while_then_back_loses_and_doubles_nothing(

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
-from faulthelpers import buffer_counters, buffer_values
+from faulthelpers import buffer_counters, buffer_values, kafka_values, lost_and_doubled, unique
 
 from gateway.buffer.recovery import check_buffer
 from gateway.buffer.store import BufferStore
@@ -20,6 +20,8 @@ from gateway.config import ApiConfig, BufferConfig, GatewayConfig, MqttConfig, S
 from gateway.errors import BufferStoreError
 from gateway.model import DECODED_QUARANTINE_SCHEMA, DECODED_READINGS_SCHEMA, IngestBatch
 from gateway.services.mosquitto import Mosquitto
+from gateway.services.tansu import Tansu
+from gateway.sinks.config import KafkaSinkConfig
 from gateway.testing import GatewayThread, publisher, wait_until
 
 
@@ -73,9 +75,21 @@ def text_batch(start: int, n: int) -> IngestBatch:
 
 
 def test_gateway_stops_acking_on_a_full_disk_and_catches_up_when_space_returns(
-    broker: Mosquitto, small_disk: SmallDisk
+    broker: Mosquitto, tansu: Tansu, small_disk: SmallDisk
 ) -> None:
     buffer = small_disk.path / "buffer.duckdb"
+    prefix = unique("full")
+    sink = KafkaSinkConfig.model_validate(
+        {
+            "type": "kafka",
+            "name": "uplink",
+            "bootstrap_servers": tansu.bootstrap_servers,
+            "topic": f"{prefix}.{{site}}",
+            "alerts_topic": f"{prefix}-alerts",
+            "batching": {"max_rows": 2000, "max_age": "100ms"},
+            "retry": {"min_delay": "100ms", "max_delay": "1s"},
+        }
+    )
     config = GatewayConfig(
         mqtt=MqttConfig(
             host=broker.host,
@@ -85,6 +99,7 @@ def test_gateway_stops_acking_on_a_full_disk_and_catches_up_when_space_returns(
         ),
         buffer=BufferConfig(path=buffer, max_batch=200),
         api=ApiConfig(enabled=False),
+        sinks=[sink],
     )
     total = 4000
     with GatewayThread(config) as gw:
@@ -105,7 +120,16 @@ def test_gateway_stops_acking_on_a_full_disk_and_catches_up_when_space_returns(
         assert stuck_at < 2 * total
         small_disk.resize("64m")
         assert wait_until(lambda: stats.messages >= 2 * total, timeout=90), stats
+        assert wait_until(
+            lambda: sum(kafka_values(tansu.bootstrap_servers, prefix).values()) >= total,
+            timeout=60,
+            interval=1.0,
+        )
         pub.loop_stop()
+    assert lost_and_doubled(set(range(total)), kafka_values(tansu.bootstrap_servers, prefix)) == (
+        0,
+        0,
+    )
     seen = buffer_values(buffer)
     assert sorted(seen) == list(range(total))
     assert set(seen.values()) == {1}
