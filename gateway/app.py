@@ -200,11 +200,13 @@ class Gateway:
 
         def commit(messages: list[Any]) -> tuple[IngestBatch, pa.Table]:
             batch = decoder.decode(messages)
-            rows, forget = redelivery.remember(batch.messages)
+            redelivery.confirm(ingest.acks_confirmed_upto)
+            rows, number = redelivery.remember(batch.messages)
+            batch.number = number
             delay = 0.1
             while True:  # the broker keeps the messages unacked meanwhile: nothing is lost
                 try:
-                    result = store.append(batch, rows, forget)
+                    result = store.append(batch, rows, redelivery.confirmed_upto)
                     return batch, result.readings
                 except BufferStoreError as exc:
                     self.stats.commit_failures += 1
@@ -227,7 +229,7 @@ class Gateway:
                 continue
             batch, committed = await self.on_writer(commit, messages)
             if not stopping:
-                ingest.ack(messages)
+                ingest.ack(messages, batch.number)
             self.stats.record(time.time(), batch, len(messages))
             if committed.num_rows:
                 for listener in self.listeners:

@@ -78,6 +78,7 @@ class IngestBatch:
     quarantine: pa.Table
     messages: list[RawMessage] = field(default_factory=list)
     duplicates: int = 0  # redeliveries recognised and not stored again
+    number: int = 0  # the batch's number in the redelivery bookkeeping (set before commit)
 
     @property
     def reading_count(self) -> int:

@@ -125,6 +125,12 @@ class MqttIngest:
         self._clock = clock
         self._pending: list[RawMessage] = []
         self._cond = threading.Condition()
+        self._barrier_lock = threading.Lock()
+        self._barriers: dict[int, tuple[int, int]] = {}  # barrier mid -> (batch, connection)
+        self._barrier_topic = "$edge-gateway/ack-barrier/" + "".join(
+            c if c not in "/+#" else "_" for c in config.client_id
+        )
+        self.acks_confirmed_upto = 0
         self._closing = False
         self.connected = threading.Event()
         self.received = 0
@@ -168,6 +174,7 @@ class MqttIngest:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
 
     def start(self) -> None:
@@ -317,14 +324,41 @@ class MqttIngest:
         with self._cond:
             return len(self._pending)
 
-    def ack(self, messages: list[RawMessage]) -> None:
-        """Acknowledge committed QoS 1/2 messages to the broker."""
+    def ack(self, messages: list[RawMessage], batch: int) -> None:
+        """Acknowledge committed QoS 1/2 messages, then publish the batch's ack barrier.
+
+        The barrier is a QoS 1 publish to a `$`-topic (which `#` subscriptions never match) on
+        the same connection: its PUBACK proves the broker received the acks sent before it, and
+        `acks_confirmed_upto` then moves to this batch (see gateway/ingest/redelivery.py).
+        """
         qos1 = [m.mid for m in messages if m.qos == 1]
         if qos1:
             self._client.ack_qos1_batch(qos1)
         for message in messages:
             if message.qos == 2:
                 self._client.ack(message.mid, 2)
+        if not (qos1 or any(m.qos == 2 for m in messages)):
+            return
+        with self._barrier_lock:
+            if len(self._barriers) > 10_000:  # lost in outages; forgetting only delays confirming
+                self._barriers.clear()
+            info = self._client.publish(self._barrier_topic, b"", qos=1)
+            self._barriers[info.mid] = (batch, self.connects)
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        with self._barrier_lock:
+            barrier = self._barriers.pop(mid, None)
+        # Only a PUBACK on the connection that carried our acks proves they arrived; paho
+        # resends an unconfirmed barrier after a reconnect, and that PUBACK proves nothing.
+        if barrier is not None and barrier[1] == self.connects:
+            self.acks_confirmed_upto = max(self.acks_confirmed_upto, barrier[0])
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> None:
         """Publish a command or event (rules' actions); queued by paho while disconnected."""

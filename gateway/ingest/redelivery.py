@@ -2,17 +2,18 @@
 
 The broker redelivers such a message with the DUP flag and its original packet id. For every
 committed QoS 1/2 message we remember (packet id, topic, payload digest, batch number); a DUP
-delivery matching an entry is a redelivery and is acked without being stored again. Two distinct
-messages with the same bytes both count, because:
+delivery matching an entry is a redelivery and is acked without being stored again.
 
-- a fresh (non-DUP) delivery under a packet id proves the broker had our ack for the previous
-  message under it, so that entry goes;
-- entries live only for the last few batches of a connection: acks go out right after each commit,
-  so once a connection has committed KEEP_BATCHES more batches, older entries are acked for sure,
-  and a packet id reused 65,535 messages later cannot be mistaken for a redelivery.
+An entry lives until the broker has provably received the ack for its batch: after acking a
+batch, the ingest publishes a QoS 1 "ack barrier" on the same connection, and the broker's PUBACK
+for it means every packet sent before it (our acks) arrived, since MQTT runs over one ordered
+TCP stream. Until then — through a dropped connection, a broker restart or a crash — the entry
+stays, and the redelivery is recognised. Once confirmed, the entry goes, so a packet id the broker
+reuses later for a new message with the same bytes is a new reading. A fresh (non-DUP) delivery
+under a packet id also proves the previous message under it was acked.
 
-Entries are committed with each batch, so they survive a crash and match the redeliveries that
-follow the restart.
+Entries are committed with each batch (and deleted once confirmed, in a later commit), so they
+survive a crash.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from __future__ import annotations
 import zlib
 
 from gateway.model import RawMessage
-
-KEEP_BATCHES = 3
 
 InflightEntry = tuple[int, str, int, int]  # packet id, topic, payload digest, batch number
 
@@ -37,8 +36,7 @@ class RedeliveryFilter:
         for mid, topic, digest, batch in entries or []:
             self._last[mid] = (topic, digest, batch)
         self._next_batch = max((e[3] for e in entries or []), default=0) + 1
-        self._session: int | None = None
-        self._session_first_batch = self._next_batch
+        self.confirmed_upto = 0  # batches whose acks the broker has confirmed
 
     def is_redelivery(self, message: RawMessage) -> bool:
         """True for a DUP delivery of a message already committed; updates what it knows."""
@@ -55,16 +53,9 @@ class RedeliveryFilter:
         )
 
     def remember(self, messages: list[RawMessage]) -> tuple[list[InflightEntry], int]:
-        """Record a batch about to be committed.
-
-        Returns the entries to persist with it and the batch number up to which persisted
-        entries can be deleted (0: none yet).
-        """
+        """Record a batch about to be committed; returns the entries to persist and its number."""
         batch = self._next_batch
         self._next_batch += 1
-        if messages and messages[-1].session != self._session:
-            self._session = messages[-1].session
-            self._session_first_batch = batch
         rows: list[InflightEntry] = []
         for message in messages:
             if message.qos == 0:
@@ -72,11 +63,14 @@ class RedeliveryFilter:
             digest = payload_digest(message.payload)
             self._last[message.mid] = (message.topic, digest, batch)
             rows.append((message.mid, message.topic, digest, batch))
-        cutoff = batch - KEEP_BATCHES
-        if cutoff < self._session_first_batch:
-            return rows, 0
-        self._last = {mid: e for mid, e in self._last.items() if e[2] > cutoff}
-        return rows, cutoff
+        return rows, batch
+
+    def confirm(self, upto_batch: int) -> None:
+        """The broker has received our acks for every batch up to this one."""
+        if upto_batch <= self.confirmed_upto:
+            return
+        self.confirmed_upto = upto_batch
+        self._last = {mid: e for mid, e in self._last.items() if e[2] > upto_batch}
 
     def __len__(self) -> int:
         return len(self._last)

@@ -34,7 +34,9 @@ def message(
 
 def decoder(redelivery: RedeliveryFilter | None = None, max_payload: int = 1024) -> BatchDecoder:
     router = TopicRouter([RouteConfig(pattern="sensors/{site}/{device}/{metric}")])
-    return BatchDecoder(router, redelivery or RedeliveryFilter(), max_payload)
+    return BatchDecoder(
+        router, redelivery if redelivery is not None else RedeliveryFilter(), max_payload
+    )
 
 
 def count(store: BufferStore, table: str) -> int:
@@ -100,8 +102,8 @@ def test_redelivered_message_is_recognised_after_a_restart(tmp_path: Path) -> No
     redelivery = RedeliveryFilter(store.inflight_entries())
     first = [message("sensors/h/d/m", b"7", mid=11), message("sensors/h/d/m", b"7", mid=12)]
     batch = decoder(redelivery).decode(first)
-    rows, forget = redelivery.remember(batch.messages)
-    store.append(batch, rows, forget)
+    rows, _ = redelivery.remember(batch.messages)
+    store.append(batch, rows, redelivery.confirmed_upto)
     store.close()  # crash before the acks reached the broker
 
     store = BufferStore(path)
@@ -129,14 +131,18 @@ def test_same_bytes_under_a_reused_packet_id_are_a_new_reading() -> None:
     assert decode([message("sensors/h/d/m", b"open", mid=6, dup=True)]).readings.num_rows == 1
 
 
-def test_redelivery_entries_expire_after_a_few_batches_of_a_connection() -> None:
+def test_redelivery_entries_go_once_the_broker_confirmed_the_acks() -> None:
     redelivery = RedeliveryFilter()
     decode = decoder(redelivery).decode
-    redelivery.remember(decode([message("sensors/h/d/m", b"x", mid=9)]).messages)
-    for i in range(4):
-        redelivery.remember(decode([message("sensors/h/d/m", b"y", mid=100 + i)]).messages)
-    # Packet id 9 was acked batches ago: a DUP with the same bytes is not ours to drop.
+    _, first = redelivery.remember(decode([message("sensors/h/d/m", b"x", mid=9)]).messages)
+    _, second = redelivery.remember(decode([message("sensors/h/d/m", b"y", mid=10)]).messages)
+    # Unconfirmed (the connection dropped before the acks arrived): still a redelivery.
+    assert decode([message("sensors/h/d/m", b"x", mid=9, dup=True)]).duplicates == 1
+    redelivery.confirm(first)
+    # Batch 1's acks arrived: packet id 9 may carry a new message; batch 2 still waits.
     assert decode([message("sensors/h/d/m", b"x", mid=9, dup=True)]).readings.num_rows == 1
+    assert decode([message("sensors/h/d/m", b"y", mid=10, dup=True)]).duplicates == 1
+    assert second == first + 1
 
 
 def test_retention_purges_old_sent_readings_and_keeps_unsent(tmp_path: Path) -> None:
