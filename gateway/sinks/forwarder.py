@@ -284,7 +284,15 @@ class Forwarder:
             if self.head() - last >= self.batching.max_rows:
                 self._start_prefetch(last)  # draining a backlog: read on while this one sends
             attempt = Attempt(self.stream, first, last, int(time.time() * 1000))
-            await self._record_attempt(attempt)
+            try:
+                await self._record_attempt(attempt)
+            except duckdb.Error as exc:  # without the record a crash could resend other rows
+                logger.error(
+                    "sink %s: cannot record the attempt (%s); retrying", self.sink.name, exc
+                )
+                self._drop_prefetch()
+                await self._idle(stop, backoff_delay(1, self.retry))
+                continue
             if not await self._deliver(batch, attempt, stop):
                 return
         self._drop_prefetch()
@@ -381,7 +389,17 @@ class Forwarder:
                 await self._idle(stop, backoff_delay(failures, self.retry))
                 resumed = True
                 continue
-            await self._confirm(batch, attempt.last, result.rejected)
+            try:
+                await self._confirm(batch, attempt.last, result.rejected)
+            except duckdb.Error as exc:  # the buffer refused the write (disk full, say)
+                failures += 1
+                self._failed(SinkError(self.sink.name, f"cannot move the cursor: {exc}"))
+                logger.error(
+                    "sink %s: cannot move the cursor (%s); sending again", self.sink.name, exc
+                )
+                await self._idle(stop, backoff_delay(failures, self.retry))
+                resumed = True  # delivered already: the resend is recognised upstream
+                continue
             self._sent(batch.num_rows - len(result.rejected), result)
             if failures:
                 logger.info("sink %s: delivering %s again", self.sink.name, self.stream)
