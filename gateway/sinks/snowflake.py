@@ -276,10 +276,18 @@ class SnowflakeSink:
         table = self.table_for(attempt.stream)
         copy_options = "FILE_FORMAT=(TYPE=PARQUET) MATCH_BY_COLUMN_NAME=CASE_INSENSITIVE PURGE=TRUE"
         if not attempt.replay:
-            results = cur.execute(
-                f"COPY INTO {table} FROM {location}{path.name} {copy_options}"
-            ).fetchall()
-            self._check(results, path.name)
+            try:
+                results = cur.execute(
+                    f"COPY INTO {table} FROM {location}{path.name} {copy_options}"
+                ).fetchall()
+                self._check(results, path.name)
+            except (ProgrammingError, SinkRejectedError) as exc:
+                if isinstance(exc, SinkRejectedError) or (exc.sqlstate or "").startswith("22"):
+                    # Refused for good: the forwarder splits the batch into new files, so this
+                    # one would stay in the stage forever.
+                    with contextlib.suppress(Error):
+                        cur.execute(f"REMOVE {location}{path.name}")
+                raise
             return
         # A replay may overlap rows loaded before in other batches: load into a scratch table,
         # then insert only event ids the target does not hold.
