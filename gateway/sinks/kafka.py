@@ -65,6 +65,7 @@ class KafkaSink:
         self._known_topics: set[str] = set()
         self._admin: AdminClient | None = None
         self._replay_seen: dict[tuple[str, int], set[str]] = {}
+        self._stopping = threading.Event()
         self._prepared: dict[tuple[str, tuple[int, int, int]], pa.Table] = {}
         self._prepared_lock = threading.Lock()
 
@@ -226,6 +227,8 @@ class KafkaSink:
             nbytes += len(value)
         deadline = time.monotonic() + self.config.delivery_timeout + 5.0
         while producer.flush(1.0) > 0:
+            if self._stopping.is_set():  # shutting down: the recorded attempt resends it
+                raise SinkError(self.name, "stopped while messages were in flight")
             if time.monotonic() > deadline:
                 self._drop_producer()
                 raise SinkError(self.name, "delivery timed out")
@@ -349,6 +352,10 @@ class KafkaSink:
         finally:
             consumer.close()
         return present
+
+    def stop(self) -> None:
+        """The gateway is stopping: give up waiting for acks (the batch is resent on start)."""
+        self._stopping.set()
 
     async def aclose(self) -> None:
         def close() -> None:

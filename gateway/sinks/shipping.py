@@ -64,11 +64,20 @@ class Shipping:
                 )
 
     async def run(self, stop: asyncio.Event) -> None:
+        async def tell_sinks() -> None:
+            await stop.wait()  # a sink waiting long on its upstream may give up at once
+            for sink in self.sinks.values():
+                stopper = getattr(sink, "stop", None)
+                if stopper is not None:
+                    stopper()
+
+        notifier = asyncio.create_task(tell_sinks())
         try:
             async with asyncio.TaskGroup() as tasks:
                 for forwarder in self.forwarders:
                     tasks.create_task(forwarder.run(stop))
         finally:
+            notifier.cancel()
             for sink in self.sinks.values():
                 try:
                     await sink.aclose()
