@@ -93,7 +93,10 @@ def run_demo(
                     table = run_query(
                         gateway.store.reader(),
                         "SELECT device, metric, count(*) AS readings, "
-                        "round(last(value ORDER BY id), 2) AS latest FROM readings "
+                        # text states too (a light's ON/OFF, a door's open/closed)
+                        "coalesce(last(text ORDER BY id), "
+                        "CAST(round(last(value ORDER BY id), 2) AS VARCHAR)) AS latest "
+                        "FROM readings "
                         "GROUP BY ALL ORDER BY device, metric",
                     )
                     console.rule(f"{gateway.stats.readings} readings buffered")
