@@ -147,10 +147,11 @@ def _published(info: Any) -> bool:
         return False
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory; field RssAnon leaves out pages of shared libraries as they are touched."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -269,6 +270,7 @@ def main() -> None:
         started = time.monotonic()
         restarts = broker_restarts = outages = 0
         samples: list[tuple[float, float]] = []
+        anon: list[tuple[float, float]] = []
         faults = ["uplink", "broker", "kill"]
         next_fault, next_sample, fault_index = started + args.fault_every, started, 0
         print(f"soak: {args.minutes} min at {args.rate}/s, workdir {workdir}", flush=True)
@@ -276,8 +278,10 @@ def main() -> None:
             if now >= next_sample:
                 rss = rss_mb(gateway.pid)
                 samples.append((now - started, rss))
+                anon.append((now - started, rss_mb(gateway.pid, "RssAnon")))
                 print(
-                    f"t={now - started:6.0f}s rss_mb={rss:6.1f} published={len(load.infos)} "
+                    f"t={now - started:6.0f}s rss_mb={rss:6.1f} anon_mb={anon[-1][1]:6.1f} "
+                    f"published={len(load.infos)} "
                     f"restarts={restarts} broker_restarts={broker_restarts} outages={outages}",
                     flush=True,
                 )
@@ -305,6 +309,7 @@ def main() -> None:
                     restarts += 1
                     # A new process: memory is watched from its own start.
                     samples.clear()
+                    anon.clear()
                 next_fault += args.fault_every
             time.sleep(0.2)
         load.stop()
@@ -312,6 +317,7 @@ def main() -> None:
             print("warning: the broker did not acknowledge every reading", flush=True)
         acked = load.acked()
         rss_end = rss_mb(gateway.pid)
+        anon_end = rss_mb(gateway.pid, "RssAnon")
 
         def all_shipped() -> bool:
             head, position = shipped_position(buffer)
@@ -340,7 +346,12 @@ def main() -> None:
         f"uplink outages={outages}"
     )
     growth = (rss_end - rss_start) / rss_start * 100 if rss_start else 0.0
-    print(f"rss growth over the last process: {growth:.1f}%")
+    warm_anon = [mb for t, mb in anon if t >= anon[0][0] + 60] if anon else []
+    anon_start = warm_anon[0] if warm_anon else anon_end
+    print(
+        f"rss growth over the last process: {growth:.1f}% "
+        f"(anonymous memory {anon_start:.0f} -> {anon_end:.0f} MB)"
+    )
     print(
         f"soak minutes={round(args.minutes)} lost={lost + buffer_lost} "
         f"doubled={doubled + buffer_doubled} rss_start_mb={round(rss_start)} "
