@@ -36,13 +36,11 @@ class ActionExecutor:
         self.webhooks_sent = 0
         self.webhooks_failed = 0
         self.webhooks_dropped = 0
-        # Called with every output list before it is carried out (the API's telemetry counts
+        # Called with every output list once it is carried out (the API's telemetry counts
         # firings and actions by rule there); an observer must be quick and must not raise.
         self.observers: list[Callable[[list[Output]], None]] = []
 
     def execute(self, outputs: list[Output]) -> None:
-        for observe in self.observers:
-            observe(outputs)
         for output in outputs:
             if isinstance(output, Command):
                 self._command(output)
@@ -65,6 +63,8 @@ class ActionExecutor:
                     output.device,
                     output.message,
                 )
+        for observe in self.observers:  # after the commands left: they come first
+            observe(outputs)
 
     def _command(self, command: Command) -> None:
         if self._publish is None:
