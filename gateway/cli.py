@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -30,7 +30,7 @@ app.command("sinks")(sink_commands.sinks)
 app.command("replay")(sink_commands.replay)
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None,
@@ -52,7 +52,10 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def setup_logging(
-    level: str, fmt: str = "text", repeat_window: float = 60.0, repeat_burst: int = 5
+    level: str,
+    fmt: Literal["logfmt", "json", "text"] = "text",
+    repeat_window: float = 60.0,
+    repeat_burst: int = 5,
 ) -> None:
     from gateway.logs import configure_logging
 
@@ -210,7 +213,9 @@ def demo(
         float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
     ] = None,
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps its buffer.")] = Path(".demo"),
-    sinks: Annotated[str, typer.Option(help="all: ship to local Snowflake and Kafka; none.")] = "all",
+    sinks: Annotated[
+        str, typer.Option(help="all: ship to local Snowflake and Kafka; none.")
+    ] = "all",
 ) -> None:
     """Start a private Mosquitto, simulated devices and the gateway, and show what arrives."""
     from gateway.demo import run_demo

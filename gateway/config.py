@@ -79,7 +79,12 @@ class MqttConfig(_Model):
     clean_start: bool = False
     session_expiry: Duration = 7 * 86400.0  # MQTT 5 only; 3.1.1 sessions never expire
     subscriptions: list[Subscription] = Field(
-        default_factory=lambda: [Subscription(topic="sensors/#", qos=1)], min_length=1
+        default_factory=lambda: [
+            Subscription(topic="sensors/#", qos=1),
+            Subscription(topic="zigbee2mqtt/+", qos=1),
+            Subscription(topic="tele/+/SENSOR", qos=1),
+        ],
+        min_length=1,
     )
     reconnect: ReconnectConfig = ReconnectConfig()
 

@@ -27,9 +27,7 @@ from gateway.services.mosquitto import Mosquitto
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"  # the rule sets users copy
 
 
-def run_demo(
-    workdir: Path, duration: float | None, console: Console, sinks: str = "all"
-) -> None:
+def run_demo(workdir: Path, duration: float | None, console: Console, sinks: str = "all") -> None:
     from gateway.sinks.local import LocalUpstreams
     from simulators.home import run_home
 
