@@ -273,7 +273,12 @@ def main() -> None:
         anon: list[tuple[float, float]] = []
         faults = ["uplink", "broker", "kill"]
         next_fault, next_sample, fault_index = started + args.fault_every, started, 0
-        print(f"soak: {args.minutes} min at {args.rate}/s, workdir {workdir}", flush=True)
+        arenas = os.environ.get("MALLOC_ARENA_MAX", "default")
+        print(
+            f"soak: {args.minutes} min at {args.rate}/s, MALLOC_ARENA_MAX={arenas}, "
+            f"workdir {workdir}",
+            flush=True,
+        )
         while (now := time.monotonic()) < started + duration:
             if now >= next_sample:
                 rss = rss_mb(gateway.pid)
