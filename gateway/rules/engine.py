@@ -61,6 +61,8 @@ from gateway.rules.triggers import (
 
 logger = logging.getLogger(__name__)
 
+HISTORICAL_TAG = '"historical":"true"'  # the tag decoders put on backfilled readings
+
 SNAPSHOT_VERSION = 1
 _CACHE_LIMIT = 100_000
 
@@ -340,7 +342,10 @@ class RuleEngine:
         order: Sequence[int] = range(n)
         if any(times[i] > times[i + 1] for i in range(n - 1)):
             order = sorted(range(n), key=times.__getitem__)
-        if not self._primed:
+        # Backfilled history (Sparkplug `is_historical`) is stored but is not news for live rules.
+        if any(tag is not None and HISTORICAL_TAG in tag for tag in tags):
+            order = [i for i in order if not (tags[i] and HISTORICAL_TAG in tags[i])]
+        if not self._primed and order:
             self._prime(times[order[0]])
         lateness = self.lateness
         clock = self.clock

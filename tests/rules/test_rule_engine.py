@@ -366,3 +366,12 @@ def test_empty_batch_and_series_helper() -> None:
     e = threshold("above: 30")
     assert e.process(readings([])) == []
     assert fired_at(run(e, series("room", "temperature", [31]))) == [0.0]
+
+
+def test_historical_readings_never_fire_live_rules() -> None:
+    rules = threshold("above: 30")
+    backfill = '{"historical":"true","node":"n1"}'
+    assert fired_at(run(rules, [R(0, "room", "temperature", 20.0)])) == []
+    # Backfilled history past the threshold: stored upstream, but no crossing for live rules.
+    assert fired_at(run(rules, [R(1, "room", "temperature", 35.0, tags=backfill)])) == []
+    assert fired_at(run(rules, [R(2, "room", "temperature", 35.0)])) == [2]
