@@ -24,6 +24,13 @@ from gateway.ingest.routing import TopicRouter
 from gateway.model import DECODED_READINGS_SCHEMA, RawMessage
 from gateway.rules.schema import parse_rule_file
 
+# Code under test draws from the global `random` on its first call (lazy imports and jittered
+# back-offs); Hypothesis reports that as strategy misuse and pytest turns it into a failure.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies"
+    ":hypothesis.errors.HypothesisDeprecationWarning"
+)
+
 
 def examples(ci: int) -> int:
     """Examples per property: `ci` by default; FUZZ_EXAMPLES=20000 for a long fuzz run."""
