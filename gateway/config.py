@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,6 +24,7 @@ from pydantic import (
 from gateway.errors import ConfigError
 from gateway.sinks.config import SinkConfig
 from gateway.units import Duration, Size
+from gateway.yamlfile import YamlFileError, read_yaml_file
 
 
 class _Model(BaseModel):
@@ -313,14 +313,7 @@ def load_config(path: Path | str) -> GatewayConfig:
     """Read and validate a YAML config file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read file: {exc.strerror}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(str(path), [f"{where}: {problem}"]) from None
+        data = read_yaml_file(path)
+    except YamlFileError as exc:
+        raise ConfigError(str(path), [exc.problem]) from None
     return parse_config(data, str(path))

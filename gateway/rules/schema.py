@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -27,6 +26,7 @@ from pydantic import (
 
 from gateway.errors import RuleError
 from gateway.units import Duration, parse_duration
+from gateway.yamlfile import YamlFileError, read_yaml_file
 
 RULE_ID = r"^[A-Za-z0-9_.:-]+$"
 
@@ -454,16 +454,9 @@ def parse_rule_file(data: Any, source: str) -> list[LoadedRule]:
 def load_rule_file(path: Path | str) -> list[LoadedRule]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise rule_error(str(path), [f"cannot read file: {exc.strerror}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise rule_error(str(path), [f"{where}: {problem}"]) from None
+        data = read_yaml_file(path)
+    except YamlFileError as exc:
+        raise rule_error(str(path), [exc.problem]) from None
     return parse_rule_file(data, str(path))
 
 
