@@ -45,8 +45,8 @@ TOPIC_PREFIX = "soak"
 class Proxy:
     """127.0.0.1:port -> target port; `cut()` drops every connection and refuses new ones."""
 
-    def __init__(self, target: int) -> None:
-        self.port = free_port()
+    def __init__(self, target: int, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.target = target
         self._server: socket.socket | None = None
         self._conns: list[socket.socket] = []
@@ -219,8 +219,14 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     buffer = workdir / "buffer.duckdb"
     duration = args.minutes * 60
-    with Mosquitto(persistence=True, workdir=workdir / "mosquitto") as broker, Tansu() as kafka:
-        proxy = Proxy(kafka.port)
+    uplink_port = free_port()
+    # Tansu advertises the proxy's address, so that every connection the producer makes (not
+    # only the bootstrap one) goes through the proxy and is cut with it.
+    with (
+        Mosquitto(persistence=True, workdir=workdir / "mosquitto") as broker,
+        Tansu(advertised_port=uplink_port) as kafka,
+    ):
+        proxy = Proxy(kafka.port, uplink_port)
         proxy.start()
         config = workdir / "gateway.yaml"
         config.write_text(
@@ -240,7 +246,7 @@ def main() -> None:
                         {
                             "type": "kafka",
                             "name": "uplink",
-                            "bootstrap_servers": f"127.0.0.1:{proxy.port}",
+                            "bootstrap_servers": kafka.bootstrap_servers,
                             "topic": f"{TOPIC_PREFIX}.{{site}}",
                             "alerts_topic": f"{TOPIC_PREFIX}-alerts",
                             "batching": {"max_rows": 5000, "max_age": "200ms"},

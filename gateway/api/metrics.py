@@ -8,10 +8,12 @@ costs the hot path nothing.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+import pyarrow as pa
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -99,6 +101,7 @@ class GatewayCollector(Collector):
         yield from self._rules()
         yield from self._buffer()
         yield from self._sinks()
+        yield from self._memory()
 
     def _rules(self) -> Iterator[Metric]:
         activity = self.api.telemetry.rule_activity()
@@ -208,6 +211,42 @@ class GatewayCollector(Collector):
         for (sink, stream), hist in sorted(self.api.telemetry.send_histograms().items()):
             latency.add_metric([sink, stream], hist.cumulative(), hist.total)
         yield latency
+
+    def _memory(self) -> Iterator[Metric]:
+        """Where the process's memory goes: a long-running box must see growth, and its owner."""
+        yield _gauge(
+            "process_resident_bytes", "Resident memory of the gateway process.", resident_bytes()
+        )
+        yield _gauge(
+            "arrow_allocated_bytes",
+            "Bytes held by Arrow's memory pool (batches in flight).",
+            pa.total_allocated_bytes(),
+        )
+        tags = GaugeMetricFamily(
+            f"{PREFIX}_buffer_memory_bytes",
+            "Memory DuckDB holds for the buffer (its block cache and working memory), by tag.",
+            labels=["tag"],
+        )
+        if self.api.gateway.store is not None:
+            try:
+                with self.api.reader() as con:
+                    for tag, used in con.execute(
+                        "SELECT tag, memory_usage_bytes FROM duckdb_memory() "
+                        "WHERE memory_usage_bytes > 0 ORDER BY tag"
+                    ).fetchall():
+                        tags.add_metric([str(tag).lower()], int(used))
+            except duckdb.Error as exc:
+                logger.warning("metrics: buffer memory unavailable: %s", exc)
+        yield tags
+
+
+def resident_bytes() -> int:
+    """VmRSS of this process (Linux), 0 where /proc is missing."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -97,3 +97,11 @@ def test_grafana_dashboard_queries_only_metrics_the_gateway_exports(scenario: Sc
     used = {name for expr in exprs for name in re.findall(r"edge_gateway_[a-z_]+", expr)}
     assert used <= exported, used - exported
     assert len(used) >= 12
+
+
+def test_memory_figures_name_their_owner(scenario: Scenario) -> None:
+    m = scrape(scenario)
+    assert value(m, "edge_gateway_process_resident_bytes") > 10 * 2**20
+    assert value(m, "edge_gateway_arrow_allocated_bytes") >= 0
+    cached = sum(s.value for s in m["edge_gateway_buffer_memory_bytes"])
+    assert cached > 0  # the buffer's tables are cached by DuckDB once written
