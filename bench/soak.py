@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from gateway.buffer.store import connect
 from gateway.services import free_port
 from gateway.services.mosquitto import Mosquitto
 from gateway.services.tansu import Tansu
-from gateway.sqlclient import query
+from gateway.sqlclient import query, running_api
 from gateway.testing import publisher, wait_until
 
 TOPIC_PREFIX = "soak"
@@ -156,6 +157,25 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     except OSError:
         pass
     return 0.0
+
+
+def memory_breakdown(buffer: Path) -> str:
+    """DuckDB's and Arrow's share of the gateway's memory, from its /metrics (MB)."""
+    url = running_api(buffer)
+    if url is None:
+        return "duckdb_mb=? arrow_mb=?"
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return "duckdb_mb=? arrow_mb=?"
+    duckdb_bytes = arrow_bytes = 0.0
+    for line in text.splitlines():
+        if line.startswith("edge_gateway_buffer_memory_bytes{"):
+            duckdb_bytes += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("edge_gateway_arrow_allocated_bytes "):
+            arrow_bytes = float(line.rsplit(" ", 1)[1])
+    return f"duckdb_mb={duckdb_bytes / 2**20:.1f} arrow_mb={arrow_bytes / 2**20:.1f}"
 
 
 def kafka_values(bootstrap: str) -> Counter[int]:
@@ -292,7 +312,7 @@ def main() -> None:
                 anon.append((now - started, rss_mb(gateway.pid, "RssAnon")))
                 print(
                     f"t={now - started:6.0f}s rss_mb={rss:6.1f} anon_mb={anon[-1][1]:6.1f} "
-                    f"published={len(load.infos)} "
+                    f"{memory_breakdown(buffer)} published={len(load.infos)} "
                     f"restarts={restarts} broker_restarts={broker_restarts} outages={outages}",
                     flush=True,
                 )
