@@ -178,11 +178,14 @@ def memory_breakdown(buffer: Path) -> str:
     return f"duckdb_mb={duckdb_bytes / 2**20:.1f} arrow_mb={arrow_bytes / 2**20:.1f}"
 
 
-def kafka_values(bootstrap: str) -> Counter[int]:
+def kafka_values(bootstrap: str) -> tuple[Counter[int], int]:
+    """Every reading's value in Kafka, and how many offsets below the high watermarks were
+    never returned (a gap means the broker lost or hid records it had acknowledged)."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "soak-check", "enable.auto.commit": False}
     )
     values: Counter[int] = Counter()
+    seen: dict[tuple[str, int], set[int]] = {}
     try:
         topics = [t for t in consumer.list_topics(timeout=10).topics if t.startswith(TOPIC_PREFIX)]
         ends: dict[tuple[str, int], int] = {}
@@ -202,9 +205,11 @@ def kafka_values(bootstrap: str) -> Counter[int]:
                     continue
                 values[int(json.loads(msg.value() or b"{}")["value"])] += 1
                 where = (str(msg.topic()), int(msg.partition() or 0))
+                seen.setdefault(where, set()).add(int(msg.offset() or 0))
                 if int(msg.offset() or 0) + 1 >= ends.get(where, 1 << 62):
                     ends.pop(where, None)
-        return values
+        gaps = sum(max(offsets) + 1 - min(offsets) - len(offsets) for offsets in seen.values())
+        return values, gaps
     finally:
         consumer.close()
 
@@ -216,6 +221,27 @@ def buffer_values(buffer: Path) -> Counter[int]:
     finally:
         con.close()
     return Counter(int(v) for (v,) in rows)
+
+
+def describe_missing(buffer: Path, values: list[int]) -> None:
+    """Where the readings missing upstream sit in the buffer: one span of positions (a batch)
+    or scattered, and when they were committed; to line up with the gateway's log."""
+    con = connect(buffer, read_only=True, lock_wait=30.0)
+    try:
+        rows = con.execute(
+            "SELECT min(id), max(id), count(*), min(ingest_time), max(ingest_time), "
+            "count(DISTINCT device) FROM readings WHERE metric = 'seq' AND value IN "
+            "(SELECT unnest(?::DOUBLE[]))",
+            [values],
+        ).fetchall()
+    finally:
+        con.close()
+    first, last, count, since, until, devices = rows[0]
+    print(
+        f"missing upstream: values {values[:10]}{'...' if len(values) > 10 else ''}; "
+        f"buffer positions {first}..{last} ({count} rows, {devices} devices), "
+        f"committed {since} .. {until}"
+    )
 
 
 def shipped_position(buffer: Path) -> tuple[int, int]:
@@ -358,7 +384,7 @@ def main() -> None:
         gateway.send_signal(signal.SIGTERM)
         gateway.wait(60)
         log.close()
-        in_kafka = kafka_values(kafka.bootstrap_servers)
+        in_kafka, offset_gaps = kafka_values(kafka.bootstrap_servers)
         in_buffer = buffer_values(buffer)
         proxy.cut()
     lost = len(acked - set(in_kafka))
@@ -371,7 +397,9 @@ def main() -> None:
     rss_start = warm[0] if warm else (samples[0][1] if samples else rss_end)
     print(f"caught up: {caught_up}; readings acknowledged by the broker: {len(acked)}")
     print(f"buffer: lost={buffer_lost} doubled={buffer_doubled}")
-    print(f"kafka: lost={lost} doubled={doubled}")
+    print(f"kafka: lost={lost} doubled={doubled} offset_gaps={offset_gaps}")
+    if lost:
+        describe_missing(buffer, sorted(acked - set(in_kafka)))
     print(
         f"faults survived: kill -9 restarts={restarts} broker restarts={broker_restarts} "
         f"uplink outages={outages}"
