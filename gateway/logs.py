@@ -96,8 +96,9 @@ class TextFormatter(logging.Formatter):
 
 
 class RepeatFilter(logging.Filter):
-    """Lets through at most `burst` records with the same logger, level and message template
-    per `window` seconds; the first one after a quiet spell says how many were held back."""
+    """Lets through at most `burst` records with the same logger, level, message template and
+    `sink` (an `extra=` field) per `window` seconds; the first one after a quiet spell says how
+    many were held back. Per sink: one sink's retries must not hide another's first failure."""
 
     def __init__(
         self, window: float = 60.0, burst: int = 5, clock: Callable[[], float] = time.monotonic
@@ -107,12 +108,12 @@ class RepeatFilter(logging.Filter):
         self.burst = burst
         self._clock = clock
         self._lock = threading.Lock()
-        self._seen: dict[tuple[str, int, str], list[float | int]] = {}  # start, shown, held
+        self._seen: dict[tuple[str, int, str, Any], list[float | int]] = {}  # start, shown, held
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.window <= 0:
             return True
-        key = (record.name, record.levelno, str(record.msg))
+        key = (record.name, record.levelno, str(record.msg), getattr(record, "sink", None))
         now = self._clock()
         with self._lock:
             entry = self._seen.get(key)

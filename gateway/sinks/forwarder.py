@@ -36,12 +36,53 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 OnWriter = Callable[..., Awaitable[Any]]
 POLL_INTERVAL = 0.05
+# The buffer is local: while it fails (disk full, until the writer reopens it) retry as the
+# writer's own commits do, not at the sink's pace.
+BUFFER_RETRY = RetryConfig(min_delay=0.1, max_delay=5.0)
 
 
 class BufferReader(Protocol):
-    """What the forwarder needs from the buffer: reader cursors (writes go through `on_writer`)."""
+    """What the forwarder needs from the buffer: reader cursors (writes go through `on_writer`),
+    and how often the file was reopened after a fatal error, which closes every earlier cursor."""
+
+    @property
+    def reopens(self) -> int: ...
 
     def reader(self) -> duckdb.DuckDBPyConnection: ...
+
+
+class _Cursor:
+    """A cursor from `store.reader()`, taken afresh once the buffer was reopened or after an
+    error on it: a fatal DuckDB error (a checkpoint on a full disk) kills the handle and every
+    cursor of it. Used by one thread at a time."""
+
+    def __init__(self, store: BufferReader) -> None:
+        self._store = store
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._generation = 0
+
+    def get(self) -> duckdb.DuckDBPyConnection:
+        generation = self._store.reopens  # read first: a reopen in between only costs a retake
+        if self._con is not None and generation != self._generation:
+            self.close()
+        if self._con is None:
+            self._con = self._store.reader()
+            self._generation = generation
+        return self._con
+
+    def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """`fn(cursor)`; a cursor that failed is dropped, so the next call takes a fresh one."""
+        try:
+            return fn(self.get())
+        except duckdb.Error:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        con, self._con = self._con, None
+        if con is not None:
+            with contextlib.suppress(duckdb.Error):
+                con.close()
 
 
 @dataclass
@@ -142,44 +183,75 @@ class Forwarder:
         self.max_bytes_per_s = max_bytes_per_s
         self._head = head
         self.stats = ForwarderStats(sink=sink.name, stream=stream)
-        self._reader: duckdb.DuckDBPyConnection | None = None
-        self._writer_con: duckdb.DuckDBPyConnection | None = None
+        self._reader = _Cursor(store)
+        self._writer_con = _Cursor(store)  # taken on, and only used by, the writer thread
         self._next_send_at = 0.0  # bandwidth cap: monotonic time the next batch may leave
         self._prefetch: asyncio.Future[tuple[int, pa.Table]] | None = None
-        self._prefetch_con: duckdb.DuckDBPyConnection | None = None
+        self._prefetch_con = _Cursor(store)
         self.wake = wake or asyncio.Event()
         self.started = asyncio.Event()
+        self._read_failures = 0  # buffer reads failed in a row
 
     @property
     def position(self) -> int:
         return self.stats.position
 
     # -- buffer access ----------------------------------------------------------------------
-    def _con(self) -> duckdb.DuckDBPyConnection:
-        if self._reader is None:
-            self._reader = self.store.reader()
-        return self._reader
-
     def head(self) -> int:
         if self._head is not None:
             return self._head()
-        rows = self._con().execute(head_sql(self.stream)).fetchall()
-        return int(rows[0][0]) if rows else 0
 
-    async def _read(self, after: int, upto: int | None, limit: int) -> pa.Table:
-        def read() -> pa.Table:
-            return rows_after(self._con(), self.stream, after, upto, limit)
+        def query(con: duckdb.DuckDBPyConnection) -> int:
+            rows = con.execute(head_sql(self.stream)).fetchall()
+            return int(rows[0][0]) if rows else 0
 
-        return await asyncio.to_thread(read)
+        return self._reader.run(query)
+
+    async def _reading(
+        self, stop: asyncio.Event, fn: Callable[[duckdb.DuckDBPyConnection], T]
+    ) -> T | None:
+        """`fn(cursor)` in a thread, retried on a fresh cursor while the buffer fails (between a
+        fatal error and the writer's reopen); None once stopped."""
+        while not stop.is_set():
+            try:
+                result = await asyncio.to_thread(self._reader.run, fn)
+            except duckdb.Error as exc:
+                await self._read_failed(exc, stop)
+                continue
+            self._read_ok()
+            return result
+        return None
+
+    async def _read(
+        self, stop: asyncio.Event, after: int, upto: int | None, limit: int
+    ) -> pa.Table | None:
+        return await self._reading(
+            stop, lambda con: rows_after(con, self.stream, after, upto, limit)
+        )
+
+    async def _read_failed(self, exc: duckdb.Error, stop: asyncio.Event) -> None:
+        self._read_failures += 1
+        self._failed(SinkError(self.sink.name, f"cannot read the buffer: {exc}"))
+        delay = backoff_delay(self._read_failures, BUFFER_RETRY)
+        logger.warning(
+            "sink %s: cannot read the buffer (%s); retry %d in %.1fs",
+            self.sink.name,
+            exc,
+            self._read_failures,
+            delay,
+            extra={"sink": self.sink.name},
+        )
+        await self._idle(stop, delay)
+
+    def _read_ok(self) -> None:
+        if self._read_failures:
+            self._read_failures = 0
+            logger.info("sink %s: reading the buffer again", self.sink.name)
 
     async def _write(self, fn: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
         """Run one buffer write transaction on the gateway's writer thread."""
-        store = self.store
 
-        def run() -> None:
-            if self._writer_con is None:
-                self._writer_con = store.reader()  # created on, and only used by, the writer
-            con = self._writer_con
+        def transaction(con: duckdb.DuckDBPyConnection) -> None:
             con.begin()
             try:
                 fn(con)
@@ -189,7 +261,7 @@ class Forwarder:
                     con.rollback()
                 raise
 
-        await self.on_writer(run)
+        await self.on_writer(self._writer_con.run, transaction)
 
     async def _record_attempt(self, attempt: Attempt) -> None:
         value = json.dumps(
@@ -241,9 +313,13 @@ class Forwarder:
             self._close_cons()
 
     async def _run(self, stop: asyncio.Event) -> None:
-        con = self._con()
-        self.stats.position = await asyncio.to_thread(load_cursor, con, self.sink.name, self.stream)
-        pending = await asyncio.to_thread(load_attempt, con, self.sink.name, self.stream)
+        sink, stream = self.sink.name, self.stream
+        loaded = await self._reading(
+            stop, lambda con: (load_cursor(con, sink, stream), load_attempt(con, sink, stream))
+        )
+        if loaded is None:
+            return
+        self.stats.position, pending = loaded
         self.started.set()
         if pending and int(pending["last"]) > self.stats.position:
             first, last = max(int(pending["first"]), self.stats.position + 1), int(pending["last"])
@@ -254,7 +330,9 @@ class Forwarder:
                 first,
                 last,
             )
-            batch = await self._read(first - 1, last, last - first + 1)
+            batch = await self._read(stop, first - 1, last, last - first + 1)
+            if batch is None:
+                return
             if batch.num_rows:
                 attempt = Attempt(self.stream, first, last, int(pending["since_ms"]), resumed=True)
                 if not await self._deliver(batch, attempt, stop):
@@ -263,7 +341,11 @@ class Forwarder:
                 await self._confirm(batch, last, [])
         waiting_since: float | None = None
         while not stop.is_set():
-            head = self.head()
+            try:
+                head = self.head()
+            except duckdb.Error as exc:
+                await self._read_failed(exc, stop)
+                continue
             available = head - self.stats.position
             if available <= 0:
                 waiting_since = None
@@ -275,14 +357,17 @@ class Forwarder:
             if available < self.batching.max_rows and now - waiting_since < self.batching.max_age:
                 await self._idle(stop, min(POLL_INTERVAL, self.batching.max_age))
                 continue
-            batch = await self._next_batch()
+            batch = await self._next_batch(stop)
+            if batch is None:
+                break
             if batch.num_rows == 0:  # purged under us (retention on_full: drop_oldest)
                 self.stats.position = head  # not a later head: rows may have come since
                 continue
             waiting_since = None
             first, last = _bounds(batch)
-            if self.head() - last >= self.batching.max_rows:
-                self._start_prefetch(last)  # draining a backlog: read on while this one sends
+            with contextlib.suppress(duckdb.Error):  # only a read-ahead; the next read retries
+                if self.head() - last >= self.batching.max_rows:
+                    self._start_prefetch(last)  # draining a backlog: read on while this sends
             attempt = Attempt(self.stream, first, last, int(time.time() * 1000))
             try:
                 await self._record_attempt(attempt)
@@ -297,27 +382,28 @@ class Forwarder:
                 return
         self._drop_prefetch()
 
-    async def _next_batch(self) -> pa.Table:
-        """The rows after the cursor: the prefetched batch when it starts there, else read."""
+    async def _next_batch(self, stop: asyncio.Event) -> pa.Table | None:
+        """The rows after the cursor: the prefetched batch when it starts there, else read;
+        None once stopped."""
         task, self._prefetch = self._prefetch, None
         if task is not None:
-            after, table = await task
-            if after == self.stats.position:
-                return table
-        table = await self._read(self.stats.position, None, self.batching.max_rows)
-        return self._cap_bytes(table)
+            with contextlib.suppress(duckdb.Error):  # the read-ahead failed: read afresh below
+                after, table = await task
+                if after == self.stats.position:
+                    return table
+        table = await self._read(stop, self.stats.position, None, self.batching.max_rows)
+        return None if table is None else self._cap_bytes(table)
 
     def _start_prefetch(self, after: int) -> None:
         """Read (and let the sink encode) the next full batch in a thread, overlapping the
         send of the current one; only reads, so a stop or a crash loses nothing."""
         prepare = getattr(self.sink, "prepare", None)
 
+        def read(con: duckdb.DuckDBPyConnection) -> pa.Table:
+            return rows_after(con, self.stream, after, None, self.batching.max_rows)
+
         def fetch() -> tuple[int, pa.Table]:
-            if self._prefetch_con is None:
-                self._prefetch_con = self.store.reader()
-            table = self._cap_bytes(
-                rows_after(self._prefetch_con, self.stream, after, None, self.batching.max_rows)
-            )
+            table = self._cap_bytes(self._prefetch_con.run(read))
             if prepare is not None and table.num_rows:
                 prepare(self.stream, table)
             return after, table
@@ -378,7 +464,9 @@ class Forwarder:
                 failures += 1
                 self._failed(exc)
                 delay = backoff_delay(failures, self.retry)
-                logger.warning("%s; retry %d in %.1fs", exc, failures, delay)
+                logger.warning(
+                    "%s; retry %d in %.1fs", exc, failures, delay, extra={"sink": self.sink.name}
+                )
                 await self._idle(stop, delay)
                 resumed = True  # part of the batch may have arrived before the error
                 continue
@@ -440,20 +528,11 @@ class Forwarder:
         self.stats.last_error_at = time.time()
 
     def _close_cons(self) -> None:
-        if self._prefetch_con is not None:
-            with contextlib.suppress(duckdb.Error):
-                self._prefetch_con.close()
-            self._prefetch_con = None
-        if self._reader is not None:
-            with contextlib.suppress(duckdb.Error):
-                self._reader.close()
-            self._reader = None
+        self._prefetch_con.close()
+        self._reader.close()
         # The writer cursor belongs to the writer thread; closing it here is safe once the
         # loop no longer issues writes.
-        if self._writer_con is not None:
-            with contextlib.suppress(duckdb.Error):
-                self._writer_con.close()
-            self._writer_con = None
+        self._writer_con.close()
 
 
 def _bounds(batch: pa.Table) -> tuple[int, int]:

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 EVENT_ID_HEADER = "event_id"
 METADATA_TIMEOUT = 10.0
+# A metadata wait looks this often at librdkafka's error events: with every broker down it
+# gives up then, with librdkafka's reason, instead of after METADATA_TIMEOUT with none.
+METADATA_SLICE = 1.0
 # Errors that mean "this record will never be accepted": dead-letter it and move on.
 _PERMANENT = {
     KafkaError.MSG_SIZE_TOO_LARGE,
@@ -68,6 +71,10 @@ class KafkaSink:
         self._stopping = threading.Event()
         self._prepared: dict[tuple[str, tuple[int, int, int]], pa.Table] = {}
         self._prepared_lock = threading.Lock()
+        # From librdkafka's error events (served when a client is polled): every broker is
+        # down, and the latest reason (connection refused, authentication failed, ...).
+        self._brokers_down = False
+        self._client_error: str | None = None
 
     # -- clients ----------------------------------------------------------------------------
     def client_config(self) -> dict[str, Any]:
@@ -76,7 +83,14 @@ class KafkaSink:
         cfg.update(self.config.client)
         cfg.update({k: v.get_secret_value() for k, v in self.config.client_secrets.items()})
         cfg["logger"] = _LibrdkafkaLog(self.name)
+        cfg["error_cb"] = self._on_client_error
         return cfg
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._brokers_down = True  # "n/n brokers are down": the other events say why
+        else:
+            self._client_error = err.str()
 
     def producer_config(self) -> dict[str, Any]:
         cfg = self.client_config()
@@ -261,10 +275,7 @@ class KafkaSink:
         if not missing:
             return
         admin = self._admin_now()
-        try:
-            existing = set(admin.list_topics(timeout=METADATA_TIMEOUT).topics)
-        except KafkaException as exc:
-            raise SinkError(self.name, f"cannot reach Kafka: {exc.args[0].str()}") from None
+        existing = set(self._list_topics(admin).topics)
         to_create = [t for t in missing if t not in existing]
         if to_create and self.config.create_topics:
             futures = admin.create_topics(
@@ -284,6 +295,29 @@ class KafkaSink:
                             self.name, f"cannot create topic {topic}: {exc.args[0].str()}"
                         ) from None
         self._known_topics.update(missing)
+
+    def _list_topics(self, admin: AdminClient) -> Any:
+        """Cluster metadata, waited for in slices: once librdkafka reports every broker down
+        (refused, unresolvable, authentication failed) the send fails at once, naming the
+        reason, rather than after METADATA_TIMEOUT as a bare "transport failure"."""
+        deadline = time.monotonic() + METADATA_TIMEOUT
+        while True:
+            try:
+                metadata = admin.list_topics(
+                    timeout=max(0.1, min(METADATA_SLICE, deadline - time.monotonic()))
+                )
+            except KafkaException as exc:
+                # The admin client is not polled otherwise: this serves its error events (and
+                # log lines), which would pile up unread while Kafka is away.
+                admin.poll(0)
+                if self._brokers_down or time.monotonic() >= deadline:
+                    reason = self._client_error or exc.args[0].str()
+                    raise SinkError(self.name, f"cannot reach Kafka: {reason}") from None
+                continue
+            admin.poll(0)
+            self._brokers_down = False
+            self._client_error = None
+            return metadata
 
     def _present(self, topics: list[str], attempt: Attempt) -> set[str]:
         """Event ids already upstream; a replay reads each topic once and keeps what it saw."""
@@ -376,7 +410,8 @@ def _span(batch: pa.Table) -> tuple[int, int, int]:
 
 class _LibrdkafkaLog:
     """librdkafka's own log lines, one level down: a broker that is down is reported as a
-    SinkError by the forwarder (with backoff), not as an error line per connect attempt."""
+    SinkError by the forwarder (with backoff, librdkafka's reason in it), not as an error line
+    per connect attempt."""
 
     def __init__(self, sink: str) -> None:
         self.sink = sink

@@ -3,11 +3,15 @@ half-written, and once space returns every reading arrives exactly once."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -21,7 +25,9 @@ from gateway.errors import BufferStoreError
 from gateway.model import DECODED_QUARANTINE_SCHEMA, DECODED_READINGS_SCHEMA, IngestBatch
 from gateway.services.mosquitto import Mosquitto
 from gateway.services.tansu import Tansu
-from gateway.sinks.config import KafkaSinkConfig
+from gateway.sinks.base import Attempt, WriteResult
+from gateway.sinks.config import BatchingConfig, KafkaSinkConfig, RetryConfig
+from gateway.sinks.forwarder import Forwarder
 from gateway.testing import GatewayThread, publisher, wait_until
 
 
@@ -165,3 +171,108 @@ def test_a_fatal_error_on_a_full_disk_is_survived_by_reopening_the_file(
     assert sorted(seen) == list(range(written + 210))
     assert set(seen.values()) == {1}
     assert check_buffer(small_disk.path / "buffer.duckdb").ok
+
+
+class GatedSink:
+    """Holds each send until `gate` is set; keeps what arrived, counting a position that a
+    fresh (not resumed) attempt sends again as doubled: a resend after a failed cursor move is
+    `resumed`, and real sinks recognise those rows upstream."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.received: set[int] = set()
+        self.doubled: set[int] = set()
+
+    async def write_batch(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
+        await self.gate.wait()
+        positions = set(batch.column("id").to_pylist())
+        if not attempt.resumed:
+            self.doubled |= positions & self.received
+        self.received |= positions
+        return WriteResult(bytes_sent=batch.nbytes)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_a_forwarder_carries_on_after_the_buffer_is_reopened(small_disk: SmallDisk) -> None:
+    """The buffer is invalidated (a checkpoint on a full disk) with a batch in flight, then
+    reopened, which closes every cursor of the old handle: the forwarder takes fresh ones."""
+    store = BufferStore(small_disk.path / "buffer.duckdb")
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-writer")
+    sink = GatedSink()
+
+    async def on_writer(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(writer, fn, *args)
+
+    async def commit(batch: IngestBatch) -> None:
+        """As the gateway's writer: retry a failed commit; the retry reopens the file."""
+        for _ in range(50):
+            try:
+                await on_writer(store.append, batch, [])
+                return
+            except BufferStoreError:
+                await asyncio.sleep(0.1)
+        raise AssertionError("the commit never went through")
+
+    forwarder = Forwarder(
+        sink,
+        "readings",
+        store,
+        on_writer,
+        batching=BatchingConfig(max_rows=500, max_age=0.01),
+        retry=RetryConfig(min_delay=0.05, max_delay=0.2),
+        head=lambda: store.next_reading_id - 1,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(forwarder.run(stop))
+
+        async def until(condition: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 30
+            while not condition():
+                if task.done():
+                    task.result()  # the forwarder died: show why
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                await asyncio.sleep(0.02)
+
+        try:
+            await commit(text_batch(0, 200))
+            await until(lambda: forwarder.stats.failures == 0 and forwarder.position == 0, "start")
+            sink.gate.set()
+            await until(lambda: forwarder.position == 200, "the first batch")
+            sink.gate.clear()  # the next batch stays in flight while the database dies
+            written, failed = 200, None
+            while failed is None:
+                batch = text_batch(written, 200)
+                try:
+                    await on_writer(store.append, batch, [])
+                    written += 200
+                except BufferStoreError:
+                    failed = batch
+            with pytest.raises(duckdb.FatalException):
+                await on_writer(lambda: store.reader().execute("CHECKPOINT"))
+            sink.gate.set()  # the cursor move after this send fails: the database is invalid
+            await asyncio.sleep(1.0)
+            assert not task.done()
+            small_disk.resize("64m")
+            await commit(failed)  # reopens the file, closing the forwarder's old cursors
+            await commit(text_batch(written + 200, 10))
+            total = written + 210
+            await until(lambda: forwarder.position == total, "delivery after the reopen")
+        finally:
+            stop.set()
+            await task
+        assert store.reopens == 1
+        assert sink.received == set(range(1, total + 1))
+        assert sink.doubled == set()
+        assert await on_writer(store.get_cursor, "gated") == total
+
+    try:
+        asyncio.run(main())
+    finally:
+        writer.submit(store.close).result()
+        writer.shutdown(wait=True)

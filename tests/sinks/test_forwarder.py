@@ -7,10 +7,14 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import duckdb
+import pyarrow as pa
+import pytest
 from sinkhelpers import RecordingSink, WriterThread, fill, readings
 
 from gateway.buffer.sql import run_query
 from gateway.buffer.store import BufferStore
+from gateway.sinks.base import Attempt, WriteResult
 from gateway.sinks.config import BatchingConfig, RetryConfig
 from gateway.sinks.forwarder import Forwarder, backoff_delay, rows_after
 from gateway.sinks.shipping import Shipping
@@ -172,3 +176,92 @@ def test_a_bandwidth_cap_spaces_the_batches(store: BufferStore, on_writer: Write
     elapsed = time.monotonic() - started
     assert len(sink.batches) == 10
     assert f.stats.sent_bytes / elapsed <= cap * 10 / 9 * 1.01  # never faster than the cap
+
+
+class ReopeningStore:
+    """The buffer as a forwarder sees it; `reopen()` closes every cursor handed out, as the
+    store's reopen after a fatal DuckDB error does (without needing a full disk)."""
+
+    def __init__(self, store: BufferStore, counted: bool) -> None:
+        self.store = store
+        self.counted = counted  # False: the forwarder can only tell by the errors
+        self.reopens = 0
+        self.cursors: list[duckdb.DuckDBPyConnection] = []
+
+    def reader(self) -> duckdb.DuckDBPyConnection:
+        self.cursors.append(self.store.reader())
+        return self.cursors[-1]
+
+    def reopen(self) -> None:
+        for con in self.cursors:
+            con.close()
+        if self.counted:
+            self.reopens += 1
+
+
+class GatedSink(RecordingSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+        self.waiting = False
+
+    async def write_batch(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
+        assert self.gate is not None
+        self.waiting = True
+        await self.gate.wait()
+        self.waiting = False
+        return await super().write_batch(batch, attempt)
+
+
+@pytest.mark.parametrize("counted", [True, False], ids=["reopen-counted", "errors-only"])
+def test_a_forwarder_takes_fresh_cursors_after_the_buffer_is_reopened(
+    store: BufferStore, on_writer: WriterThread, counted: bool
+) -> None:
+    """The cursors die while a batch is on its way; delivery carries on from the same position."""
+    buffer = ReopeningStore(store, counted)
+    sink = GatedSink()
+    fill(store, readings(300))
+    f = Forwarder(
+        sink,
+        "readings",
+        buffer,
+        on_writer,
+        batching=BatchingConfig(max_rows=1000, max_age=0.01),
+        retry=FAST_RETRY,
+        head=lambda: store.next_reading_id - 1,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        sink.gate = asyncio.Event()
+        task = asyncio.create_task(f.run(stop))
+
+        async def until(condition: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 20
+            while not condition():
+                if task.done():
+                    task.result()  # the forwarder died: show why
+                assert time.monotonic() < deadline, f"timed out; stats {f.stats}"
+                await asyncio.sleep(0.01)
+
+        try:
+            sink.gate.set()
+            await until(lambda: f.position == 300)
+            sink.gate.clear()
+            await on_writer(fill, store, readings(300, start=300))
+            await until(lambda: sink.waiting)  # 301..600 in flight, no cursor in use
+            await on_writer(buffer.reopen)
+            await on_writer(fill, store, readings(300, start=600))
+            sink.gate.set()
+            await until(lambda: f.position == 900)
+        finally:
+            stop.set()
+            await task
+
+    asyncio.run(main())
+    assert sorted(set(sink.positions)) == list(range(1, 901))
+    fresh = [p for a in sink.attempts if not a.resumed for p in range(a.first, a.last + 1)]
+    assert fresh == list(range(1, 901))  # nothing skipped, nothing sent twice as new
+    assert store.get_cursor("memory") == 900
+    # Told of the reopen, the forwarder never touches a dead cursor; otherwise the errors tell.
+    assert (f.stats.failures == 0) is counted
