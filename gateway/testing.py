@@ -1,11 +1,17 @@
-"""Helpers for tests and benchmarks: run a Gateway on a thread, publish, poll until true."""
+"""Helpers for tests and benchmarks: run a Gateway on a thread or as a child process, publish,
+poll until true."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 
 import paho.mqtt.client as paho
@@ -94,6 +100,49 @@ class GatewayThread:
 
     def committed_readings(self) -> int:
         return self.gateway.stats.readings
+
+
+class GatewayProcess:
+    """`edge-gateway run -c CONFIG` as a child process, so a test can kill -9 it and start it
+    again; `log` (next to the config) collects every run's stderr, `starts` counts the runs.
+    `env` is added to this process's environment as it is when constructed."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log = config.parent / "gateway.log"
+        # Unbuffered, so a killed run's last log lines are in the file.
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> GatewayProcess:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=self.env,
+            )
+        self.starts += 1
+        return self
+
+    def kill(self) -> None:
+        """kill -9: no clean-up, no flush, no last commit, like a power cut."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then the exit code once it has stopped."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
 
 def publisher(host: str, port: int, client_id: str = "test-publisher") -> paho.Client:

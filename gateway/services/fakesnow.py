@@ -4,16 +4,14 @@ own process, for the demo, the tests and the benchmarks."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
-from types import TracebackType
 from typing import Any
 
 from gateway.errors import GatewayError
-from gateway.services import free_port, wait_for_port
+from gateway.services import LocalServer
 
 
-class FakeSnow:
+class FakeSnow(LocalServer):
     """`with FakeSnow() as snow:` serves the Snowflake HTTP API (data in memory) until the block
     ends; `connection_args()` are what `snowflake.connector.connect` needs to reach it."""
 
@@ -21,38 +19,29 @@ class FakeSnow:
     password = "snow"  # noqa: S105 (the emulator accepts any password)
     account = "fakesnow"
 
-    def __init__(self, port: int | None = None) -> None:
-        self.host = "127.0.0.1"
-        self.port = port or free_port()
-        self._process: subprocess.Popen[bytes] | None = None
+    name = "fakesnow"
+    start_timeout = 30.0
+    stop_signal = signal.SIGINT  # fakesnow's server waits for SIGINT
 
-    def start(self) -> FakeSnow:
+    def command(self) -> list[str]:
         try:
             import fakesnow  # noqa: F401
         except ImportError:
             raise GatewayError(
                 "the local Snowflake emulator is fakesnow: pip install 'edge-gateway[dev]'"
             ) from None
-        self._process = subprocess.Popen(
-            [
-                sys.executable,
-                "-W",
-                "ignore",
-                "-m",
-                "fakesnow",
-                "-s",
-                "--host",
-                self.host,
-                "-p",
-                str(self.port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        if not wait_for_port(self.port, 30.0):
-            self.stop()
-            raise GatewayError(f"fakesnow did not start on port {self.port}")
-        return self
+        return [
+            sys.executable,
+            "-W",
+            "ignore",
+            "-m",
+            "fakesnow",
+            "-s",
+            "--host",
+            self.host,
+            "-p",
+            str(self.port),
+        ]
 
     def connection_args(self) -> dict[str, Any]:
         return {
@@ -75,29 +64,3 @@ class FakeSnow:
             con.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {name}")
         finally:
             con.close()
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.send_signal(signal.SIGINT)  # fakesnow's server waits for SIGINT
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def __enter__(self) -> FakeSnow:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

