@@ -214,12 +214,14 @@ def test_kill_9_mid_stream_loses_nothing_and_doubles_nothing(
     first = start_gateway(config, gateway_process)
     assert wait_until(lambda: committed(buffer) == 0, timeout=30)
     pub = publisher(broker.host, broker.port)
-    for i in range(total):
-        pub.publish(f"sensors/s/dev{i % 50}/seq", str(i), qos=1)
+    sent = [pub.publish(f"sensors/s/dev{i % 50}/seq", str(i), qos=1) for i in range(total)]
     # Kill it hard in the middle of the stream.
     assert wait_until(lambda: committed(buffer) >= 3_000, timeout=60)
     first.kill()
-    pub.loop_stop()  # the publisher drains into the broker's session for the gateway
+    # The publisher drains into the broker's session for the gateway; stopping its network
+    # loop before the broker acknowledged everything would drop the rest on the publisher side.
+    assert wait_until(lambda: all(m.is_published() for m in sent), timeout=60)
+    pub.loop_stop()
     second = start_gateway(config, gateway_process)
     assert wait_until(lambda: committed(buffer) >= total, timeout=120), committed(buffer)
     time.sleep(1.0)  # let any stray redelivery arrive before counting
