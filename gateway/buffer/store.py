@@ -141,18 +141,34 @@ class BufferStore:
             ) from None
 
     def _check_length(self) -> None:
-        """Refuse a file shorter than its own block count says: a torn copy or a cut-off write."""
-        row = self._con.execute("SELECT total_blocks, block_size FROM pragma_database_size()")
-        sizes = row.fetchone()
+        """Refuse a file that ends before a block its tables use: a torn copy or a cut-off write.
+
+        DuckDB's own block count is no measure: it counts free blocks too, and trailing free
+        blocks are cut off the file after a checkpoint, so a healthy file is often shorter.
+        """
+        sizes = self._con.execute("SELECT block_size FROM pragma_database_size()").fetchone()
         if not sizes:
             return
-        expected = _HEADER_BYTES + int(sizes[0]) * int(sizes[1])
+        block_size = int(sizes[0])
+        tables = [
+            t for (t,) in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        ]
+        highest = -1
+        for table in tables:
+            row = self._con.execute(
+                "SELECT max(greatest(block_id, coalesce(list_max(additional_block_ids), -1))) "
+                "FROM pragma_storage_info(?)",
+                [table],
+            ).fetchone()
+            if row and row[0] is not None:
+                highest = max(highest, int(row[0]))
         actual = self.path.stat().st_size
-        if actual < expected:
+        needed = _HEADER_BYTES + (highest + 1) * block_size
+        if actual < needed:
             self._con.close()
             raise BufferStoreError(
-                f"buffer {self.path}: the file is cut short ({actual} of {expected} bytes); "
-                f"stop the gateway and run `edge-gateway buffer recover -b {self.path}`"
+                f"buffer {self.path}: the file is cut short ({actual} of at least {needed} "
+                f"bytes); stop the gateway and run `edge-gateway buffer recover -b {self.path}`"
             )
 
     def _note_failure(self, exc: duckdb.Error) -> None:

@@ -183,3 +183,33 @@ def test_a_torn_wal_tail_opens_with_every_complete_commit_and_nothing_half_writt
     n, low, high = readings_ids(copy)
     assert n == 4000 and (low, high) == (1, 4000)  # the torn commit is gone, as a whole
     assert check_buffer(copy).ok
+
+
+def test_a_file_duckdb_shortened_after_freeing_its_last_blocks_opens(tmp_path: Path) -> None:
+    """After a delete and checkpoints DuckDB cuts free blocks off the end of the file but
+    still counts them: such a file is whole, and the gateway must start on it."""
+    path = tmp_path / "buffer.duckdb"
+    store = BufferStore(path)
+    for start in range(0, TOTAL, 10_000):
+        store.append(batch(start, 10_000), [])
+    con = store.reader()
+    con.execute("CHECKPOINT")
+    con.execute("DELETE FROM readings WHERE id > 100000")
+    con.execute("CHECKPOINT")
+    con.close()
+    store.close()  # checkpoints again: the freed blocks at the end leave the file
+    raw = connect(path, read_only=True)
+    try:
+        total_blocks, block_size = raw.execute(
+            "SELECT total_blocks, block_size FROM pragma_database_size()"
+        ).fetchone() or (0, 0)
+    finally:
+        raw.close()
+    assert path.stat().st_size < 3 * 4096 + total_blocks * block_size  # the shape in question
+    store = BufferStore(path)
+    try:
+        assert store.next_reading_id == TOTAL + 1  # positions never go back
+    finally:
+        store.close()
+    assert readings_ids(path) == (100_000, 1, 100_000)
+    assert check_buffer(path).ok
