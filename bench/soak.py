@@ -332,6 +332,13 @@ def main() -> None:
             flush=True,
         )
         while (now := time.monotonic()) < started + duration:
+            if gateway.poll() is not None:  # no fault of ours: the gateway gave up by itself
+                load.stop()
+                tail = (workdir / "gateway.log").read_text(errors="replace")[-2000:]
+                raise SystemExit(
+                    f"soak: the gateway exited with code {gateway.returncode} after "
+                    f"{now - started:.0f}s; its log ends:\n{tail}"
+                )
             if now >= next_sample:
                 rss = rss_mb(gateway.pid)
                 samples.append((now - started, rss))
