@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -26,10 +27,10 @@ from gateway.sinks.records import RecordEncoder
 
 try:
     from confluent_kafka import (
-        OFFSET_END,
         Consumer,
         KafkaError,
         KafkaException,
+        Message,
         Producer,
         TopicPartition,
     )
@@ -383,46 +384,28 @@ class KafkaSink:
                 "group.id": f"edge-gateway-readback-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
-                "enable.partition.eof": False,
+                "enable.partition.eof": True,
             }
         )
         consumer = Consumer(cfg)
         present: set[str] = set()
         try:
-            assignments: list[TopicPartition] = []
-            ends: dict[tuple[str, int], int] = {}
+            starts: list[TopicPartition] = []
             for topic in topics:
                 meta = consumer.list_topics(topic, timeout=METADATA_TIMEOUT).topics[topic]
                 if meta.error is not None:
                     continue
                 wanted = [TopicPartition(topic, p, since_ms - 1000) for p in meta.partitions]
-                for tp in consumer.offsets_for_times(wanted, timeout=METADATA_TIMEOUT):
-                    if tp.offset in (OFFSET_END, -1):
-                        continue
-                    _low, high = consumer.get_watermark_offsets(
-                        TopicPartition(topic, tp.partition), timeout=METADATA_TIMEOUT
-                    )
-                    if tp.offset < high:
-                        assignments.append(tp)
-                        ends[(topic, tp.partition)] = high
-            if not assignments:
-                return present
-            consumer.assign(assignments)
-            deadline = time.monotonic() + 120.0
-            while ends and time.monotonic() < deadline:
-                for msg in consumer.consume(10_000, timeout=1.0):
-                    if msg.error() is not None:
-                        continue
-                    raw = msg.headers() or []
-                    pairs = raw.items() if isinstance(raw, dict) else raw
-                    for name, value in pairs:
-                        if name == EVENT_ID_HEADER and isinstance(value, bytes):
-                            present.add(value.decode())
-                    place = (str(msg.topic()), int(msg.partition() or 0))
-                    if place in ends and int(msg.offset() or 0) + 1 >= ends[place]:
-                        del ends[place]
-            if ends:
-                raise SinkError(self.name, "reading back what is already in Kafka timed out")
+                found = consumer.offsets_for_times(wanted, timeout=METADATA_TIMEOUT)
+                starts += [tp for tp in found if tp.offset >= 0]  # END: nothing that recent
+            for msg in read_to_end(consumer, starts, timeout=120.0):
+                raw = msg.headers() or []
+                pairs = raw.items() if isinstance(raw, dict) else raw
+                for name, value in pairs:
+                    if name == EVENT_ID_HEADER and isinstance(value, bytes):
+                        present.add(value.decode())
+        except TimeoutError:
+            raise SinkError(self.name, "reading back what is already in Kafka timed out") from None
         except KafkaException as exc:
             raise SinkError(self.name, f"read-back failed: {exc.args[0].str()}") from None
         finally:
@@ -443,6 +426,29 @@ class KafkaSink:
                 self._encoder.close()
 
         await asyncio.to_thread(close)
+
+
+def read_to_end(
+    consumer: Consumer, partitions: list[TopicPartition], timeout: float
+) -> Iterator[Message]:
+    """Every message from each partition's start offset to its end, where the end is the
+    consumer's own end-of-partition event (create it with `enable.partition.eof`): a broker's
+    listed high watermark can lag behind its log (Tansu's does), and a read that stopped there
+    would miss the newest messages. Raises TimeoutError if an end is not reached in time."""
+    if not partitions:
+        return
+    consumer.assign(partitions)
+    pending = {(tp.topic, tp.partition) for tp in partitions}
+    deadline = time.monotonic() + timeout
+    while pending:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"did not reach the end of {sorted(pending)}")
+        for msg in consumer.consume(10_000, timeout=1.0):
+            error = msg.error()
+            if error is None:
+                yield msg
+            elif error.code() == KafkaError._PARTITION_EOF:
+                pending.discard((str(msg.topic()), int(msg.partition() or 0)))
 
 
 def _span(batch: pa.Table) -> tuple[int, int, int]:

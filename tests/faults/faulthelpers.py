@@ -21,6 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from gateway.buffer.store import connect
 from gateway.services.fakesnow import FakeSnow
 from gateway.services.mosquitto import Mosquitto
+from gateway.sinks.kafka import read_to_end
 from gateway.testing import GatewayProcess as GatewayProcess  # noqa: PLC0414 (test_sink_down_at_cap imports it here)
 from gateway.testing import publisher, wait_until
 
@@ -135,37 +136,28 @@ def buffer_counters(buffer: Path) -> dict[str, int]:
 
 def kafka_values(bootstrap: str, topic_prefix: str) -> Counter[int]:
     """Every `seq` reading's value in the topics starting with `topic_prefix`, read partition by
-    partition by direct assignment (Tansu can stall consumer-group joins)."""
+    partition by direct assignment (Tansu can stall consumer-group joins) to each one's end."""
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": unique("check"), "enable.auto.commit": False}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique("check"),
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
     )
     try:
-        topics = [t for t in consumer.list_topics(timeout=10).topics if t.startswith(topic_prefix)]
-        ends: dict[tuple[str, int], int] = {}
-        assignment = []
-        for topic in topics:
-            meta = consumer.list_topics(topic, timeout=10).topics[topic]
-            for p in meta.partitions:
-                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                if high > 0:
-                    ends[(topic, p)] = high
-                    assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        topics = consumer.list_topics(timeout=10).topics
+        starts = [
+            TopicPartition(topic, p, OFFSET_BEGINNING)
+            for topic in topics
+            if topic.startswith(topic_prefix)
+            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ]
         values: Counter[int] = Counter()
-        if not assignment:
-            return values
-        consumer.assign(assignment)
-        deadline = time.monotonic() + 60
-        while ends and time.monotonic() < deadline:
-            for msg in consumer.consume(10_000, timeout=1.0):
-                if msg.error() is not None:
-                    continue
-                doc = json.loads(msg.value() or b"{}")
-                if doc.get("metric") == "seq":  # the counted readings, not filler text
-                    values[int(doc["value"])] += 1
-                where = (str(msg.topic()), int(msg.partition() or 0))
-                if int(msg.offset() or 0) + 1 >= ends.get(where, 1 << 62):
-                    ends.pop(where, None)
-        assert not ends, f"could not read back {ends}"
+        for msg in read_to_end(consumer, starts, timeout=60):
+            doc = json.loads(msg.value() or b"{}")
+            if doc.get("metric") == "seq":  # the counted readings, not filler text
+                values[int(doc["value"])] += 1
         return values
     finally:
         consumer.close()

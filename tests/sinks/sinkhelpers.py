@@ -28,6 +28,7 @@ from gateway.services import free_port
 from gateway.services.fakesnow import FakeSnow
 from gateway.sinks.base import Attempt, WriteResult
 from gateway.sinks.config import KafkaSinkConfig, SnowflakeSinkConfig
+from gateway.sinks.kafka import read_to_end
 
 
 def unique(prefix: str) -> str:
@@ -110,36 +111,24 @@ def snowflake_config(server: FakeSnow, **overrides: Any) -> SnowflakeSinkConfig:
 
 def kafka_messages(bootstrap: str, topic_prefix: str) -> list[Any]:
     """Every message in the topics starting with `topic_prefix`, partition by partition, read by
-    direct assignment (Tansu can stall consumer-group joins)."""
+    direct assignment (Tansu can stall consumer-group joins) up to each partition's end."""
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": unique("check"), "enable.auto.commit": False}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique("check"),
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
     )
     try:
-        topics = [t for t in consumer.list_topics(timeout=10).topics if t.startswith(topic_prefix)]
-        ends: dict[tuple[str, int], int] = {}
-        assignment = []
-        for topic in topics:
-            meta = consumer.list_topics(topic, timeout=10).topics[topic]
-            for p in meta.partitions:
-                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                if high > 0:
-                    ends[(topic, p)] = high
-                    assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
-        out: list[Any] = []
-        if not assignment:
-            return out
-        consumer.assign(assignment)
-        deadline = time.monotonic() + 60
-        while ends and time.monotonic() < deadline:
-            for msg in consumer.consume(10_000, timeout=1.0):
-                if msg.error() is not None:
-                    continue
-                out.append(msg)
-                place = (str(msg.topic()), int(msg.partition() or 0))
-                if int(msg.offset() or 0) + 1 >= ends.get(place, 1 << 62):
-                    ends.pop(place, None)
-        assert not ends, f"could not read back {ends}"
-        return out
+        topics = consumer.list_topics(timeout=10).topics
+        starts = [
+            TopicPartition(topic, p, OFFSET_BEGINNING)
+            for topic in topics
+            if topic.startswith(topic_prefix)
+            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ]
+        return list(read_to_end(consumer, starts, timeout=60))
     finally:
         consumer.close()
 
