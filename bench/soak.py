@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from gateway.buffer.store import connect
 from gateway.services import free_port
 from gateway.services.mosquitto import Mosquitto
 from gateway.services.tansu import Tansu
-from gateway.sinks.kafka import read_to_end
+from gateway.sinks.kafka import partitions_from_start, read_to_end
 from gateway.sqlclient import query, running_api
 from gateway.testing import publisher, wait_until
 
@@ -193,13 +193,7 @@ def kafka_values(bootstrap: str) -> tuple[Counter[int], int]:
     values: Counter[int] = Counter()
     seen: dict[tuple[str, int], set[int]] = {}
     try:
-        topics = consumer.list_topics(timeout=10).topics
-        starts = [
-            TopicPartition(topic, p, OFFSET_BEGINNING)
-            for topic in topics
-            if topic.startswith(TOPIC_PREFIX)
-            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ]
+        starts = partitions_from_start(consumer, TOPIC_PREFIX)
         for msg in read_to_end(consumer, starts, timeout=300):
             values[int(json.loads(msg.value() or b"{}")["value"])] += 1
             where = (str(msg.topic()), int(msg.partition() or 0))

@@ -27,6 +27,7 @@ from gateway.sinks.records import RecordEncoder
 
 try:
     from confluent_kafka import (
+        OFFSET_BEGINNING,
         Consumer,
         KafkaError,
         KafkaException,
@@ -449,6 +450,16 @@ def read_to_end(
                 yield msg
             elif error.code() == KafkaError._PARTITION_EOF:
                 pending.discard((str(msg.topic()), int(msg.partition() or 0)))
+
+
+def partitions_from_start(consumer: Consumer, topic_prefix: str) -> list[TopicPartition]:
+    """Every partition of the topics named `topic_prefix...`, at its first offset."""
+    return [
+        TopicPartition(topic, p, OFFSET_BEGINNING)
+        for topic in consumer.list_topics(timeout=METADATA_TIMEOUT).topics
+        if topic.startswith(topic_prefix)
+        for p in consumer.list_topics(topic, timeout=METADATA_TIMEOUT).topics[topic].partitions
+    ]
 
 
 def _span(batch: pa.Table) -> tuple[int, int, int]:

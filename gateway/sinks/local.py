@@ -109,9 +109,9 @@ class LocalUpstreams:
             finally:
                 con.close()
         with contextlib.suppress(Exception):
-            from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+            from confluent_kafka import Consumer
 
-            from gateway.sinks.kafka import read_to_end
+            from gateway.sinks.kafka import partitions_from_start, read_to_end
 
             consumer = Consumer(
                 {
@@ -122,12 +122,7 @@ class LocalUpstreams:
             )
             try:
                 # Counted by reading: Tansu's listed high watermarks lag behind its log.
-                starts = [
-                    TopicPartition(topic, p, OFFSET_BEGINNING)
-                    for topic, meta in consumer.list_topics(timeout=5).topics.items()
-                    if topic.startswith(TOPIC_PREFIX + ".")
-                    for p in meta.partitions
-                ]
+                starts = partitions_from_start(consumer, TOPIC_PREFIX + ".")
                 figures["kafka messages"] = sum(1 for _ in read_to_end(consumer, starts, 30.0))
             finally:
                 consumer.close()

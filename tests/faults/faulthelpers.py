@@ -16,12 +16,12 @@ from typing import Any
 import paho.mqtt.client as paho
 import snowflake.connector
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from gateway.buffer.store import connect
 from gateway.services.fakesnow import FakeSnow
 from gateway.services.mosquitto import Mosquitto
-from gateway.sinks.kafka import read_to_end
+from gateway.sinks.kafka import partitions_from_start, read_to_end
 from gateway.testing import GatewayProcess as GatewayProcess  # noqa: PLC0414 (test_sink_down_at_cap imports it here)
 from gateway.testing import publisher, wait_until
 
@@ -146,13 +146,7 @@ def kafka_values(bootstrap: str, topic_prefix: str) -> Counter[int]:
         }
     )
     try:
-        topics = consumer.list_topics(timeout=10).topics
-        starts = [
-            TopicPartition(topic, p, OFFSET_BEGINNING)
-            for topic in topics
-            if topic.startswith(topic_prefix)
-            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ]
+        starts = partitions_from_start(consumer, topic_prefix)
         values: Counter[int] = Counter()
         for msg in read_to_end(consumer, starts, timeout=60):
             doc = json.loads(msg.value() or b"{}")

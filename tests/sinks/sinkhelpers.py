@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 import snowflake.connector
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from gateway.buffer.store import BufferStore
 from gateway.errors import SinkError, SinkRejectedError
@@ -28,7 +28,7 @@ from gateway.services import free_port
 from gateway.services.fakesnow import FakeSnow
 from gateway.sinks.base import Attempt, WriteResult
 from gateway.sinks.config import KafkaSinkConfig, SnowflakeSinkConfig
-from gateway.sinks.kafka import read_to_end
+from gateway.sinks.kafka import partitions_from_start, read_to_end
 
 
 def unique(prefix: str) -> str:
@@ -121,13 +121,7 @@ def kafka_messages(bootstrap: str, topic_prefix: str) -> list[Any]:
         }
     )
     try:
-        topics = consumer.list_topics(timeout=10).topics
-        starts = [
-            TopicPartition(topic, p, OFFSET_BEGINNING)
-            for topic in topics
-            if topic.startswith(topic_prefix)
-            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ]
+        starts = partitions_from_start(consumer, topic_prefix)
         return list(read_to_end(consumer, starts, timeout=60))
     finally:
         consumer.close()
