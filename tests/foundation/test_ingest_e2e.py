@@ -6,10 +6,9 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import yaml
 
 from gateway.buffer.sql import run_query
@@ -184,20 +183,6 @@ def write_config(broker: Mosquitto, tmp_path: Path, client_id: str) -> Path:
     return path
 
 
-@pytest.fixture
-def gateway_process() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    yield started
-    for gateway in started:
-        gateway.kill()
-
-
-def start_gateway(config: Path, started: list[GatewayProcess]) -> GatewayProcess:
-    gateway = GatewayProcess(config).start()
-    started.append(gateway)
-    return gateway
-
-
 def committed(buffer: Path) -> int:
     try:
         return int(query(buffer, "SELECT count(*) AS n FROM readings")["n"][0].as_py())
@@ -206,12 +191,12 @@ def committed(buffer: Path) -> int:
 
 
 def test_kill_9_mid_stream_loses_nothing_and_doubles_nothing(
-    broker: Mosquitto, tmp_path: Path, gateway_process: list[GatewayProcess]
+    broker: Mosquitto, tmp_path: Path, start_gateway: Callable[[Path], GatewayProcess]
 ) -> None:
     total = 20_000
     config = write_config(broker, tmp_path, "gw-kill9")
     buffer = tmp_path / "buffer.duckdb"
-    first = start_gateway(config, gateway_process)
+    first = start_gateway(config)
     assert wait_until(lambda: committed(buffer) == 0, timeout=30)
     pub = publisher(broker.host, broker.port)
     sent = [pub.publish(f"sensors/s/dev{i % 50}/seq", str(i), qos=1) for i in range(total)]
@@ -222,7 +207,7 @@ def test_kill_9_mid_stream_loses_nothing_and_doubles_nothing(
     # loop before the broker acknowledged everything would drop the rest on the publisher side.
     assert wait_until(lambda: all(m.is_published() for m in sent), timeout=60)
     pub.loop_stop()
-    second = start_gateway(config, gateway_process)
+    second = start_gateway(config)
     assert wait_until(lambda: committed(buffer) >= total, timeout=120), committed(buffer)
     time.sleep(1.0)  # let any stray redelivery arrive before counting
     assert second.terminate(30) == 0
@@ -237,11 +222,11 @@ def test_kill_9_mid_stream_loses_nothing_and_doubles_nothing(
 
 
 def test_sigterm_finishes_the_open_batch_and_exits_zero(
-    broker: Mosquitto, tmp_path: Path, gateway_process: list[GatewayProcess]
+    broker: Mosquitto, tmp_path: Path, start_gateway: Callable[[Path], GatewayProcess]
 ) -> None:
     config = write_config(broker, tmp_path, "gw-term")
     buffer = tmp_path / "buffer.duckdb"
-    process = start_gateway(config, gateway_process)
+    process = start_gateway(config)
     assert wait_until(lambda: running_api(buffer) is not None, timeout=30)
     pub = publisher(broker.host, broker.port)
     for i in range(2_000):
@@ -250,7 +235,7 @@ def test_sigterm_finishes_the_open_batch_and_exits_zero(
     assert wait_until(lambda: committed(buffer) >= 1, timeout=30)
     assert process.terminate(30) == 0
     # Whatever was not committed before the stop comes on the next start, once.
-    restarted = start_gateway(config, gateway_process)
+    restarted = start_gateway(config)
     assert wait_until(lambda: running_api(buffer) is not None, timeout=30)
     assert wait_until(lambda: committed(buffer) >= 2_000, timeout=60)
     assert restarted.terminate(30) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +25,6 @@ TOTAL = 20_000
 DEVICES = 25
 
 
-@pytest.fixture
-def processes() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    yield started
-    for gateway in started:
-        gateway.kill()
-
-
-def start_gateway(config: Path, started: list[GatewayProcess]) -> GatewayProcess:
-    gateway = GatewayProcess(config).start()
-    started.append(gateway)
-    return gateway
-
-
 def ready(buffer: Path) -> bool:
     """The running gateway answers and is connected to its broker."""
     url = running_api(buffer)
@@ -56,7 +42,7 @@ def test_kill_9_during_upload_leaves_no_reading_missing_and_none_doubled_upstrea
     tansu: Tansu,
     fakesnow: FakeSnow,
     tmp_path: Path,
-    processes: list[GatewayProcess],
+    start_gateway: Callable[[Path], GatewayProcess],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     topic_prefix = unique("crash")
@@ -115,7 +101,7 @@ def test_kill_9_during_upload_leaves_no_reading_missing_and_none_doubled_upstrea
         except Exception:
             return 0  # the table is not created yet
 
-    first = start_gateway(config, processes)
+    first = start_gateway(config)
     buffer = tmp_path / "buffer.duckdb"
     # Publish once the gateway's subscription exists (the broker keeps nothing for it before).
     assert wait_until(lambda: ready(buffer), timeout=30), (tmp_path / "gateway.log").read_text()
@@ -128,7 +114,7 @@ def test_kill_9_during_upload_leaves_no_reading_missing_and_none_doubled_upstrea
     first.kill()
     pub.loop_stop()
 
-    second = start_gateway(config, processes)
+    second = start_gateway(config)
     assert wait_until(lambda: in_snowflake() >= TOTAL, timeout=120), in_snowflake()
 
     def kafka_values() -> list[float]:
