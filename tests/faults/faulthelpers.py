@@ -126,6 +126,23 @@ def buffer_values(buffer: Path) -> Counter[int]:
     return Counter(int(v) for (v,) in rows)
 
 
+def doubled_in_buffer(buffer: Path, limit: int = 5) -> str:
+    """The first doubled values with their positions and commit times, for a failure message:
+    whether the copies straddle a reconnect is what tells the cause."""
+    con = connect(buffer, read_only=True, lock_wait=10.0)
+    try:
+        rows = con.execute(
+            "SELECT value, list(id ORDER BY id), list(ingest_time ORDER BY id) FROM readings "
+            "WHERE metric = 'seq' GROUP BY value HAVING count(*) > 1 ORDER BY value LIMIT ?",
+            [limit],
+        ).fetchall()
+    finally:
+        con.close()
+    return "; ".join(
+        f"value {int(v)} at positions {ids} committed {times}" for v, ids, times in rows
+    )
+
+
 def buffer_counters(buffer: Path) -> dict[str, int]:
     con = connect(buffer, read_only=True, lock_wait=10.0)
     try:

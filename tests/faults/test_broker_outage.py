@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faulthelpers import buffer_values, kafka_values, lost_and_doubled, unique
+from faulthelpers import buffer_values, doubled_in_buffer, kafka_values, lost_and_doubled, unique
 
 from gateway.config import (
     ApiConfig,
@@ -89,7 +89,9 @@ def test_broker_restarts_mid_stream_and_the_session_delivers_the_rest_once(
         )
     assert committed_while_down < 40_000
     expected = set(range(40_000))
-    assert lost_and_doubled(expected, buffer_values(config.buffer.path)) == (0, 0)
+    assert lost_and_doubled(expected, buffer_values(config.buffer.path)) == (0, 0), (
+        doubled_in_buffer(config.buffer.path)
+    )
     assert lost_and_doubled(expected, kafka_values(tansu.bootstrap_servers, prefix)) == (0, 0)
 
 
