@@ -65,8 +65,8 @@ def fill(store: BufferStore, total: int, devices: int) -> None:
 def kafka_ceiling(store: BufferStore, bootstrap: str, total: int) -> float:
     """A bare idempotent producer sending the same records, encoded before the clock starts."""
     encoder = RecordEncoder("bench", {"readings": "ceiling.{site}.{metric}"})
-    con = store.reader()
-    records = encoder.encode("readings", rows_after(con, "readings", 0, None, total))
+    with store.reading() as con:
+        records = encoder.encode("readings", rows_after(con, "readings", 0, None, total))
     encoder.close()
     values = records.column("value").to_pylist()
     keys = records.column("key").to_pylist()
@@ -104,10 +104,10 @@ def snowflake_ceiling(store: BufferStore, snow: FakeSnow, total: int, workdir: P
     """The bare connector: PUT + COPY INTO of the same rows as ready-made Parquet files."""
     config = snowflake_config(snow, "ceiling")
     shaper = SnowflakeSink(config, "bench")
-    con = store.reader()
     files = []
     for first in range(1, total + 1, BATCH_ROWS):
-        batch = rows_after(con, "readings", first - 1, first + BATCH_ROWS - 1, BATCH_ROWS)
+        with store.reading() as con:
+            batch = rows_after(con, "readings", first - 1, first + BATCH_ROWS - 1, BATCH_ROWS)
         path = workdir / f"ceiling-{first:09d}.parquet"
         pq.write_table(shaper.parquet_table("readings", batch), path, compression="zstd")
         files.append(path)

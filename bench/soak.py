@@ -164,19 +164,24 @@ def memory_breakdown(buffer: Path) -> str:
     """DuckDB's and Arrow's share of the gateway's memory, from its /metrics (MB)."""
     url = running_api(buffer)
     if url is None:
-        return "duckdb_mb=? arrow_mb=?"
+        return "duckdb_mb=? arrow_mb=? recycles=?"
     try:
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
             text = response.read().decode()
     except OSError:
-        return "duckdb_mb=? arrow_mb=?"
-    duckdb_bytes = arrow_bytes = 0.0
+        return "duckdb_mb=? arrow_mb=? recycles=?"
+    duckdb_bytes = arrow_bytes = recycles = 0.0
     for line in text.splitlines():
         if line.startswith("edge_gateway_buffer_memory_bytes{"):
             duckdb_bytes += float(line.rsplit(" ", 1)[1])
         elif line.startswith("edge_gateway_arrow_allocated_bytes "):
             arrow_bytes = float(line.rsplit(" ", 1)[1])
-    return f"duckdb_mb={duckdb_bytes / 2**20:.1f} arrow_mb={arrow_bytes / 2**20:.1f}"
+        elif line.startswith('edge_gateway_buffer_reopens_total{reason="recycle"}'):
+            recycles = float(line.rsplit(" ", 1)[1])
+    return (
+        f"duckdb_mb={duckdb_bytes / 2**20:.1f} arrow_mb={arrow_bytes / 2**20:.1f} "
+        f"recycles={recycles:.0f}"
+    )
 
 
 def kafka_values(bootstrap: str) -> tuple[Counter[int], int]:

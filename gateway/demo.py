@@ -11,7 +11,6 @@ from pathlib import Path
 from rich.console import Console
 
 from gateway.app import Gateway
-from gateway.buffer.sql import run_query
 from gateway.config import (
     ApiConfig,
     BufferConfig,
@@ -88,8 +87,7 @@ def run_demo(workdir: Path, duration: float | None, console: Console, sinks: str
                     await asyncio.sleep(min(5.0, duration or 5.0))
                     if gateway.store is None:
                         continue
-                    table = run_query(
-                        gateway.store.reader(),
+                    table = gateway.store.query(
                         "SELECT device, metric, count(*) AS readings, "
                         # text states too (a light's ON/OFF, a door's open/closed)
                         "coalesce(last(text ORDER BY id), "
@@ -107,8 +105,7 @@ def run_demo(workdir: Path, duration: float | None, console: Console, sinks: str
                             f"{figures['commands_published']} commands sent, "
                             f"{figures['active_alerts']} alerts open"
                         )
-                        alerts = run_query(
-                            gateway.store.reader(),
+                        alerts = gateway.store.query(
                             "SELECT strftime(alert_time, '%H:%M:%S') AS at, rule_id, device, "
                             "severity, state, message FROM alerts ORDER BY id DESC LIMIT 5",
                         )

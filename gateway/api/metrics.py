@@ -238,6 +238,17 @@ class GatewayCollector(Collector):
             except duckdb.Error as exc:
                 logger.warning("metrics: buffer memory unavailable: %s", exc)
         yield tags
+        reopens = CounterMetricFamily(
+            f"{PREFIX}_buffer_reopens",
+            "Times the buffer's database was closed and opened again: every few thousand "
+            "commits to give back DuckDB's memory (recycle), or after a fatal error (error).",
+            labels=["reason"],
+        )
+        store = self.api.gateway.store
+        if store is not None:
+            reopens.add_metric(["recycle"], store.recycles)
+            reopens.add_metric(["error"], store.reopens)
+        yield reopens
 
 
 def resident_bytes() -> int:

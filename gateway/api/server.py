@@ -36,7 +36,6 @@ import pyarrow as pa
 
 from gateway.api import views
 from gateway.api.telemetry import Telemetry
-from gateway.buffer.sql import run_query
 from gateway.config import ApiConfig
 from gateway.errors import BufferStoreError, ConfigError, ReadOnlySqlError
 
@@ -177,12 +176,8 @@ class ApiServer:
         store = self.gateway.store
         if store is None:
             raise BufferStoreError("buffer is not open yet")
-        con = store.reader()
-        try:
+        with store.reading() as con:
             yield con
-        finally:
-            with contextlib.suppress(duckdb.Error):
-                con.close()
 
     def buffer_bytes(self) -> int:
         path = self.gateway.config.buffer.path
@@ -209,7 +204,7 @@ class ApiServer:
         if store is None:
             raise BufferStoreError("buffer is not open yet")
         cap = self.config.sql_row_limit
-        return run_query(store.reader(), sql, min(limit or cap, cap))
+        return store.query(sql, min(limit or cap, cap))
 
 
 def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:

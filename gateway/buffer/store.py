@@ -1,7 +1,8 @@
 """BufferStore: the DuckDB file that keeps every reading durably; one batch is one transaction.
 
-One owner (the gateway's writer thread) calls the writing methods; readers take their own
-`reader()` cursor, which DuckDB's MVCC keeps consistent while batches commit.
+One owner (the gateway's writer thread) calls the writing methods; readers on any thread take a
+cursor for the length of a `reading()` block, which DuckDB's MVCC keeps consistent while batches
+commit, and which the writer's periodic recycle of the database waits for.
 """
 
 from __future__ import annotations
@@ -10,22 +11,26 @@ import contextlib
 import json
 import logging
 import secrets
-import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gateway.buffer.fence import ReopenFence
 from gateway.buffer.schema import COUNTERS, DDL, SCHEMA_VERSION
+from gateway.buffer.sql import run_query
 from gateway.errors import BufferStoreError
 from gateway.ingest.redelivery import InflightEntry
 from gateway.model import IngestBatch
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # The gateway's own database never touches other files: users' SQL goes through it, so reading
 # files, ATTACH, COPY and extension downloads stay off for good (locked).
@@ -38,6 +43,12 @@ SAFE_DUCKDB_CONFIG: dict[str, Any] = {
 
 
 _HEADER_BYTES = 3 * 4096  # DuckDB's file header and its two database headers
+
+# DuckDB's database instance keeps native memory for every small commit (about 1.5 KB each here,
+# outside its own memory accounting) until the database is closed, so the writer closes and
+# reopens it after this many commits (see "Memory" in docs/benchmarks.md).
+RECYCLE_AFTER_COMMITS = 2000
+RECYCLE_WAIT = 0.5  # seconds a recycle waits for readers to finish before trying again later
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,14 +119,23 @@ def _connect_once(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 class BufferStore:
     """The writable buffer. Not thread-safe for writes: one thread owns it."""
 
-    def __init__(self, path: Path, lock_wait: float = 15.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        lock_wait: float = 15.0,
+        recycle_after: int | None = RECYCLE_AFTER_COMMITS,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._con = connect(self.path, read_only=False, lock_wait=lock_wait)
-        self._lock = threading.Lock()  # guards cursor creation against concurrent close
+        self._fence = ReopenFence()  # readers' cursors against the writer's close and reopen
+        self._closed = False
         self._invalidated = False  # a fatal error (disk full in a checkpoint) killed the handle
         self._failed: _FailedAppend | None = None
-        self.reopens = 0
+        self._recycle_after = recycle_after
+        self._commits = 0  # since the database was last opened
+        self.reopens = 0  # after fatal errors
+        self.recycles = 0
         self._check_length()
         self._prepare()
         self._event_prefix = f"{self.buffer_uid}-"
@@ -127,7 +147,7 @@ class BufferStore:
             self._init_meta()
             # Positions never go back, even when retention emptied a table: sinks name their
             # uploads by position, so a reused position would be skipped upstream as loaded.
-            totals = self.counters()
+            totals = self._counters(self._con)
             self._next_reading_id = max(self._max_id("readings"), totals["readings_total"]) + 1
             self._next_quarantine_id = (
                 max(self._max_id("quarantine"), totals["quarantined_total"]) + 1
@@ -181,14 +201,37 @@ class BufferStore:
         """Reopen the file after a fatal error; what was committed before it is in the WAL."""
         if not self._invalidated:
             return
-        with self._lock:
-            with contextlib.suppress(duckdb.Error):
-                self._con.close()
-            self._con = connect(self.path, read_only=False, lock_wait=15.0)
-            self._prepare()
-        self._invalidated = False
+        with self._fence.exclusive():
+            self._reopen()
         self.reopens += 1
         logger.warning("buffer %s: reopened after a fatal error", self.path)
+
+    def recycle(self, timeout: float | None = RECYCLE_WAIT) -> bool:
+        """Close and reopen the database (writer thread), which gives back the native memory
+        DuckDB holds for past commits; False, and nothing done, while readers stayed busy."""
+        with self._fence.exclusive(timeout) as alone:
+            if not alone:
+                return False
+            self._reopen()
+        self.recycles += 1
+        return True
+
+    def _reopen(self) -> None:
+        """With the fence held alone: close (DuckDB checkpoints on close) and open again. If the
+        open fails, the handle stays invalid and the next write tries again."""
+        self._invalidated = True
+        with contextlib.suppress(duckdb.Error):
+            self._con.close()
+        self._con = connect(self.path, read_only=False, lock_wait=15.0)
+        self._prepare()
+        self._invalidated = False
+        self._commits = 0
+
+    def _committed(self) -> None:
+        self._commits += 1
+        after = self._recycle_after
+        if after and self._commits >= after and not self.recycle():
+            self._commits -= max(after // 10, 1)  # readers were busy: try again a bit later
 
     # -- set-up ---------------------------------------------------------------------------
     def _init_meta(self) -> None:
@@ -208,18 +251,50 @@ class BufferStore:
         assert row is not None
         return int(row[0])
 
-    def reader(self) -> duckdb.DuckDBPyConnection:
-        """A cursor for reading from another thread (sinks, the API, status)."""
-        with self._lock:
-            return self._con.cursor()
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A fresh cursor for reading from any thread (sinks, the API, status), valid inside the
+        block: the writer neither closes nor reopens the database while it is in use."""
+        with self._fence.shared():
+            if self._closed:
+                raise BufferStoreError(f"buffer {self.path}: closed")
+            con = self._con.cursor()
+            try:
+                yield con
+            finally:
+                with contextlib.suppress(duckdb.Error):
+                    con.close()
+
+    def query(self, sql: str, row_limit: int | None = None) -> pa.Table:
+        """One read-only statement (see gateway/buffer/sql.py) on a fresh cursor."""
+        with self.reading() as con:
+            return run_query(con, sql, row_limit)
+
+    def write(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """`fn(connection)` in one transaction on the writer thread (sinks' cursors, state)."""
+        self._ensure_open()
+        con = self._con
+        try:
+            con.begin()
+            result = fn(con)
+            con.commit()
+        except BaseException as exc:
+            with contextlib.suppress(duckdb.Error):
+                con.rollback()
+            if isinstance(exc, duckdb.Error):
+                self._note_failure(exc)
+            raise
+        self._committed()
+        return result
 
     def close(self) -> None:
-        with self._lock:
+        with self._fence.exclusive():
             try:
                 self._con.execute("CHECKPOINT")
             except duckdb.Error as exc:
                 logger.warning("buffer %s: checkpoint on close failed: %s", self.path, exc)
             self._con.close()
+            self._closed = True
 
     # -- writing --------------------------------------------------------------------------
     @property
@@ -296,6 +371,7 @@ class BufferStore:
         self._failed = None
         self._next_reading_id += n
         self._next_quarantine_id += q.num_rows
+        self._committed()
         return CommitResult(first_id=first, readings=readings, quarantined=q.num_rows)
 
     def _landed_before(self, batch: IngestBatch) -> CommitResult | None:
@@ -331,15 +407,16 @@ class BufferStore:
         prefix = f"{self.buffer_uid}-a"
         event_ids = pc.binary_join_element_wise(prefix, pc.cast(ids, pa.string()), "")
         table = alerts.add_column(0, "event_id", event_ids).add_column(0, "id", ids)
-        try:
-            self._con.begin()
-            self._con.register("_batch_alerts", table)
-            self._con.execute("INSERT INTO alerts BY NAME SELECT * FROM _batch_alerts")
-            self._con.unregister("_batch_alerts")
+
+        def insert(con: duckdb.DuckDBPyConnection) -> None:
+            con.register("_batch_alerts", table)
+            con.execute("INSERT INTO alerts BY NAME SELECT * FROM _batch_alerts")
+            con.unregister("_batch_alerts")
             self._add_counters(alerts_total=n)
-            self._con.commit()
+
+        try:
+            self.write(insert)
         except duckdb.Error as exc:
-            self._con.rollback()
             raise BufferStoreError(f"buffer {self.path}: alert commit failed: {exc}") from exc
         self._next_alert_id += n
         return first
@@ -347,11 +424,10 @@ class BufferStore:
     # -- state and cursors ----------------------------------------------------------------
     def put_state(self, owner: str, items: dict[str, Any]) -> None:
         """Replace an owner's persisted state (rule engine, decoders) in one transaction."""
-        self._ensure_open()
         now = time.time()
-        try:
-            self._con.begin()
-            self._con.execute("DELETE FROM state WHERE owner = ?", [owner])
+
+        def replace(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute("DELETE FROM state WHERE owner = ?", [owner])
             if items:
                 table = pa.table(
                     {
@@ -363,12 +439,13 @@ class BufferStore:
                         ),
                     }
                 )
-                self._con.register("_state", table)
-                self._con.execute("INSERT INTO state SELECT * FROM _state")
-                self._con.unregister("_state")
-            self._con.commit()
+                con.register("_state", table)
+                con.execute("INSERT INTO state SELECT * FROM _state")
+                con.unregister("_state")
+
+        try:
+            self.write(replace)
         except duckdb.Error as exc:
-            self._con.rollback()
             raise BufferStoreError(
                 f"buffer {self.path}: saving {owner} state failed: {exc}"
             ) from exc
@@ -514,5 +591,10 @@ class BufferStore:
 
     # -- figures --------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
-        rows = self._con.cursor().execute("SELECT name, value FROM counters").fetchall()
+        with self.reading() as con:
+            return self._counters(con)
+
+    @staticmethod
+    def _counters(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+        rows = con.execute("SELECT name, value FROM counters").fetchall()
         return {str(name): int(value) for name, value in rows}

@@ -14,6 +14,9 @@ under a packet id also proves the previous message under it was acked.
 
 Entries are committed with each batch (and deleted once confirmed, in a later commit), so they
 survive a crash.
+
+After a reconnect the redeliveries can arrive while their first deliveries still wait, unacked,
+in the same pending batch: messages accepted since the last `remember` count as known too.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def payload_digest(payload: bytes) -> int:
 class RedeliveryFilter:
     def __init__(self, entries: list[InflightEntry] | None = None) -> None:
         self._last: dict[int, tuple[str, int, int]] = {}
+        self._accepted: dict[int, tuple[str, int]] = {}  # since the last remember (uncommitted)
         for mid, topic, digest, batch in entries or []:
             self._last[mid] = (topic, digest, batch)
         self._next_batch = max((e[3] for e in entries or []), default=0) + 1
@@ -42,20 +46,21 @@ class RedeliveryFilter:
         """True for a DUP delivery of a message already committed; updates what it knows."""
         if message.qos == 0:
             return False
-        if not message.dup:
+        digest = payload_digest(message.payload)
+        if message.dup:
+            for known in (self._accepted.get(message.mid), self._last.get(message.mid)):
+                if known is not None and known[0] == message.topic and known[1] == digest:
+                    return True
+        else:
             self._last.pop(message.mid, None)
-            return False
-        known = self._last.get(message.mid)
-        return (
-            known is not None
-            and known[0] == message.topic
-            and known[1] == payload_digest(message.payload)
-        )
+        self._accepted[message.mid] = (message.topic, digest)
+        return False
 
     def remember(self, messages: list[RawMessage]) -> tuple[list[InflightEntry], int]:
         """Record a batch about to be committed; returns the entries to persist and its number."""
         batch = self._next_batch
         self._next_batch += 1
+        self._accepted.clear()
         rows: list[InflightEntry] = []
         for message in messages:
             if message.qos == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Protocol
 
 import duckdb
@@ -42,7 +43,7 @@ class StateStore(Protocol):
 
     def append_alerts(self, alerts: pa.Table) -> int: ...
 
-    def reader(self) -> duckdb.DuckDBPyConnection: ...
+    def reading(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]: ...
 
 
 def alerts_table(changes: list[AlertChange]) -> pa.Table:
@@ -81,7 +82,8 @@ def save_alerts(store: StateStore, alerts: list[AlertChange]) -> int:
 
 
 def last_alert_id(store: StateStore) -> int:
-    row = store.reader().execute("SELECT coalesce(max(id), 0) FROM alerts").fetchone()
+    with store.reading() as con:
+        row = con.execute("SELECT coalesce(max(id), 0) FROM alerts").fetchone()
     return int(row[0]) if row else 0
 
 
@@ -94,22 +96,20 @@ def alert_key(change: AlertChange) -> AlertKey:
 
 def alerts_after(store: StateStore, after_id: int) -> set[AlertKey]:
     """Alert changes written after a snapshot was taken (a restart must not write them again)."""
-    rows = (
-        store.reader()
-        .execute(
+    with store.reading() as con:
+        rows = con.execute(
             "SELECT rule_id, device, coalesce(metric, ''), state, epoch_us(alert_time) "
             "FROM alerts WHERE id > ?",
             [after_id],
-        )
-        .fetchall()
-    )
+        ).fetchall()
     return {(str(r), str(d), str(m), str(s), int(t)) for r, d, m, s, t in rows}
 
 
 def readings_after(store: StateStore, after_id: int, limit: int) -> pa.Table:
     """Committed readings with id > after_id, in commit order (what a restart replays)."""
-    relation = store.reader().sql(
-        "SELECT * FROM readings WHERE id > $after ORDER BY id LIMIT $limit",
-        params={"after": after_id, "limit": limit},
-    )
-    return relation.to_arrow_table()
+    with store.reading() as con:
+        relation = con.sql(
+            "SELECT * FROM readings WHERE id > $after ORDER BY id LIMIT $limit",
+            params={"after": after_id, "limit": limit},
+        )
+        return relation.to_arrow_table()

@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 import duckdb
 import pyarrow as pa
 
-from gateway.errors import SinkBackpressureError, SinkError, SinkRejectedError
+from gateway.errors import BufferStoreError, SinkBackpressureError, SinkError, SinkRejectedError
 from gateway.sinks.base import Attempt, Rejection, Sink, WriteResult
 from gateway.sinks.config import BatchingConfig, RetryConfig
 
@@ -39,50 +39,17 @@ POLL_INTERVAL = 0.05
 # The buffer is local: while it fails (disk full, until the writer reopens it) retry as the
 # writer's own commits do, not at the sink's pace.
 BUFFER_RETRY = RetryConfig(min_delay=0.1, max_delay=5.0)
+# A failing buffer: DuckDB's own errors, or the store's when it cannot reopen the file.
+BUFFER_ERRORS = (duckdb.Error, BufferStoreError)
 
 
-class BufferReader(Protocol):
-    """What the forwarder needs from the buffer: reader cursors (writes go through `on_writer`),
-    and how often the file was reopened after a fatal error, which closes every earlier cursor."""
+class SinkBuffer(Protocol):
+    """What the forwarder needs from the buffer: cursors for reads on any thread, and writes in
+    one transaction on the writer thread (called through `on_writer`)."""
 
-    @property
-    def reopens(self) -> int: ...
+    def reading(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]: ...
 
-    def reader(self) -> duckdb.DuckDBPyConnection: ...
-
-
-class _Cursor:
-    """A cursor from `store.reader()`, taken afresh once the buffer was reopened or after an
-    error on it: a fatal DuckDB error (a checkpoint on a full disk) kills the handle and every
-    cursor of it. Used by one thread at a time."""
-
-    def __init__(self, store: BufferReader) -> None:
-        self._store = store
-        self._con: duckdb.DuckDBPyConnection | None = None
-        self._generation = 0
-
-    def get(self) -> duckdb.DuckDBPyConnection:
-        generation = self._store.reopens  # read first: a reopen in between only costs a retake
-        if self._con is not None and generation != self._generation:
-            self.close()
-        if self._con is None:
-            self._con = self._store.reader()
-            self._generation = generation
-        return self._con
-
-    def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """`fn(cursor)`; a cursor that failed is dropped, so the next call takes a fresh one."""
-        try:
-            return fn(self.get())
-        except duckdb.Error:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        con, self._con = self._con, None
-        if con is not None:
-            with contextlib.suppress(duckdb.Error):
-                con.close()
+    def write(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T: ...
 
 
 @dataclass
@@ -165,7 +132,7 @@ class Forwarder:
         self,
         sink: Sink,
         stream: str,
-        store: BufferReader,
+        store: SinkBuffer,
         on_writer: OnWriter,
         *,
         batching: BatchingConfig,
@@ -183,11 +150,8 @@ class Forwarder:
         self.max_bytes_per_s = max_bytes_per_s
         self._head = head
         self.stats = ForwarderStats(sink=sink.name, stream=stream)
-        self._reader = _Cursor(store)
-        self._writer_con = _Cursor(store)  # taken on, and only used by, the writer thread
         self._next_send_at = 0.0  # bandwidth cap: monotonic time the next batch may leave
         self._prefetch: asyncio.Future[tuple[int, pa.Table]] | None = None
-        self._prefetch_con = _Cursor(store)
         self.wake = wake or asyncio.Event()
         self.started = asyncio.Event()
         self._read_failures = 0  # buffer reads failed in a row
@@ -205,7 +169,11 @@ class Forwarder:
             rows = con.execute(head_sql(self.stream)).fetchall()
             return int(rows[0][0]) if rows else 0
 
-        return self._reader.run(query)
+        return self._read_now(query)
+
+    def _read_now(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        with self.store.reading() as con:
+            return fn(con)
 
     async def _reading(
         self, stop: asyncio.Event, fn: Callable[[duckdb.DuckDBPyConnection], T]
@@ -214,8 +182,8 @@ class Forwarder:
         fatal error and the writer's reopen); None once stopped."""
         while not stop.is_set():
             try:
-                result = await asyncio.to_thread(self._reader.run, fn)
-            except duckdb.Error as exc:
+                result = await asyncio.to_thread(self._read_now, fn)
+            except BUFFER_ERRORS as exc:
                 await self._read_failed(exc, stop)
                 continue
             self._read_ok()
@@ -229,7 +197,7 @@ class Forwarder:
             stop, lambda con: rows_after(con, self.stream, after, upto, limit)
         )
 
-    async def _read_failed(self, exc: duckdb.Error, stop: asyncio.Event) -> None:
+    async def _read_failed(self, exc: Exception, stop: asyncio.Event) -> None:
         self._read_failures += 1
         self._failed(SinkError(self.sink.name, f"cannot read the buffer: {exc}"))
         delay = backoff_delay(self._read_failures, BUFFER_RETRY)
@@ -250,18 +218,7 @@ class Forwarder:
 
     async def _write(self, fn: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
         """Run one buffer write transaction on the gateway's writer thread."""
-
-        def transaction(con: duckdb.DuckDBPyConnection) -> None:
-            con.begin()
-            try:
-                fn(con)
-                con.commit()
-            except BaseException:
-                with contextlib.suppress(duckdb.Error):
-                    con.rollback()
-                raise
-
-        await self.on_writer(self._writer_con.run, transaction)
+        await self.on_writer(self.store.write, fn)
 
     async def _record_attempt(self, attempt: Attempt) -> None:
         value = json.dumps(
@@ -310,7 +267,6 @@ class Forwarder:
             await self._run(stop)
         finally:
             self._drop_prefetch()
-            self._close_cons()
 
     async def _run(self, stop: asyncio.Event) -> None:
         sink, stream = self.sink.name, self.stream
@@ -343,7 +299,7 @@ class Forwarder:
         while not stop.is_set():
             try:
                 head = self.head()
-            except duckdb.Error as exc:
+            except BUFFER_ERRORS as exc:
                 await self._read_failed(exc, stop)
                 continue
             available = head - self.stats.position
@@ -365,13 +321,13 @@ class Forwarder:
                 continue
             waiting_since = None
             first, last = _bounds(batch)
-            with contextlib.suppress(duckdb.Error):  # only a read-ahead; the next read retries
+            with contextlib.suppress(*BUFFER_ERRORS):  # only a read-ahead; the next read retries
                 if self.head() - last >= self.batching.max_rows:
                     self._start_prefetch(last)  # draining a backlog: read on while this sends
             attempt = Attempt(self.stream, first, last, int(time.time() * 1000))
             try:
                 await self._record_attempt(attempt)
-            except duckdb.Error as exc:  # without the record a crash could resend other rows
+            except BUFFER_ERRORS as exc:  # without the record a crash could resend other rows
                 logger.error(
                     "sink %s: cannot record the attempt (%s); retrying", self.sink.name, exc
                 )
@@ -387,7 +343,7 @@ class Forwarder:
         None once stopped."""
         task, self._prefetch = self._prefetch, None
         if task is not None:
-            with contextlib.suppress(duckdb.Error):  # the read-ahead failed: read afresh below
+            with contextlib.suppress(*BUFFER_ERRORS):  # the read-ahead failed: read afresh below
                 after, table = await task
                 if after == self.stats.position:
                     return table
@@ -403,7 +359,7 @@ class Forwarder:
             return rows_after(con, self.stream, after, None, self.batching.max_rows)
 
         def fetch() -> tuple[int, pa.Table]:
-            table = self._cap_bytes(self._prefetch_con.run(read))
+            table = self._cap_bytes(self._read_now(read))
             if prepare is not None and table.num_rows:
                 prepare(self.stream, table)
             return after, table
@@ -479,7 +435,7 @@ class Forwarder:
                 continue
             try:
                 await self._confirm(batch, attempt.last, result.rejected)
-            except duckdb.Error as exc:  # the buffer refused the write (disk full, say)
+            except BUFFER_ERRORS as exc:  # the buffer refused the write (disk full, say)
                 failures += 1
                 self._failed(SinkError(self.sink.name, f"cannot move the cursor: {exc}"))
                 logger.error(
@@ -526,13 +482,6 @@ class Forwarder:
         self.stats.failures += 1
         self.stats.last_error = str(exc)
         self.stats.last_error_at = time.time()
-
-    def _close_cons(self) -> None:
-        self._prefetch_con.close()
-        self._reader.close()
-        # The writer cursor belongs to the writer thread; closing it here is safe once the
-        # loop no longer issues writes.
-        self._writer_con.close()
 
 
 def _bounds(batch: pa.Table) -> tuple[int, int]:

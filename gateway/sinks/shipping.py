@@ -4,7 +4,6 @@ answers which buffer position every sink has confirmed, and each forwarder's fig
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -15,7 +14,7 @@ import pyarrow as pa
 from gateway.errors import ConfigError
 from gateway.sinks.base import Sink
 from gateway.sinks.config import KafkaSinkConfig, SnowflakeSinkConfig
-from gateway.sinks.forwarder import BufferReader, Forwarder, OnWriter
+from gateway.sinks.forwarder import Forwarder, OnWriter, SinkBuffer
 from gateway.sinks.registry import build_sink
 
 logger = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ class Shipping:
         self,
         configs: SinkConfigs,
         gateway_id: str,
-        store: BufferReader,
+        store: SinkBuffer,
         on_writer: OnWriter,
         readings_head: Any = None,
     ) -> None:
@@ -103,9 +102,7 @@ class Shipping:
         """One entry per sink and stream, for the API and `edge-gateway sinks`."""
         now = time.time()
         entries = []
-        con: duckdb.DuckDBPyConnection | None = None
-        try:
-            con = self.store.reader()
+        with self.store.reading() as con:
             for forwarder in self.forwarders:
                 stats = forwarder.stats
                 entries.append(
@@ -125,10 +122,6 @@ class Shipping:
                         "last_sent_at": stats.last_sent_at,
                     }
                 )
-        finally:
-            if con is not None:
-                with contextlib.suppress(duckdb.Error):
-                    con.close()
         return entries
 
 

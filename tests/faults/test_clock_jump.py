@@ -10,7 +10,6 @@ import orjson
 from faulthelpers import buffer_counters, kafka_values, lost_and_doubled, unique
 
 from gateway.app import Gateway
-from gateway.buffer.sql import run_query
 from gateway.config import (
     ApiConfig,
     BufferConfig,
@@ -96,8 +95,7 @@ def test_clock_jumps_keep_order_event_time_and_unsent_readings(
         store = gw.gateway.store
         assert store is not None
         assert store.counters()["purged_readings_total"] == 0
-        rows = run_query(
-            store.reader(),
+        rows = store.query(
             "SELECT value, epoch(event_time) AS event, epoch(ingest_time) AS ingest "
             "FROM readings ORDER BY id",
         ).to_pylist()

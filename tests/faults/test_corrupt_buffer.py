@@ -192,11 +192,10 @@ def test_a_file_duckdb_shortened_after_freeing_its_last_blocks_opens(tmp_path: P
     store = BufferStore(path)
     for start in range(0, TOTAL, 10_000):
         store.append(batch(start, 10_000), [])
-    con = store.reader()
-    con.execute("CHECKPOINT")
-    con.execute("DELETE FROM readings WHERE id > 100000")
-    con.execute("CHECKPOINT")
-    con.close()
+    with store.reading() as con:
+        con.execute("CHECKPOINT")
+        con.execute("DELETE FROM readings WHERE id > 100000")
+        con.execute("CHECKPOINT")
     store.close()  # checkpoints again: the freed blocks at the end leave the file
     raw = connect(path, read_only=True)
     try:

@@ -157,8 +157,8 @@ def test_a_fatal_error_on_a_full_disk_is_survived_by_reopening_the_file(
         except BufferStoreError:
             failed = batch
     # A checkpoint that cannot write invalidates the whole database (DuckDB's FATAL error).
-    with pytest.raises(duckdb.FatalException, match="No space left"):
-        store.reader().execute("CHECKPOINT")
+    with pytest.raises(duckdb.FatalException, match="No space left"), store.reading() as con:
+        con.execute("CHECKPOINT")
     with pytest.raises(BufferStoreError):
         store.append(failed, [])
     small_disk.resize("64m")
@@ -254,7 +254,7 @@ def test_a_forwarder_carries_on_after_the_buffer_is_reopened(small_disk: SmallDi
                 except BufferStoreError:
                     failed = batch
             with pytest.raises(duckdb.FatalException):
-                await on_writer(lambda: store.reader().execute("CHECKPOINT"))
+                await on_writer(lambda: store.write(lambda con: con.execute("CHECKPOINT")))
             sink.gate.set()  # the cursor move after this send fails: the database is invalid
             await asyncio.sleep(1.0)
             assert not task.done()

@@ -10,7 +10,6 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from gateway.buffer.sql import run_query
 from gateway.buffer.store import BufferStore
 from gateway.config import RouteConfig
 from gateway.errors import BufferStoreError
@@ -40,7 +39,7 @@ def decoder(redelivery: RedeliveryFilter | None = None, max_payload: int = 1024)
 
 
 def count(store: BufferStore, table: str) -> int:
-    return int(run_query(store.reader(), f"SELECT count(*) AS n FROM {table}")["n"][0].as_py())
+    return int(store.query(f"SELECT count(*) AS n FROM {table}")["n"][0].as_py())
 
 
 def test_batch_commits_readings_and_quarantine_with_dense_positions(tmp_path: Path) -> None:
@@ -57,7 +56,7 @@ def test_batch_commits_readings_and_quarantine_with_dense_positions(tmp_path: Pa
     assert result.first_id == 1 and result.readings.num_rows == 2 and result.quarantined == 2
     assert result.readings["id"].to_pylist() == [1, 2]
     assert result.readings["event_id"][0].as_py() == f"{store.buffer_uid}-1"
-    reasons = run_query(store.reader(), "SELECT topic, reason FROM quarantine ORDER BY id")
+    reasons = store.query("SELECT topic, reason FROM quarantine ORDER BY id")
     rows = reasons.to_pylist()
     assert rows[0] == {"topic": "unrouted/topic", "reason": "no route matches this topic"}
     assert rows[1]["topic"] == "sensors/home/k/temperature"
@@ -86,8 +85,7 @@ def test_oversized_payload_is_quarantined_with_its_head(tmp_path: Path) -> None:
     big = b"9" * 100_000
     batch = decoder(max_payload=1024).decode([message("sensors/h/d/m", big)])
     store.append(batch, [])
-    row = run_query(
-        store.reader(),
+    row = store.query(
         "SELECT payload_bytes, octet_length(payload) AS kept, reason FROM quarantine",
     )
     assert row["payload_bytes"][0].as_py() == 100_000
@@ -117,6 +115,29 @@ def test_redelivered_message_is_recognised_after_a_restart(tmp_path: Path) -> No
     )
     assert again.duplicates == 2 and again.readings.num_rows == 1
     store.close()
+
+
+def test_a_redelivery_in_the_same_batch_as_its_first_delivery_is_recognised() -> None:
+    """After a reconnect the broker redelivers what we had not acked yet, while the first
+    deliveries still wait for their commit, often in the same batch."""
+    redelivery = RedeliveryFilter()
+    batch = decoder(redelivery).decode(
+        [
+            message("sensors/h/d/m", b"1", mid=21, session=1),
+            message("sensors/h/d/m", b"2", mid=22, session=1),
+            message("sensors/h/d/m", b"1", mid=21, dup=True, session=2),
+            message("sensors/h/d/m", b"2", mid=22, dup=True, session=2),
+            message("sensors/h/d/m", b"3", mid=22, dup=True, session=2),  # other bytes: kept
+        ]
+    )
+    assert batch.duplicates == 2
+    assert batch.readings.column("value").to_pylist() == [1.0, 2.0, 3.0]
+    rows, _ = redelivery.remember(batch.messages)
+    assert sorted((mid, topic) for mid, topic, _, _ in rows) == [
+        (21, "sensors/h/d/m"),
+        (22, "sensors/h/d/m"),
+        (22, "sensors/h/d/m"),
+    ]
 
 
 def test_same_bytes_under_a_reused_packet_id_are_a_new_reading() -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import yaml
 
-from gateway.buffer.sql import run_query
 from gateway.buffer.store import connect
 from gateway.config import (
     ApiConfig,
@@ -51,7 +50,7 @@ def config_for(broker: Mosquitto, tmp_path: Path, client_id: str = "gw-test") ->
 
 def rows(gw: GatewayThread, sql: str) -> list[dict[str, object]]:
     assert gw.gateway.store is not None
-    return run_query(gw.gateway.store.reader(), sql).to_pylist()  # type: ignore[no-any-return]
+    return gw.gateway.store.query(sql).to_pylist()  # type: ignore[no-any-return]
 
 
 def test_wildcard_routes_decoders_and_quarantine(broker: Mosquitto, tmp_path: Path) -> None:

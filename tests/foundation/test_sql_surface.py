@@ -37,7 +37,7 @@ def store(tmp_path: Path) -> Iterator[BufferStore]:
 )
 def test_statements_that_would_change_anything_are_refused(store: BufferStore, sql: str) -> None:
     with pytest.raises(ReadOnlySqlError):
-        run_query(store.reader(), sql)
+        store.query(sql)
 
 
 @pytest.mark.parametrize(
@@ -51,17 +51,17 @@ def test_statements_that_would_change_anything_are_refused(store: BufferStore, s
 )
 def test_reading_files_is_refused(store: BufferStore, sql: str) -> None:
     with pytest.raises(ReadOnlySqlError, match="disabled by configuration"):
-        run_query(store.reader(), sql)
+        store.query(sql)
 
 
 def test_selects_work_and_respect_the_row_limit(store: BufferStore) -> None:
-    table = run_query(store.reader(), "SELECT range AS n FROM range(100)", row_limit=7)
+    table = store.query("SELECT range AS n FROM range(100)", row_limit=7)
     assert table.num_rows == 7
 
 
 def test_a_syntax_error_names_the_problem(store: BufferStore) -> None:
     with pytest.raises(BufferStoreError, match="syntax error"):
-        run_query(store.reader(), "SELEC 1")
+        store.query("SELEC 1")
 
 
 def test_offline_read_only_connection_cannot_write(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import orjson
 
-from gateway.buffer.sql import run_query
 from gateway.config import ApiConfig, BufferConfig, GatewayConfig, MqttConfig, Subscription
 from gateway.services.mosquitto import Mosquitto
 from gateway.testing import GatewayThread, wait_until
@@ -40,7 +39,7 @@ def gateway_config(broker: Mosquitto, tmp_path: Path) -> GatewayConfig:
 
 def rows(gw: GatewayThread, sql: str) -> list[dict[str, object]]:
     assert gw.gateway.store is not None
-    return run_query(gw.gateway.store.reader(), sql).to_pylist()  # type: ignore[no-any-return]
+    return gw.gateway.store.query(sql).to_pylist()  # type: ignore[no-any-return]
 
 
 def test_formats_tour_is_decoded_with_nothing_quarantined(

@@ -14,7 +14,6 @@ import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.buffer.sql import run_query
 from gateway.config import (
     ApiConfig,
     BufferConfig,
@@ -104,8 +103,7 @@ def test_backfilled_history_is_stored_tagged_and_does_not_fire_live_rules(
             assert wait_until(lambda: len(commands) >= 1)
             assert commands[0] == b"stop at 150"
             assert gw.gateway.store is not None
-            stored = run_query(
-                gw.gateway.store.reader(),
+            stored = gw.gateway.store.query(
                 "SELECT value, tags FROM readings WHERE metric = 'Pressure' ORDER BY id",
             ).to_pylist()
     finally:

@@ -9,7 +9,6 @@ import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.buffer.sql import run_query
 from gateway.config import ApiConfig, BufferConfig, GatewayConfig, MqttConfig, Subscription
 from gateway.ingest import sparkplug as spb
 from gateway.services.mosquitto import Mosquitto
@@ -32,7 +31,7 @@ def gateway_config(broker: Mosquitto, tmp_path: Path) -> GatewayConfig:
 
 def rows(gw: GatewayThread, sql: str) -> list[dict[str, object]]:
     assert gw.gateway.store is not None
-    return run_query(gw.gateway.store.reader(), sql).to_pylist()  # type: ignore[no-any-return]
+    return gw.gateway.store.query(sql).to_pylist()  # type: ignore[no-any-return]
 
 
 def payload(seq: int | None, *metrics: spb.Metric, ts: int = 1_700_000_000_000) -> bytes:

@@ -13,7 +13,6 @@ import paho.mqtt.client as paho
 import pyarrow as pa
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.buffer.sql import run_query
 from gateway.buffer.store import BufferStore
 from gateway.config import (
     ApiConfig,
@@ -121,7 +120,7 @@ def test_motion_after_dark_or_in_low_light_switches_the_hallway_light(
 
             def alerts() -> list[dict[str, Any]]:
                 sql = "SELECT rule_id, device, severity, state FROM alerts ORDER BY id"
-                rows: list[dict[str, Any]] = run_query(store.reader(), sql).to_pylist()
+                rows: list[dict[str, Any]] = store.query(sql).to_pylist()
                 return rows
 
             assert wait_until(lambda: len(alerts()) >= 1)
@@ -164,7 +163,7 @@ def service_for(store: BufferStore, files: list[Path]) -> RulesService:
 
 def stored_alerts(store: BufferStore) -> list[tuple[Any, ...]]:
     sql = "SELECT epoch(alert_time), rule_id, state FROM alerts ORDER BY id"
-    return [tuple(r.values()) for r in run_query(store.reader(), sql).to_pylist()]
+    return [tuple(r.values()) for r in store.query(sql).to_pylist()]
 
 
 def test_restart_mid_for_fires_once_from_saved_state(tmp_path: Path) -> None:

@@ -34,12 +34,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BufferStore]:
 
 
 def fingerprint(store: BufferStore) -> Any:
-    con = store.reader()
-    return con.execute(
-        "SELECT (SELECT count(*) FROM readings), (SELECT sum(hash(r)) FROM readings AS r), "
-        "(SELECT list(name || value ORDER BY name) FROM counters), "
-        "(SELECT count(*) FROM duckdb_databases()), (SELECT count(*) FROM duckdb_tables())"
-    ).fetchall()
+    with store.reading() as con:
+        return con.execute(
+            "SELECT (SELECT count(*) FROM readings), (SELECT sum(hash(r)) FROM readings AS r), "
+            "(SELECT list(name || value ORDER BY name) FROM counters), "
+            "(SELECT count(*) FROM duckdb_databases()), (SELECT count(*) FROM duckdb_tables())"
+        ).fetchall()
 
 
 class _Counting(BaseHTTPRequestHandler):
@@ -99,7 +99,7 @@ def web() -> Iterator[str]:
 def test_dressed_up_writes_and_file_access_are_refused(store: BufferStore, sql: str) -> None:
     before = fingerprint(store)
     with pytest.raises(BufferStoreError):
-        run_query(store.reader(), sql)
+        store.query(sql)
     assert fingerprint(store) == before
 
 
@@ -110,13 +110,12 @@ def test_the_network_is_out_of_reach(store: BufferStore, web: str) -> None:
         f"SELECT * FROM read_text('{web}/x')",
     ):
         with pytest.raises(ReadOnlySqlError):
-            run_query(store.reader(), sql)
+            store.query(sql)
     assert _Counting.hits == 0
 
 
 def test_settings_stay_locked(store: BufferStore) -> None:
-    table = run_query(
-        store.reader(),
+    table = store.query(
         "SELECT name, value FROM duckdb_settings() "
         "WHERE name IN ('enable_external_access', 'lock_configuration') ORDER BY name",
     )
@@ -145,7 +144,7 @@ def test_no_statement_built_from_hostile_words_changes_anything(
     before = fingerprint(store)
     # Refused or not valid SQL: both fine, as long as it says so with a GatewayError.
     with contextlib.suppress(GatewayError):
-        run_query(store.reader(), sql, row_limit=10)
+        store.query(sql, row_limit=10)
     assert fingerprint(store) == before
 
 

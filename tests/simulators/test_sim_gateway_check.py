@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.buffer.sql import run_query
 from gateway.config import (
     ApiConfig,
     BufferConfig,
@@ -50,8 +49,7 @@ def test_demo_home_check_passes_against_the_gateway_and_its_rules(
 
         def latest(device: str) -> object:
             assert gw.gateway.store is not None
-            rows = run_query(
-                gw.gateway.store.reader(),
+            rows = gw.gateway.store.query(
                 f"SELECT text FROM readings WHERE device = '{device}' AND metric = 'state' "
                 "ORDER BY id DESC LIMIT 1",
             ).to_pylist()

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from simhelpers import subscribe_all
 
-from gateway.buffer.sql import run_query
 from gateway.config import ApiConfig, BufferConfig, GatewayConfig, MqttConfig, Subscription
 from gateway.services.mosquitto import Mosquitto
 from gateway.testing import GatewayThread, wait_until
@@ -87,8 +86,7 @@ def test_load_payloads_are_readings_the_gateway_decodes(broker: Mosquitto, tmp_p
             assert run_load(spec).sent == 1000
         assert wait_until(lambda: gw.gateway.stats.messages >= 3000)
         assert gw.gateway.store is not None
-        counts = run_query(
-            gw.gateway.store.reader(),
+        counts = gw.gateway.store.query(
             "SELECT metric, count(*) AS n, min(value) AS low FROM readings GROUP BY metric "
             "ORDER BY metric",
         ).to_pylist()

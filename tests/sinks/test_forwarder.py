@@ -7,12 +7,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import duckdb
 import pyarrow as pa
-import pytest
 from sinkhelpers import RecordingSink, WriterThread, fill, readings
 
-from gateway.buffer.sql import run_query
 from gateway.buffer.store import BufferStore
 from gateway.sinks.base import Attempt, WriteResult
 from gateway.sinks.config import BatchingConfig, RetryConfig
@@ -103,7 +100,7 @@ def test_a_record_refused_for_good_is_isolated_and_dead_lettered(
     f = forwarder(store, on_writer, sink)
     run_until(f, lambda: f.position == 1000)
     assert sink.positions == [p for p in range(1, 1001) if p != 377]
-    dead = run_query(store.reader(), "SELECT sink, position, reason FROM dead_letters").to_pylist()
+    dead = store.query("SELECT sink, position, reason FROM dead_letters").to_pylist()
     assert dead == [{"sink": "memory", "position": 377, "reason": "sink 'memory': schema mismatch"}]
 
 
@@ -152,14 +149,15 @@ def test_retention_keeps_what_the_slowest_sink_has_not_confirmed(
         drop_unsent=False,
     )
     assert result.readings == 400 and result.unsent == 0
-    left = run_query(store.reader(), "SELECT min(id) AS lo, count(*) AS n FROM readings")
+    left = store.query("SELECT min(id) AS lo, count(*) AS n FROM readings")
     assert left.to_pylist() == [{"lo": 401, "n": 600}]
 
 
 def test_a_bandwidth_cap_spaces_the_batches(store: BufferStore, on_writer: WriterThread) -> None:
     fill(store, readings(2000))
     sink = RecordingSink()
-    batch_bytes = rows_after(store.reader(), "readings", 0, None, 200).nbytes
+    with store.reading() as con:
+        batch_bytes = rows_after(con, "readings", 0, None, 200).nbytes
     cap = batch_bytes * 8  # bytes per second: ten batches need at least 9/8 s
     f = Forwarder(
         sink,
@@ -178,27 +176,6 @@ def test_a_bandwidth_cap_spaces_the_batches(store: BufferStore, on_writer: Write
     assert f.stats.sent_bytes / elapsed <= cap * 10 / 9 * 1.01  # never faster than the cap
 
 
-class ReopeningStore:
-    """The buffer as a forwarder sees it; `reopen()` closes every cursor handed out, as the
-    store's reopen after a fatal DuckDB error does (without needing a full disk)."""
-
-    def __init__(self, store: BufferStore, counted: bool) -> None:
-        self.store = store
-        self.counted = counted  # False: the forwarder can only tell by the errors
-        self.reopens = 0
-        self.cursors: list[duckdb.DuckDBPyConnection] = []
-
-    def reader(self) -> duckdb.DuckDBPyConnection:
-        self.cursors.append(self.store.reader())
-        return self.cursors[-1]
-
-    def reopen(self) -> None:
-        for con in self.cursors:
-            con.close()
-        if self.counted:
-            self.reopens += 1
-
-
 class GatedSink(RecordingSink):
     def __init__(self) -> None:
         super().__init__()
@@ -213,18 +190,17 @@ class GatedSink(RecordingSink):
         return await super().write_batch(batch, attempt)
 
 
-@pytest.mark.parametrize("counted", [True, False], ids=["reopen-counted", "errors-only"])
-def test_a_forwarder_takes_fresh_cursors_after_the_buffer_is_reopened(
-    store: BufferStore, on_writer: WriterThread, counted: bool
+def test_a_forwarder_carries_on_across_a_recycle_of_the_database(
+    store: BufferStore, on_writer: WriterThread
 ) -> None:
-    """The cursors die while a batch is on its way; delivery carries on from the same position."""
-    buffer = ReopeningStore(store, counted)
+    """The database is closed and reopened while a batch is on its way; delivery carries on
+    from the same position, and no read ever meets a closed cursor."""
     sink = GatedSink()
     fill(store, readings(300))
     f = Forwarder(
         sink,
         "readings",
-        buffer,
+        store,
         on_writer,
         batching=BatchingConfig(max_rows=1000, max_age=0.01),
         retry=FAST_RETRY,
@@ -250,7 +226,7 @@ def test_a_forwarder_takes_fresh_cursors_after_the_buffer_is_reopened(
             sink.gate.clear()
             await on_writer(fill, store, readings(300, start=300))
             await until(lambda: sink.waiting)  # 301..600 in flight, no cursor in use
-            await on_writer(buffer.reopen)
+            assert await on_writer(store.recycle)
             await on_writer(fill, store, readings(300, start=600))
             sink.gate.set()
             await until(lambda: f.position == 900)
@@ -263,5 +239,5 @@ def test_a_forwarder_takes_fresh_cursors_after_the_buffer_is_reopened(
     fresh = [p for a in sink.attempts if not a.resumed for p in range(a.first, a.last + 1)]
     assert fresh == list(range(1, 901))  # nothing skipped, nothing sent twice as new
     assert store.get_cursor("memory") == 900
-    # Told of the reopen, the forwarder never touches a dead cursor; otherwise the errors tell.
-    assert (f.stats.failures == 0) is counted
+    assert store.recycles == 1
+    assert f.stats.failures == 0

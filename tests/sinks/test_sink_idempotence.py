@@ -29,7 +29,8 @@ from gateway.sinks.snowflake import SnowflakeSink
 
 
 def batch_of(store: BufferStore, first: int, last: int) -> tuple[Attempt, pa.Table]:
-    table = rows_after(store.reader(), "readings", first - 1, last, last - first + 1)
+    with store.reading() as con:
+        table = rows_after(con, "readings", first - 1, last, last - first + 1)
     return Attempt("readings", first, last, int(time.time() * 1000)), table
 
 

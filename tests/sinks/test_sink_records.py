@@ -20,7 +20,6 @@ from sinkhelpers import (
     snowflake_rows,
 )
 
-from gateway.buffer.sql import run_query
 from gateway.buffer.store import BufferStore
 from gateway.services.fakesnow import FakeSnow
 from gateway.services.tansu import Tansu
@@ -163,8 +162,7 @@ def test_records_refused_for_good_land_in_the_dead_letter_table_and_the_rest_goe
     snow = snowflake_config(fakesnow, max_record_bytes=10_000, streams=["readings"])
     ship(Shipping([kafka, snow], "gw1", store, on_writer, lambda: store.next_reading_id - 1), store)
 
-    dead = run_query(
-        store.reader(),
+    dead = store.query(
         "SELECT sink, position, event_id, reason, record FROM dead_letters ORDER BY sink",
     ).to_pylist()
     assert [(d["sink"], d["position"]) for d in dead] == sorted(
@@ -197,7 +195,7 @@ def test_a_row_snowflake_refuses_is_found_by_splitting_and_dead_lettered(
     fill(store, readings(39, start=61))
     ship(Shipping([snow], "gw1", store, on_writer, lambda: store.next_reading_id - 1), store)
 
-    dead = run_query(store.reader(), "SELECT position, reason FROM dead_letters").to_pylist()
+    dead = store.query("SELECT position, reason FROM dead_letters").to_pylist()
     assert len(dead) == 1 and dead[0]["position"] == 61
     assert "COPY refused the rows" in dead[0]["reason"]
     assert snowflake_rows(fakesnow, snow, "SELECT count(*), max(value) FROM readings") == [
