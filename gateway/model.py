@@ -79,6 +79,7 @@ class IngestBatch:
     messages: list[RawMessage] = field(default_factory=list)
     duplicates: int = 0  # redeliveries recognised and not stored again
     number: int = 0  # the batch's number in the redelivery bookkeeping (set before commit)
+    retained: list[int] = field(default_factory=list)  # rows from retained messages (known state)
 
     @property
     def reading_count(self) -> int:

@@ -32,6 +32,7 @@ TABLES = (
     "sink_cursors",
     "state",
     "mqtt_inflight",
+    "retained_readings",
     "counters",
     "dead_letters",
 )

@@ -56,6 +56,10 @@ DDL = [
         topic VARCHAR NOT NULL,
         digest BIGINT NOT NULL,
         batch BIGINT NOT NULL)""",
+    # Readings decoded from retained messages: the broker's stored state, delivered on
+    # subscribing. Rules take them as known state, not news, live and in backtests alike.
+    """CREATE TABLE IF NOT EXISTS retained_readings (
+        id BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS counters (
         name VARCHAR PRIMARY KEY,
         value BIGINT NOT NULL)""",

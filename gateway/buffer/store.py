@@ -334,6 +334,13 @@ class BufferStore:
                 con.register("_batch_readings", readings)
                 con.execute("INSERT INTO readings SELECT * FROM _batch_readings")
                 con.unregister("_batch_readings")
+            if batch.retained:
+                retained = pa.table(
+                    {"id": pa.array([first + i for i in batch.retained], pa.int64())}
+                )
+                con.register("_batch_retained", retained)
+                con.execute("INSERT INTO retained_readings SELECT id FROM _batch_retained")
+                con.unregister("_batch_retained")
             if q.num_rows:
                 con.register("_batch_quarantine", q)
                 con.execute("INSERT INTO quarantine SELECT * FROM _batch_quarantine")
@@ -575,6 +582,12 @@ class BufferStore:
             quarantine += q
             unsent += unsent_now
             con.execute("CHECKPOINT")
+        if purged:
+            con.execute(
+                "DELETE FROM retained_readings "
+                "WHERE id < (SELECT coalesce(min(id), ?) FROM readings)",
+                [self._next_reading_id],
+            )
         if purged or quarantine:
             self._add_counters(purged_readings_total=purged, purged_quarantine_total=quarantine)
             logger.info(

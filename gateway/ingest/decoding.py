@@ -55,6 +55,7 @@ class BatchDecoder:
         topic: list[str] = []
         tags: list[str | None] = []
         quarantined: list[tuple[RawMessage, str]] = []
+        retained: list[int] = []
         duplicates = 0
         kept: list[RawMessage] = []
         route = self._router.route
@@ -88,6 +89,8 @@ class BatchDecoder:
             except (UnicodeDecodeError, RecursionError, ValueError) as exc:
                 quarantined.append((msg, f"{match.decoder} decoder: {type(exc).__name__}: {exc}"))
                 continue
+            if msg.retain:
+                retained.extend(range(len(device), len(device) + len(decoded)))
             if plain is None:  # stateful readings may name their own device and tags
                 for d in decoded:
                     own = d if isinstance(d, TaggedDecoded) else None
@@ -130,6 +133,7 @@ class BatchDecoder:
             quarantine=quarantine_table(quarantined, self._max_payload),
             messages=kept,
             duplicates=duplicates,
+            retained=retained,
         )
 
 

@@ -22,6 +22,32 @@ PAGE = 10_000
 FetchPage = Callable[[int, int], pa.Table]
 """(after id, page size) -> readings with id > after, ordered by id."""
 
+# Readings with a `retained` flag: those decoded from retained messages prime the rules (known
+# state, not news), in a backtest or a restart's replay just as when they arrived.
+HISTORY_SELECT = (
+    "SELECT r.*, r.id IN (SELECT id FROM retained_readings) AS retained FROM readings AS r"
+)
+
+
+def history_sql(after: int, page: int, since: float | None = None) -> str:
+    """Readings with id > after (and event time >= since), in arrival order, flagged."""
+    period = f" AND r.event_time >= to_timestamp({float(since)!r})" if since is not None else ""
+    return f"{HISTORY_SELECT} WHERE r.id > {int(after)}{period} ORDER BY r.id LIMIT {int(page)}"
+
+
+def primed_runs(table: pa.Table) -> Iterator[tuple[pa.Table, bool]]:
+    """A page of history as runs of retained readings (prime=True) and the rest, in order."""
+    if "retained" not in table.column_names:
+        yield table, False
+        return
+    flags = [bool(f) for f in table.column("retained").to_pylist()]
+    table = table.drop_columns(["retained"])
+    start = 0
+    for end in range(1, len(flags) + 1):
+        if end == len(flags) or flags[end] != flags[start]:
+            yield table.slice(start, end - start), flags[start]
+            start = end
+
 
 def history_pages(fetch: FetchPage, page: int = PAGE) -> Iterator[pa.Table]:
     last = 0
@@ -39,7 +65,8 @@ def run_backtest(engine: RuleEngine, pages: Iterator[pa.Table], end: float) -> l
     """Feed history page by page (as the live gateway would have), then advance to `end`."""
     outputs: list[Output] = []
     for table in pages:
-        outputs.extend(engine.process(table))
+        for run, prime in primed_runs(table):
+            outputs.extend(engine.process(run, prime=prime))
     outputs.extend(engine.tick(end))
     return outputs
 

@@ -94,7 +94,7 @@ def backtest(
     from gateway.errors import GatewayError
     from gateway.output import render
     from gateway.progress import progress_bar
-    from gateway.rules.backtest import history_pages, outputs_table, run_backtest
+    from gateway.rules.backtest import history_pages, history_sql, outputs_table, run_backtest
     from gateway.rules.service import build_engine
     from gateway.sqlclient import query
     from gateway.units import parse_duration
@@ -115,11 +115,7 @@ def backtest(
         path = buffer if buffer is not None else Path(cfg.buffer.path)
 
         def fetch(after: int, page: int) -> pa.Table:
-            sql = (
-                f"SELECT * FROM readings WHERE id > {int(after)} "
-                f"AND event_time >= to_timestamp({cutoff!r}) ORDER BY id LIMIT {int(page)}"
-            )
-            return query(path, sql, token=token, limit=page)
+            return query(path, history_sql(after, page, cutoff), token=token, limit=page)
 
         total = query(
             path,

@@ -26,6 +26,7 @@ from gateway.errors import BufferStoreError, RuleError
 from gateway.model import IngestBatch, RawMessage
 from gateway.rules import state
 from gateway.rules.actions import AlertChange, Output
+from gateway.rules.backtest import primed_runs
 from gateway.rules.engine import RuleEngine
 from gateway.rules.executor import ActionExecutor, Publish
 from gateway.rules.schema import load_rule_files
@@ -155,7 +156,9 @@ class RulesService:
             if table.num_rows == 0:
                 break
             replayed += table.num_rows
-            outputs = engine.process(table)
+            outputs = [
+                o for run, prime in primed_runs(table) for o in engine.process(run, prime=prime)
+            ]
             missing = [
                 o
                 for o in outputs

@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from gateway.model import UTC_MICROS
 from gateway.rules.actions import AlertChange
+from gateway.rules.backtest import history_sql
 
 STATE_OWNER = "rules"
 STATE_KEY = "engine"
@@ -106,10 +107,7 @@ def alerts_after(store: StateStore, after_id: int) -> set[AlertKey]:
 
 
 def readings_after(store: StateStore, after_id: int, limit: int) -> pa.Table:
-    """Committed readings with id > after_id, in commit order (what a restart replays)."""
+    """Committed readings with id > after_id, in commit order (what a restart replays), with
+    their `retained` flag."""
     with store.reading() as con:
-        relation = con.sql(
-            "SELECT * FROM readings WHERE id > $after ORDER BY id LIMIT $limit",
-            params={"after": after_id, "limit": limit},
-        )
-        return relation.to_arrow_table()
+        return con.sql(history_sql(after_id, limit)).to_arrow_table()

@@ -140,6 +140,29 @@ def test_a_redelivery_in_the_same_batch_as_its_first_delivery_is_recognised() ->
     ]
 
 
+def test_readings_from_retained_messages_are_marked_until_retention_purges_them(
+    tmp_path: Path,
+) -> None:
+    store = BufferStore(tmp_path / "b.duckdb")
+    now = time.time()
+    retained = RawMessage("sensors/h/d/m", b"5", 1, 1, False, True, now - 86400 * 10, 1)
+    old = decoder().decode([message("sensors/h/d/m", b"4", at=now - 86400 * 10), retained])
+    assert old.retained == [1]
+    store.append(old, [])
+    new = decoder().decode(
+        [
+            message("sensors/h/d/m", b"6", at=now),
+            RawMessage("sensors/h/d/m", b"7", 1, 2, False, True, now, 1),
+        ]
+    )
+    store.append(new, [])
+    marked = "SELECT id FROM retained_readings ORDER BY id"
+    assert store.query(marked)["id"].to_pylist() == [2, 4]
+    store.purge(now=now, max_age=86400, max_bytes=10**12, protected_after=None, drop_unsent=False)
+    assert store.query(marked)["id"].to_pylist() == [4]
+    store.close()
+
+
 def test_same_bytes_under_a_reused_packet_id_are_a_new_reading() -> None:
     redelivery = RedeliveryFilter()
     decode = decoder(redelivery).decode
