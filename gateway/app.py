@@ -89,6 +89,7 @@ class Gateway:
         self.ingest: MqttIngest | None = None
         self.api_address: tuple[str, int] | None = None
         self.listeners: list[BatchListener] = []
+        self.before_commit: list[Callable[[], None]] = []  # on the event loop, before each commit
         self.background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
         self.shipping: Any = None  # gateway.sinks.shipping.Shipping when sinks are configured
         self.rules: Any = None  # gateway.rules.service.RulesService when rule files are configured
@@ -150,6 +151,7 @@ class Gateway:
                 await self.rules.start()
                 self.rules.executor.observers.append(self.telemetry.observe_rule_outputs)
                 ingest.on_receive = self.rules.receive
+                self.before_commit.append(self.rules.evaluate_received)
                 self.background.append(self.rules.run)
             self.listeners.append(self.telemetry.on_commit)
             ingest.start()
@@ -227,6 +229,8 @@ class Gateway:
                 if stopping and ingest.pending() == 0:
                     return
                 continue
+            for hook in self.before_commit:
+                hook()
             batch, committed = await self.on_writer(commit, messages)
             if not stopping:
                 ingest.ack(messages, batch.number)

@@ -144,7 +144,7 @@ class RulesService:
     async def _replay(self, engine: RuleEngine, after_alert_id: int) -> None:
         """Feed readings committed after the snapshot (the gateway stopped without saving).
 
-        Their commands, webhooks and logs ran when they arrived and are not repeated; alert
+        Their commands, webhooks and logs ran before their commit and are not repeated; alert
         transitions missing from the alerts table are written now, present ones are not."""
         store = self._store
         written = await self._on_writer(state.alerts_after, store, after_alert_id)
@@ -183,9 +183,12 @@ class RulesService:
             self._inbox.append(message)
             first = len(self._inbox) == 1
         if first and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._drain)
+            self._loop.call_soon_threadsafe(self.evaluate_received)
 
-    def _drain(self) -> None:
+    def evaluate_received(self) -> None:
+        """Evaluate every message received so far (event loop). Scheduled on arrival, and called
+        by the ingest before each commit: a committed reading has always been evaluated and its
+        commands handed to the MQTT client, so a restart's replay never owes one."""
         with self._inbox_lock:
             messages, self._inbox = self._inbox, []
         engine = self.engine

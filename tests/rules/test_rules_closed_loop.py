@@ -397,3 +397,62 @@ rules: {{files: [{rule_file}], reload: false}}
         pub.loop_stop()
         pub.disconnect()
         listener.close()
+
+
+ALARM_RULE = """
+rules:
+  - id: boiler-hot
+    select: {device: boiler, metric: temperature}
+    trigger: {type: threshold, above: 50}
+    actions:
+      - mqtt: {topic: "commands/home/{device}/alarm", payload: "{value}"}
+"""
+
+
+def test_every_reading_is_evaluated_before_its_commit(broker: Mosquitto, tmp_path: Path) -> None:
+    """A crash right after a commit must not leave a committed reading whose commands were never
+    sent (a restart's replay does not send them). The rules are normally scheduled as messages
+    arrive; here that scheduling is cut off, so only the ingest's call before each commit drives
+    them, and every commit finds its readings evaluated."""
+    rule_file = tmp_path / "boiler.yaml"
+    rule_file.write_text(ALARM_RULE)
+    config = GatewayConfig(
+        mqtt=MqttConfig(
+            host=broker.host,
+            port=broker.port,
+            client_id="gw-rules-before-commit",
+            subscriptions=[Subscription(topic="sensors/#", qos=1)],
+        ),
+        buffer=BufferConfig(path=tmp_path / "buffer.duckdb"),
+        api=ApiConfig(enabled=False),
+        rules=RulesConfig(files=[rule_file]),
+    )
+    listener = Listener(broker, "commands/home/#")
+    pub = publisher(broker.host, broker.port)
+    try:
+        with GatewayThread(config) as gw:
+            service = gw.gateway.rules
+            assert service is not None and service.engine is not None
+            service._loop = None  # no evaluation scheduled on arrival
+            evaluated_at_commit: list[tuple[int, int]] = []
+            committed = 0
+
+            async def check(readings: pa.Table) -> None:
+                nonlocal committed
+                committed += readings.num_rows
+                evaluated_at_commit.append((service.engine.stats.readings, committed))
+
+            gw.gateway.listeners.insert(0, check)
+            values = [60, 40] * 10  # ten crossings above 50
+            for value in values:
+                info = pub.publish("sensors/home/boiler/temperature", str(value), qos=1)
+                info.wait_for_publish(5)
+            assert wait_until(lambda: gw.committed_readings() >= len(values))
+            assert wait_until(lambda: len(listener.received()) >= 10)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        listener.close()
+    assert [payload for _, payload in listener.received()] == [b"60"] * 10
+    assert evaluated_at_commit
+    assert all(evaluated >= done for evaluated, done in evaluated_at_commit)
