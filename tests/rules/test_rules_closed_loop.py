@@ -40,6 +40,28 @@ def noon_now() -> LocationConfig:
     return LocationConfig(latitude=0.0, longitude=round(longitude, 3), timezone="UTC")
 
 
+def rules_gateway(
+    broker: Mosquitto,
+    tmp_path: Path,
+    client_id: str,
+    files: list[Path],
+    location: LocationConfig | None = None,
+) -> GatewayConfig:
+    """A gateway on the test broker with these rule files, its buffer in tmp_path, no API."""
+    return GatewayConfig(
+        mqtt=MqttConfig(
+            host=broker.host,
+            port=broker.port,
+            client_id=client_id,
+            subscriptions=[Subscription(topic="sensors/#", qos=1)],
+        ),
+        buffer=BufferConfig(path=tmp_path / "buffer.duckdb"),
+        api=ApiConfig(enabled=False),
+        rules=RulesConfig(files=files),
+        location=location or LocationConfig(),
+    )
+
+
 class Listener:
     """A subscriber that records what arrives on a topic filter."""
 
@@ -71,16 +93,11 @@ class Listener:
 def test_motion_after_dark_or_in_low_light_switches_the_hallway_light(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
-    config = GatewayConfig(
-        mqtt=MqttConfig(
-            host=broker.host,
-            port=broker.port,
-            client_id="gw-rules",
-            subscriptions=[Subscription(topic="sensors/#", qos=1)],
-        ),
-        buffer=BufferConfig(path=tmp_path / "buffer.duckdb"),
-        api=ApiConfig(enabled=False),
-        rules=RulesConfig(files=[RULES_DIR / "smart-home.yaml", RULES_DIR / "thresholds.yaml"]),
+    config = rules_gateway(
+        broker,
+        tmp_path,
+        "gw-rules",
+        [RULES_DIR / "smart-home.yaml", RULES_DIR / "thresholds.yaml"],
         location=noon_now(),
     )
     listener = Listener(broker, "commands/home/#")
@@ -416,17 +433,7 @@ def test_every_reading_is_evaluated_before_its_commit(broker: Mosquitto, tmp_pat
     them, and every commit finds its readings evaluated."""
     rule_file = tmp_path / "boiler.yaml"
     rule_file.write_text(ALARM_RULE)
-    config = GatewayConfig(
-        mqtt=MqttConfig(
-            host=broker.host,
-            port=broker.port,
-            client_id="gw-rules-before-commit",
-            subscriptions=[Subscription(topic="sensors/#", qos=1)],
-        ),
-        buffer=BufferConfig(path=tmp_path / "buffer.duckdb"),
-        api=ApiConfig(enabled=False),
-        rules=RulesConfig(files=[rule_file]),
-    )
+    config = rules_gateway(broker, tmp_path, "gw-rules-before-commit", [rule_file])
     listener = Listener(broker, "commands/home/#")
     pub = publisher(broker.host, broker.port)
     try:
