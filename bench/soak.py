@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -249,6 +250,15 @@ def shipped_position(buffer: Path) -> tuple[int, int]:
     return int(row["head"]), int(row["pos"])
 
 
+WINDOW = 5  # samples per median at either end of the memory comparison
+
+
+def start_and_end(samples: list[tuple[float, float]]) -> tuple[float, float]:
+    """Medians of the first WINDOW samples from one minute in, and of the last WINDOW."""
+    warm = [mb for t, mb in samples if t >= samples[0][0] + 60] or [mb for _, mb in samples]
+    return statistics.median(warm[:WINDOW]), statistics.median(warm[-WINDOW:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -394,9 +404,12 @@ def main() -> None:
     buffer_lost = len(acked - set(in_buffer))
     buffer_doubled = sum(n - 1 for n in in_buffer.values() if n > 1)
     # Memory is compared from one minute into the last gateway process's life (imports and
-    # first batches warm up before that) to its end.
-    warm = [rss for t, rss in samples if t >= samples[0][0] + 60] if samples else []
-    rss_start = warm[0] if warm else (samples[0][1] if samples else rss_end)
+    # first batches warm up before that) to its end, each as the median of WINDOW samples: RSS
+    # saws up and down by several percent between the buffer's recycles, outages and restarts.
+    samples.append((time.monotonic() - started, rss_end))
+    anon.append((time.monotonic() - started, anon_end))
+    rss_start, rss_end = start_and_end(samples)
+    anon_start, anon_end = start_and_end(anon)
     print(f"caught up: {caught_up}; readings acknowledged by the broker: {len(acked)}")
     print(f"buffer: lost={buffer_lost} doubled={buffer_doubled}")
     print(f"kafka: lost={lost} doubled={doubled} offset_gaps={offset_gaps}")
@@ -407,10 +420,8 @@ def main() -> None:
         f"uplink outages={outages}"
     )
     growth = (rss_end - rss_start) / rss_start * 100 if rss_start else 0.0
-    warm_anon = [mb for t, mb in anon if t >= anon[0][0] + 60] if anon else []
-    anon_start = warm_anon[0] if warm_anon else anon_end
     print(
-        f"rss growth over the last process: {growth:.1f}% "
+        f"rss growth over the last process (medians of {WINDOW} samples): {growth:.1f}% "
         f"(anonymous memory {anon_start:.0f} -> {anon_end:.0f} MB)"
     )
     print(
