@@ -8,8 +8,6 @@ commit, and which the writer's periodic recycle of the database waits for.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import json
 import logging
 import secrets
@@ -118,22 +116,6 @@ def _connect_once(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         ) from None
 
 
-def _trim_heap() -> None:
-    """Hand free heap pages back to the system (glibc). What the closed database freed sits in
-    the malloc arenas of the threads that used it; without a trim much of it stays resident."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
 class BufferStore:
     """The writable buffer. Not thread-safe for writes: one thread owns it."""
 
@@ -232,7 +214,6 @@ class BufferStore:
                 return False
             self._reopen()
         self.recycles += 1
-        _trim_heap()
         return True
 
     def _reopen(self) -> None:
