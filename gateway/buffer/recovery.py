@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from gateway.buffer.schema import COUNTERS
+from gateway.buffer.schema import ADDED_LATER, COUNTERS
 from gateway.buffer.store import BufferStore, connect
 from gateway.errors import BufferStoreError
 
@@ -86,7 +86,11 @@ def check_buffer(path: Path) -> CheckReport:
         report.problems["file"] = str(exc)
         return report
     try:
+        not_yet = _not_yet_created(con)
         for table in TABLES:
+            if table in not_yet:
+                report.rows[table] = 0
+                continue
             try:
                 # Hashing every column forces every block to be read and its checksum checked.
                 row = con.execute(f"SELECT count(*), sum(hash(COLUMNS(*))) FROM {table}").fetchone()
@@ -96,6 +100,18 @@ def check_buffer(path: Path) -> CheckReport:
     finally:
         con.close()
     return report
+
+
+def _not_yet_created(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Tables a file written before they existed lacks: not damage, the next start adds them."""
+    try:
+        present = {
+            str(name)
+            for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        }
+    except duckdb.Error:
+        return set()
+    return set(ADDED_LATER - present)
 
 
 def _fetch(
@@ -180,8 +196,9 @@ def recover_buffer(path: Path, now: float | None = None) -> RecoverReport:
                 totals = {str(r["name"]): int(r["value"]) for r in counters}
             except duckdb.Error:
                 report.unreadable.append("counters")
+            not_yet = _not_yet_created(old)
             for table in TABLES:
-                if table == "counters":
+                if table == "counters" or table in not_yet:
                     continue
                 try:
                     tables[table] = _read_table(old, table)

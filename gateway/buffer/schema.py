@@ -74,6 +74,10 @@ DDL = [
         record VARCHAR NOT NULL)""",
 ]
 
+# Tables a buffer file written before they existed lacks until the gateway's next start creates
+# them (CREATE TABLE IF NOT EXISTS); reading such a file treats them as empty.
+ADDED_LATER = frozenset({"retained_readings"})
+
 COUNTERS = (
     "readings_total",
     "quarantined_total",

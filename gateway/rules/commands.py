@@ -94,7 +94,13 @@ def backtest(
     from gateway.errors import GatewayError
     from gateway.output import render
     from gateway.progress import progress_bar
-    from gateway.rules.backtest import history_pages, history_sql, outputs_table, run_backtest
+    from gateway.rules.backtest import (
+        HAS_RETAINED_SQL,
+        history_pages,
+        history_sql,
+        outputs_table,
+        run_backtest,
+    )
     from gateway.rules.service import build_engine
     from gateway.sqlclient import query
     from gateway.units import parse_duration
@@ -113,9 +119,10 @@ def backtest(
         cfg = _config(config)
         engine = build_engine(files, cfg.rules, cfg.location)
         path = buffer if buffer is not None else Path(cfg.buffer.path)
+        flagged = int(query(path, HAS_RETAINED_SQL, token=token)["n"][0].as_py()) > 0
 
         def fetch(after: int, page: int) -> pa.Table:
-            return query(path, history_sql(after, page, cutoff), token=token, limit=page)
+            return query(path, history_sql(after, page, cutoff, flagged), token=token, limit=page)
 
         total = query(
             path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from gateway.buffer.store import BufferStore
+from gateway.buffer.store import BufferStore, connect
 from gateway.config import RouteConfig
 from gateway.ingest.decoding import BatchDecoder
 from gateway.ingest.redelivery import RedeliveryFilter
@@ -98,3 +99,37 @@ def test_bad_format_is_refused(tmp_path: Path) -> None:
     result = cli("sql", "--buffer", str(path), "--format", "xml", "SELECT 1")
     assert result.returncode == 2
     assert "--format must be table, csv or json" in result.stderr
+
+
+def test_a_buffer_file_from_before_retained_readings_is_not_damaged(tmp_path: Path) -> None:
+    """A file written before the `retained_readings` table existed: `buffer check` and `rules
+    test` read it as it is (nothing retained), `buffer recover` keeps every reading, and the
+    next open adds the table."""
+    buffer = filled_buffer(tmp_path / "buffer.duckdb", 20)
+    con = connect(buffer, read_only=False)
+    con.execute("DROP TABLE retained_readings")
+    con.close()
+    rule = tmp_path / "rule.yaml"
+    rule.write_text(
+        "rules:\n  - id: hot\n    select: {metric: t}\n    trigger: {type: threshold, above: 18}\n"
+        "    actions:\n      - alert: {severity: warning, message: hot}\n"
+    )
+
+    check = cli("buffer", "check", "-b", str(buffer))
+    assert check.returncode == 0, check.stderr
+    assert "retained_readings 0" in check.stdout
+    backtest = cli(
+        "rules", "test", str(rule), "--since", "1h", "-b", str(buffer), "--format", "json"
+    )
+    assert backtest.returncode == 0, backtest.stderr
+    assert [row["device"] for row in json.loads(backtest.stdout)] == ["d1"]  # value 19
+
+    recovered = cli("buffer", "recover", "-b", str(buffer))
+    assert recovered.returncode == 0, recovered.stderr
+    BufferStore(buffer).close()  # the next open creates the table
+    con = connect(buffer, read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM readings").fetchone() == (20,)
+        assert con.execute("SELECT count(*) FROM retained_readings").fetchone() == (0,)
+    finally:
+        con.close()
