@@ -28,6 +28,7 @@ from gateway.api.telemetry import Telemetry
 from gateway.buffer.store import BufferStore
 from gateway.config import GatewayConfig
 from gateway.errors import BufferStoreError
+from gateway.heap import return_freed_memory
 from gateway.ingest.decoding import BatchDecoder
 from gateway.ingest.mqtt import MqttIngest
 from gateway.ingest.redelivery import RedeliveryFilter
@@ -104,6 +105,7 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
+        return_freed_memory()
         store = await self.on_writer(BufferStore, cfg.buffer.path)
         self.store = store
         redelivery = RedeliveryFilter(await self.on_writer(store.inflight_entries))
