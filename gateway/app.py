@@ -204,7 +204,7 @@ class Gateway:
 
         def commit(messages: list[Any]) -> tuple[IngestBatch, pa.Table]:
             batch = decoder.decode(messages)
-            redelivery.confirm(ingest.acks_confirmed_upto)
+            redelivery.confirm(ingest.acks_confirmed())
             rows, number = redelivery.remember(batch.messages)
             batch.number = number
             delay = 0.1

@@ -7,6 +7,7 @@ The broker keeps unacked QoS 1/2 messages, so a crash between receive and commit
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import random
@@ -130,7 +131,10 @@ class MqttIngest:
         self._barrier_topic = "$edge-gateway/ack-barrier/" + "".join(
             c if c not in "/+#" else "_" for c in config.client_id
         )
-        self.acks_confirmed_upto = 0
+        # (batch, messages received before its barrier's PUBACK), oldest first; see acks_confirmed.
+        self._confirmations: collections.deque[tuple[int, int]] = collections.deque()
+        self._acks_confirmed_upto = 0
+        self.taken = 0  # messages handed to the writer
         self._closing = False
         self.connected = threading.Event()
         self.received = 0
@@ -317,6 +321,7 @@ class MqttIngest:
                     return []
             taken = self._pending[:max_count]
             self._pending = self._pending[max_count:] if len(self._pending) > max_count else []
+            self.taken += len(taken)
             self._cond.notify_all()
             return taken
 
@@ -329,7 +334,7 @@ class MqttIngest:
 
         The barrier is a QoS 1 publish to a `$`-topic (which `#` subscriptions never match) on
         the same connection: its PUBACK proves the broker received the acks sent before it, and
-        `acks_confirmed_upto` then moves to this batch (see gateway/ingest/redelivery.py).
+        `acks_confirmed()` then moves to this batch (see gateway/ingest/redelivery.py).
         """
         qos1 = [m.mid for m in messages if m.qos == 1]
         if qos1:
@@ -355,10 +360,27 @@ class MqttIngest:
     ) -> None:
         with self._barrier_lock:
             barrier = self._barriers.pop(mid, None)
-        # Only a PUBACK on the connection that carried our acks proves they arrived; paho
-        # resends an unconfirmed barrier after a reconnect, and that PUBACK proves nothing.
-        if barrier is not None and barrier[1] == self.connects:
-            self.acks_confirmed_upto = max(self.acks_confirmed_upto, barrier[0])
+            # Only a PUBACK on the connection that carried our acks proves they arrived; paho
+            # resends an unconfirmed barrier after a reconnect, and that PUBACK proves nothing.
+            if barrier is not None and barrier[1] == self.connects:
+                # `received` counts on this thread, so it covers every message that came before
+                # this PUBACK in the stream: among them any redelivery the broker sent before
+                # it read our acks.
+                self._confirmations.append((barrier[0], self.received))
+
+    def acks_confirmed(self) -> int:
+        """The last batch whose acks the broker has confirmed, as far as the writer may act on it.
+
+        A confirmation counts only once the writer has taken every message received before it.
+        Until then a redelivery of that batch, sent by the broker before our acks reached it,
+        may still wait in the pending list, and its entry must stay to recognise it.
+        """
+        with self._barrier_lock:
+            confirmations = self._confirmations
+            while confirmations and confirmations[0][1] <= self.taken:
+                batch, _ = confirmations.popleft()
+                self._acks_confirmed_upto = max(self._acks_confirmed_upto, batch)
+            return self._acks_confirmed_upto
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> None:
         """Publish a command or event (rules' actions); queued by paho while disconnected."""

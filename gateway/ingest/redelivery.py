@@ -9,7 +9,9 @@ batch, the ingest publishes a QoS 1 "ack barrier" on the same connection, and th
 for it means every packet sent before it (our acks) arrived, since MQTT runs over one ordered
 TCP stream. Until then — through a dropped connection, a broker restart or a crash — the entry
 stays, and the redelivery is recognised. Once confirmed, the entry goes, so a packet id the broker
-reuses later for a new message with the same bytes is a new reading. A fresh (non-DUP) delivery
+reuses later for a new message with the same bytes is a new reading. A confirmation counts only
+once every message received before it has been through the filter (`MqttIngest.acks_confirmed`):
+redeliveries the broker sent before it read our acks are among those. A fresh (non-DUP) delivery
 under a packet id also proves the previous message under it was acked.
 
 Entries are committed with each batch (and deleted once confirmed, in a later commit), so they

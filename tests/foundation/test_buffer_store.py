@@ -8,15 +8,19 @@ import time
 from pathlib import Path
 
 import duckdb
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.buffer.store import BufferStore
-from gateway.config import RouteConfig
+from gateway.config import MqttConfig, RouteConfig
 from gateway.errors import BufferStoreError
 from gateway.ingest.decoding import BatchDecoder
+from gateway.ingest.mqtt import MqttIngest
 from gateway.ingest.redelivery import RedeliveryFilter
 from gateway.ingest.routing import TopicRouter
-from gateway.model import RawMessage
+from gateway.model import IngestBatch, RawMessage
 
 
 def message(
@@ -187,6 +191,42 @@ def test_redelivery_entries_go_once_the_broker_confirmed_the_acks() -> None:
     assert decode([message("sensors/h/d/m", b"x", mid=9, dup=True)]).readings.num_rows == 1
     assert decode([message("sensors/h/d/m", b"y", mid=10, dup=True)]).duplicates == 1
     assert second == first + 1
+
+
+def test_a_redelivery_still_waiting_when_the_acks_are_confirmed_is_recognised() -> None:
+    """Right after a reconnect the broker resends what it has not seen acked; our acks and the
+    barrier behind them reach it after that. So the barrier's PUBACK can arrive while those
+    redeliveries still wait in the pending list behind a full batch: their entries must stay
+    until the writer has taken them. Drives the ingest's paho callbacks by hand, in the order
+    the network thread would call them."""
+    ingest = MqttIngest(
+        MqttConfig(host="127.0.0.1", port=1883, client_id="gw"), max_pending=100, wake_at=100
+    )
+    redelivery = RedeliveryFilter()
+    decode = decoder(redelivery).decode
+
+    def deliver(mid: int, payload: bytes, dup: bool = False) -> None:
+        msg = paho.MQTTMessage(mid, b"sensors/h/d/m")
+        msg.payload, msg.qos, msg.dup = payload, 1, dup
+        ingest._on_message(ingest._client, None, msg)
+
+    def commit() -> IngestBatch:  # one batch of the gateway's ingest loop
+        messages = ingest.take(1, 0.0)
+        batch = decode(messages)
+        redelivery.confirm(ingest.acks_confirmed())
+        _, batch.number = redelivery.remember(batch.messages)
+        ingest.ack(messages, batch.number)
+        return batch
+
+    deliver(5, b"1")
+    assert commit().readings.num_rows == 1  # committed, acked, its barrier sent
+    deliver(6, b"2")
+    deliver(5, b"1", dup=True)  # sent by the broker before it read our ack for packet 5
+    (barrier,) = ingest._barriers
+    ingest._on_publish(ingest._client, None, barrier, ReasonCode(PacketTypes.PUBACK), None)
+    assert commit().readings.column("value").to_pylist() == [2.0]
+    assert commit().duplicates == 1
+    assert ingest.acks_confirmed() == 1  # every message received before the PUBACK is taken
 
 
 def test_retention_purges_old_sent_readings_and_keeps_unsent(tmp_path: Path) -> None:
