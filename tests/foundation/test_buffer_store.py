@@ -11,6 +11,7 @@ import duckdb
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.buffer.store import BufferStore
@@ -223,7 +224,8 @@ def test_a_redelivery_still_waiting_when_the_acks_are_confirmed_is_recognised() 
     deliver(6, b"2")
     deliver(5, b"1", dup=True)  # sent by the broker before it read our ack for packet 5
     (barrier,) = ingest._barriers
-    ingest._on_publish(ingest._client, None, barrier, ReasonCode(PacketTypes.PUBACK), None)
+    puback = PacketTypes.PUBACK
+    ingest._on_publish(ingest._client, None, barrier, ReasonCode(puback), Properties(puback))  # type: ignore[no-untyped-call]
     assert commit().readings.column("value").to_pylist() == [2.0]
     assert commit().duplicates == 1
     assert ingest.acks_confirmed() == 1  # every message received before the PUBACK is taken
