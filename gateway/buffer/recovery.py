@@ -102,7 +102,7 @@ def check_buffer(path: Path) -> CheckReport:
     return report
 
 
-def _not_yet_created(con: duckdb.DuckDBPyConnection) -> set[str]:
+def _not_yet_created(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
     """Tables a file written before they existed lacks: not damage, the next start adds them."""
     try:
         present = {
@@ -110,8 +110,8 @@ def _not_yet_created(con: duckdb.DuckDBPyConnection) -> set[str]:
             for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
         }
     except duckdb.Error:
-        return set()
-    return set(ADDED_LATER - present)
+        return frozenset()
+    return ADDED_LATER - present
 
 
 def _fetch(

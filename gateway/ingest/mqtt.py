@@ -134,7 +134,7 @@ class MqttIngest:
         # (batch, messages received before its barrier's PUBACK), oldest first; see acks_confirmed.
         self._confirmations: collections.deque[tuple[int, int]] = collections.deque()
         self._acks_confirmed_upto = 0
-        self.taken = 0  # messages handed to the writer
+        self._taken = 0  # messages handed to the writer
         self._closing = False
         self.connected = threading.Event()
         self.received = 0
@@ -321,7 +321,7 @@ class MqttIngest:
                     return []
             taken = self._pending[:max_count]
             self._pending = self._pending[max_count:] if len(self._pending) > max_count else []
-            self.taken += len(taken)
+            self._taken += len(taken)
             self._cond.notify_all()
             return taken
 
@@ -377,7 +377,7 @@ class MqttIngest:
         """
         with self._barrier_lock:
             confirmations = self._confirmations
-            while confirmations and confirmations[0][1] <= self.taken:
+            while confirmations and confirmations[0][1] <= self._taken:
                 batch, _ = confirmations.popleft()
                 self._acks_confirmed_upto = max(self._acks_confirmed_upto, batch)
             return self._acks_confirmed_upto
