@@ -113,6 +113,8 @@ class Gateway:
         ingest = MqttIngest(
             cfg.mqtt,
             max_pending=cfg.buffer.max_pending,
+            max_pending_bytes=cfg.buffer.max_pending_bytes,
+            max_batch_bytes=cfg.buffer.max_batch_bytes,
             wake_at=cfg.buffer.max_batch,
             clock=self.clock,
         )

@@ -45,6 +45,17 @@ class Subscription(_Model):
     topic: str
     qos: Literal[0, 1, 2] = 1
 
+    @field_validator("qos")
+    @classmethod
+    def _no_qos2(cls, qos: int) -> int:
+        if qos == 2:
+            raise ValueError(
+                "qos 2 is not supported: paho-mqtt confirms a QoS 2 message to the broker "
+                "(PUBREC) as it arrives, before the gateway has committed it, so a crash would "
+                "lose it; subscribe with qos 1 (the gateway recognises redeliveries itself)"
+            )
+        return qos
+
     @field_validator("topic")
     @classmethod
     def _valid_filter(cls, topic: str) -> str:
@@ -78,6 +89,10 @@ class MqttConfig(_Model):
     # A persistent session makes the broker keep QoS 1/2 messages for us while we are down.
     clean_start: bool = False
     session_expiry: Duration = 7 * 86400.0  # MQTT 5 only; 3.1.1 sessions never expire
+    # Unacked QoS 1 messages the broker may send us at once (MQTT 5 Receive Maximum). Packet
+    # ids are 16 bits: past 65,535 unacked, two messages would share one. With 3.1.1 the
+    # broker's own max_inflight_messages must keep it below that (deploy/mosquitto.conf).
+    max_inflight: int = Field(default=20_000, ge=1, le=65_535)
     subscriptions: list[Subscription] = Field(
         default_factory=lambda: [
             Subscription(topic="sensors/#", qos=1),
@@ -180,6 +195,9 @@ class BufferConfig(_Model):
     # Messages received but not yet committed; past this, the network thread stops reading
     # and the broker holds the rest (nothing is dropped).
     max_pending: int = Field(default=200_000, ge=1000)
+    # The same bound in payload bytes (large payloads), and the most payload bytes per commit.
+    max_pending_bytes: Size = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    max_batch_bytes: Size = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     retention: RetentionConfig = RetentionConfig()
 
 

@@ -2,13 +2,29 @@
 
 paho's own network thread receives messages and only appends them to a pending list; the
 gateway's writer thread takes them in batches (`take`), commits them, then acks them (`ack`).
-The broker keeps unacked QoS 1/2 messages, so a crash between receive and commit loses nothing.
+The broker keeps unacked QoS 1 messages, so a crash between receive and commit loses nothing.
+
+Acks go only to the connection that delivered the message. A message committed after its
+connection dropped stays unacked: with the session kept, the broker redelivers it (DUP) and the
+redelivery is acked; with the session lost, its packet id now names another message, and
+acking it would ack that one before it is committed.
+
+Locks, in the order they may be taken (never the other way round):
+  1. paho's `_in_callback_mutex` / `_out_message_mutex`: paho holds them on its network thread
+     while it calls our callbacks (`_on_message`, `_on_connect`, `_on_publish`, ...).
+  2. `_connection_lock` (which connection is live, and its session), then
+  3. `_cond` (the pending list and the unacked packet ids).
+  `_barrier_lock` is a leaf: held only around our own dicts, never while calling into paho and
+  never taken in a paho callback. Nothing of ours is held while calling `client.publish` or
+  `client.ack` (both take paho's `_out_message_mutex`): holding a lock of ours there while the
+  network thread holds that mutex and calls back into us would freeze the gateway.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import random
 import socket
@@ -117,20 +133,38 @@ class MqttIngest:
         config: MqttConfig,
         *,
         max_pending: int = 200_000,
+        max_pending_bytes: int = 64 * 1024 * 1024,
+        max_batch_bytes: int = 8 * 1024 * 1024,
         wake_at: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
         self._max_pending = max_pending
+        self._max_pending_bytes = max_pending_bytes
+        self._max_batch_bytes = max_batch_bytes
         self._wake_at = wake_at
         self._clock = clock
         self._pending: list[RawMessage] = []
+        self._pending_bytes = 0
         self._cond = threading.Condition()
+        # Packet ids received on the live connection and not acked yet (id -> how many): a
+        # fresh message under one of them means the broker's in-flight window is too large.
+        self._unacked: dict[int, int] = {}
+        self.ids_reused = 0
+        self._connection_lock = threading.Lock()
+        self._live_connection: int | None = None  # None while disconnected
+        self.session = 0  # counts up on every connect that found no session (model.RawMessage)
         self._barrier_lock = threading.Lock()
         self._barriers: dict[int, tuple[int, int]] = {}  # barrier mid -> (batch, connection)
         self._barrier_topic = "$edge-gateway/ack-barrier/" + "".join(
             c if c not in "/+#" else "_" for c in config.client_id
         )
+        self._barrier_topic_bytes = self._barrier_topic.encode()
+        # Barrier PUBACKs as paho's thread saw them: (mid, messages received before it,
+        # connection). Appended without a lock (see the lock order above), matched to barriers
+        # by acks_confirmed; one that arrives before ack() recorded its barrier waits in _early.
+        self._barrier_pubacks: collections.deque[tuple[int, int, int]] = collections.deque()
+        self._early: dict[int, tuple[int, int]] = {}
         # (batch, messages received before its barrier's PUBACK), oldest first; see acks_confirmed.
         self._confirmations: collections.deque[tuple[int, int]] = collections.deque()
         self._acks_confirmed_upto = 0
@@ -189,7 +223,8 @@ class MqttIngest:
         if cfg.protocol == "5":
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = int(cfg.session_expiry)
-            properties.ReceiveMaximum = 65535
+            # The broker sends at most this many unacked messages: packet ids stay unique.
+            properties.ReceiveMaximum = cfg.max_inflight
             clean_start = cfg.clean_start
         try:
             self._client.connect_async(
@@ -226,7 +261,13 @@ class MqttIngest:
             self._refused = True  # the disconnect that follows must not hide the reason
             logger.error("MQTT %s:%s: %s", cfg.host, cfg.port, self.last_error)
             return
-        self.connects += 1
+        with self._connection_lock:
+            self.connects += 1
+            if not flags.session_present:
+                self.session += 1  # the old session's packet ids mean nothing any more
+            self._live_connection = self.connects
+            with self._cond:
+                self._unacked.clear()  # what the last connection left unacked comes again as DUP
         client._attempt = 0  # type: ignore[attr-defined]
         # Rule commands are small packets sent between acks: with Nagle's algorithm on, one
         # waits for the broker to acknowledge the previous segment (tens of milliseconds).
@@ -268,6 +309,8 @@ class MqttIngest:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        with self._connection_lock:
+            self._live_connection = None  # acks of its messages would reach another connection
         self.connected.clear()
         refused, self._refused = self._refused, False
         if not self._closing and not refused:
@@ -288,10 +331,19 @@ class MqttIngest:
             bool(message.retain),
             self._clock(),
             self.connects,
+            self.session,
         )
         with self._cond:
+            if raw.qos:
+                mid = raw.mid
+                held = self._unacked.get(mid, 0)
+                self._unacked[mid] = held + 1
+                if held and not raw.dup:
+                    raw = dataclasses.replace(raw, id_reused=True)
+                    self._id_reused()
             pending = self._pending
             pending.append(raw)
+            self._pending_bytes += len(raw.payload)
             self.received += 1
             if self.on_receive is not None:
                 self.on_receive(raw)
@@ -299,16 +351,37 @@ class MqttIngest:
             if size in (1, self._wake_at):
                 self._cond.notify()
             # Backpressure: stop reading (the broker holds the rest) until the writer catches up.
-            while len(self._pending) >= self._max_pending and not self._closing:
+            while (
+                len(self._pending) >= self._max_pending
+                or self._pending_bytes >= self._max_pending_bytes
+            ) and not self._closing:
+                self._cond.notify()
                 self._cond.wait(0.5)
+
+    def _id_reused(self) -> None:
+        self.ids_reused += 1
+        if self.ids_reused == 1 or self.ids_reused % 10_000 == 0:
+            logger.error(
+                "MQTT broker %s:%s sent a new message under a packet id still unacked (%d so "
+                "far): its in-flight window is over 65,535. Set max_inflight_messages to at "
+                "most 60000 in mosquitto.conf, or use protocol 5 (mqtt.max_inflight)",
+                self._config.host,
+                self._config.port,
+                self.ids_reused,
+            )
 
     # -- writer side ----------------------------------------------------------------------
     def take(self, max_count: int, max_wait: float) -> list[RawMessage]:
-        """Block until `max_count` messages are pending or `max_wait` passed since the first one."""
+        """Block until `max_count` messages (or `max_batch_bytes` of payload) are pending, or
+        `max_wait` passed since the first one; returns at most that many."""
         with self._cond:
             deadline: float | None = None
             while True:
-                if len(self._pending) >= max_count or (self._closing and not self._pending):
+                if (
+                    len(self._pending) >= max_count
+                    or self._pending_bytes >= self._max_batch_bytes
+                    or (self._closing and not self._pending)
+                ):
                     break
                 if self._pending:
                     now = time.monotonic()
@@ -319,8 +392,19 @@ class MqttIngest:
                     self._cond.wait(deadline - now)
                 elif not self._cond.wait(max_wait):
                     return []
-            taken = self._pending[:max_count]
-            self._pending = self._pending[max_count:] if len(self._pending) > max_count else []
+            pending = self._pending
+            if self._pending_bytes > self._max_batch_bytes:  # large payloads: fewer per batch
+                size = 0
+                for count, message in enumerate(pending[:max_count]):
+                    size += len(message.payload)
+                    if size > self._max_batch_bytes and count:
+                        max_count = count
+                        break
+            taken = pending[:max_count]
+            self._pending = pending[max_count:] if len(pending) > max_count else []
+            self._pending_bytes = (
+                self._pending_bytes - sum(len(m.payload) for m in taken) if self._pending else 0
+            )
             self._taken += len(taken)
             self._cond.notify_all()
             return taken
@@ -330,25 +414,36 @@ class MqttIngest:
             return len(self._pending)
 
     def ack(self, messages: list[RawMessage], batch: int) -> None:
-        """Acknowledge committed QoS 1/2 messages, then publish the batch's ack barrier.
+        """Acknowledge committed QoS 1 messages, then publish the batch's ack barrier.
 
-        The barrier is a QoS 1 publish to a `$`-topic (which `#` subscriptions never match) on
-        the same connection: its PUBACK proves the broker received the acks sent before it, and
+        Only messages the live connection delivered are acked (see the module docstring). The
+        barrier is a QoS 1 publish to a `$`-topic (which `#` subscriptions never match) on the
+        same connection: its PUBACK proves the broker received the acks sent before it, and
         `acks_confirmed()` then moves to this batch (see gateway/ingest/redelivery.py).
         """
-        qos1 = [m.mid for m in messages if m.qos == 1]
-        if qos1:
-            self._client.ack_qos1_batch(qos1)
-        for message in messages:
-            if message.qos == 2:
-                self._client.ack(message.mid, 2)
-        if not (qos1 or any(m.qos == 2 for m in messages)):
-            return
+        with self._connection_lock:
+            live = self._live_connection
+            mids = [m.mid for m in messages if m.qos and m.connection == live]
+            if live is None or not mids:
+                return
+            with self._cond:
+                unacked = self._unacked
+                for mid in mids:
+                    held = unacked.pop(mid, 1)
+                    if held > 1:
+                        unacked[mid] = held - 1
+            # Queued under the lock: paho drops queued packets on reconnect only after our
+            # _on_disconnect ran, so these cannot reach a later connection.
+            self._client.ack_qos1_batch(mids)
+        info = self._client.publish(self._barrier_topic, b"", qos=1)  # no lock of ours held
         with self._barrier_lock:
             if len(self._barriers) > 10_000:  # lost in outages; forgetting only delays confirming
                 self._barriers.clear()
-            info = self._client.publish(self._barrier_topic, b"", qos=1)
-            self._barriers[info.mid] = (batch, self.connects)
+            early = self._early.pop(info.mid, None)
+            if early is None:
+                self._barriers[info.mid] = (batch, live)
+            elif early[1] == live:
+                self._confirmations.append((batch, early[0]))
 
     def _on_publish(
         self,
@@ -358,25 +453,34 @@ class MqttIngest:
         reason: ReasonCode,
         properties: Properties,
     ) -> None:
-        with self._barrier_lock:
-            barrier = self._barriers.pop(mid, None)
-            # Only a PUBACK on the connection that carried our acks proves they arrived; paho
-            # resends an unconfirmed barrier after a reconnect, and that PUBACK proves nothing.
-            if barrier is not None and barrier[1] == self.connects:
-                # `received` counts on this thread, so it covers every message that came before
-                # this PUBACK in the stream: among them any redelivery the broker sent before
-                # it read our acks.
-                self._confirmations.append((barrier[0], self.received))
+        # paho's thread, holding its _out_message_mutex: take no lock of ours here (the writer
+        # holds ours while it calls paho). `received` counts on this thread, so it covers every
+        # message that came before this PUBACK in the stream: among them any redelivery the
+        # broker sent before it read our acks.
+        message = client._out_messages.get(mid)
+        if message is not None and message._topic == self._barrier_topic_bytes:
+            self._barrier_pubacks.append((mid, self.received, self.connects))
 
     def acks_confirmed(self) -> int:
         """The last batch whose acks the broker has confirmed, as far as the writer may act on it.
 
+        Only a barrier's PUBACK on the connection that carried our acks proves they arrived;
+        paho resends an unconfirmed barrier after a reconnect, and that PUBACK proves nothing.
         A confirmation counts only once the writer has taken every message received before it.
         Until then a redelivery of that batch, sent by the broker before our acks reached it,
         may still wait in the pending list, and its entry must stay to recognise it.
         """
         with self._barrier_lock:
-            confirmations = self._confirmations
+            pubacks, confirmations = self._barrier_pubacks, self._confirmations
+            while pubacks:
+                mid, received, connection = pubacks.popleft()
+                barrier = self._barriers.pop(mid, None)
+                if barrier is None:  # ack() has not recorded it yet
+                    if len(self._early) > 10_000:
+                        self._early.clear()
+                    self._early[mid] = (received, connection)
+                elif barrier[1] == connection:
+                    confirmations.append((barrier[0], received))
             while confirmations and confirmations[0][1] <= self._taken:
                 batch, _ = confirmations.popleft()
                 self._acks_confirmed_upto = max(self._acks_confirmed_upto, batch)

@@ -19,6 +19,14 @@ survive a crash.
 
 After a reconnect the redeliveries can arrive while their first deliveries still wait, unacked,
 in the same pending batch: messages accepted since the last `remember` count as known too.
+
+Packet ids belong to a broker session. When the broker answers a connect with no session
+present (it restarted without its persistence file, the session expired, a failover), the old
+session's ids mean nothing: the first message of the new session (`RawMessage.session`) drops
+every entry, and the next commit deletes them from the buffer. Within one session the broker
+never has two unacked messages under one id as long as its in-flight window stays below 65,536
+(`mqtt.max_inflight`); a reuse the ingest sees anyway is flagged on the message
+(`RawMessage.id_reused`), and such a delivery does not count as proof that the id was acked.
 """
 
 from __future__ import annotations
@@ -43,17 +51,28 @@ class RedeliveryFilter:
             self._last[mid] = (topic, digest, batch)
         self._next_batch = max((e[3] for e in entries or []), default=0) + 1
         self.confirmed_upto = 0  # batches whose acks the broker has confirmed
+        self._session = 0  # the session the entries belong to (0: the one the buffer last saw)
+
+    def _new_session(self, session: int) -> None:
+        # Nothing of the old session can be redelivered under its packet ids: every entry goes
+        # (the next commit deletes them), and so do messages accepted but not yet committed.
+        self._session = session
+        self._last.clear()
+        self._accepted.clear()
+        self.confirmed_upto = self._next_batch - 1
 
     def is_redelivery(self, message: RawMessage) -> bool:
         """True for a DUP delivery of a message already committed; updates what it knows."""
         if message.qos == 0:
             return False
+        if message.session > self._session:
+            self._new_session(message.session)
         digest = payload_digest(message.payload)
         if message.dup:
             for known in (self._accepted.get(message.mid), self._last.get(message.mid)):
                 if known is not None and known[0] == message.topic and known[1] == digest:
                     return True
-        else:
+        elif not message.id_reused:
             self._last.pop(message.mid, None)
         self._accepted[message.mid] = (message.topic, digest)
         return False
@@ -65,8 +84,8 @@ class RedeliveryFilter:
         self._accepted.clear()
         rows: list[InflightEntry] = []
         for message in messages:
-            if message.qos == 0:
-                continue
+            if message.qos == 0 or message.session < self._session:
+                continue  # an old session's id can never be redelivered
             digest = payload_digest(message.payload)
             self._last[message.mid] = (message.topic, digest, batch)
             rows.append((message.mid, message.topic, digest, batch))

@@ -90,10 +90,12 @@ class Mosquitto(LocalServer):
 
     def kill(self) -> None:
         """Stop abruptly (SIGKILL), as a power cut would."""
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait(timeout=5)
-            self._process = None
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+            process.wait(timeout=5)
+            if process.stderr:
+                process.stderr.close()
 
     def restart(self) -> None:
         self.stop()

@@ -205,6 +205,9 @@ def test_a_redelivery_still_waiting_when_the_acks_are_confirmed_is_recognised() 
     )
     redelivery = RedeliveryFilter()
     decode = decoder(redelivery).decode
+    connack = paho.ConnectFlags(session_present=True)  # a live connection: its messages get acks
+    success = ReasonCode(PacketTypes.CONNACK, "Success")
+    ingest._on_connect(ingest._client, None, connack, success, None)
 
     def deliver(mid: int, payload: bytes, dup: bool = False) -> None:
         msg = paho.MQTTMessage(mid, b"sensors/h/d/m")
