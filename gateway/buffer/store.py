@@ -130,12 +130,16 @@ class BufferStore:
         self._con = connect(self.path, read_only=False, lock_wait=lock_wait)
         self._fence = ReopenFence()  # readers' cursors against the writer's close and reopen
         self._closed = False
-        self._invalidated = False  # a fatal error (disk full in a checkpoint) killed the handle
+        # The handle is unusable until the file is opened again: a fatal error (disk full in a
+        # checkpoint) killed it, or a recycle closed it and could not open the file again.
+        self._invalidated = False
+        self._invalid_cause = ""
         self._failed: _FailedAppend | None = None
         self._recycle_after = recycle_after
         self._commits = 0  # since the database was last opened
-        self.reopens = 0  # after fatal errors
+        self.reopens = 0  # after fatal errors or failed recycles
         self.recycles = 0
+        self.recycle_failures = 0  # recycles after a commit that could not open the file again
         self._check_length()
         self._prepare()
         self._event_prefix = f"{self.buffer_uid}-"
@@ -196,15 +200,17 @@ class BufferStore:
         # full disk); every later statement fails until the file is opened again.
         if isinstance(exc, duckdb.FatalException) or "invalidated" in str(exc):
             self._invalidated = True
+            self._invalid_cause = "a fatal error"
 
     def _ensure_open(self) -> None:
-        """Reopen the file after a fatal error; what was committed before it is in the WAL."""
+        """Reopen the file after a fatal error or a failed recycle; what was committed before
+        is in the file or its WAL. Raises BufferStoreError while it cannot be opened."""
         if not self._invalidated:
             return
         with self._fence.exclusive():
             self._reopen()
         self.reopens += 1
-        logger.warning("buffer %s: reopened after a fatal error", self.path)
+        logger.warning("buffer %s: reopened after %s", self.path, self._invalid_cause)
 
     def recycle(self, timeout: float | None = RECYCLE_WAIT) -> bool:
         """Close and reopen the database (writer thread), which gives back the native memory
@@ -220,18 +226,36 @@ class BufferStore:
         """With the fence held alone: close (DuckDB checkpoints on close) and open again. If the
         open fails, the handle stays invalid and the next write tries again."""
         self._invalidated = True
+        self._invalid_cause = self._invalid_cause or "a failed reopen"
         with contextlib.suppress(duckdb.Error):
             self._con.close()
         self._con = connect(self.path, read_only=False, lock_wait=15.0)
         self._prepare()
         self._invalidated = False
+        self._invalid_cause = ""
         self._commits = 0
 
     def _committed(self) -> None:
+        """After a successful commit: recycle when due. Never raises: the caller would take
+        the commit for failed and write it again; a reopen that failed is redone by the next
+        write (`_ensure_open`), readers meanwhile get DuckDB's error for a closed handle."""
         self._commits += 1
         after = self._recycle_after
-        if after and self._commits >= after and not self.recycle():
-            self._commits -= max(after // 10, 1)  # readers were busy: try again a bit later
+        if not after or self._commits < after:
+            return
+        try:
+            if not self.recycle():
+                self._commits -= max(after // 10, 1)  # readers were busy: try again a bit later
+        except Exception as exc:  # whatever it was, the commit before it stands
+            self.recycle_failures += 1
+            self._invalidated = True
+            self._invalid_cause = "a failed recycle"
+            logger.error(
+                "buffer %s: recycle after a commit failed, the commit stands; "
+                "reopening before the next write: %s",
+                self.path,
+                exc,
+            )
 
     # -- set-up ---------------------------------------------------------------------------
     def _init_meta(self) -> None:
@@ -302,6 +326,7 @@ class BufferStore:
         return self._next_reading_id
 
     def inflight_entries(self) -> list[InflightEntry]:
+        self._ensure_open()
         rows = self._con.execute("SELECT mid, topic, digest, batch FROM mqtt_inflight").fetchall()
         return [(int(m), str(t), int(d), int(b)) for m, t, d, b in rows]
 
@@ -382,21 +407,44 @@ class BufferStore:
         return CommitResult(first_id=first, readings=readings, quarantined=q.num_rows)
 
     def _landed_before(self, batch: IngestBatch) -> CommitResult | None:
-        """The result of a failed append of this very batch whose rows are in the file anyway."""
+        """The result of a failed append of this very batch whose rows are in the file anyway.
+
+        The file answers, not the positions kept in memory: a handle that was not reopened
+        still has the positions from before the failed attempt. Positions from `first` on are
+        only ever handed to that attempt, and retention cannot run between it and the retry
+        (both on the writer thread). A batch of only duplicates leaves no rows to look for;
+        writing its redelivery entries again replaces them.
+        """
         failed, self._failed = self._failed, None
         if failed is None or failed.batch is not batch:
             return None
-        landed = (
-            failed.readings_n and self._next_reading_id == failed.first + failed.readings_n
-        ) or (
-            failed.quarantine_n and self._next_quarantine_id == failed.q_first + failed.quarantine_n
-        )
+        try:
+            if failed.readings_n:
+                landed = self._has_ids_from("readings", failed.first)
+            else:
+                landed = bool(failed.quarantine_n) and self._has_ids_from(
+                    "quarantine", failed.q_first
+                )
+        except duckdb.Error as exc:
+            self._note_failure(exc)
+            self._failed = failed  # the next retry asks again
+            raise BufferStoreError(
+                f"buffer {self.path}: cannot tell whether the failed commit reached the file: {exc}"
+            ) from exc
         if not landed:
             return None
+        self._next_reading_id = max(self._next_reading_id, failed.first + failed.readings_n)
+        self._next_quarantine_id = max(
+            self._next_quarantine_id, failed.q_first + failed.quarantine_n
+        )
         logger.warning(
             "buffer %s: the failed commit had reached the file; not writing it twice", self.path
         )
         return CommitResult(failed.first, failed.readings, failed.quarantine_n)
+
+    def _has_ids_from(self, table: str, first: int) -> bool:
+        row = self._con.execute(f"SELECT count(*) FROM {table} WHERE id >= ?", [first]).fetchone()
+        return bool(row and row[0])
 
     def _add_counters(self, **increments: int) -> None:
         for name, amount in increments.items():
@@ -458,10 +506,12 @@ class BufferStore:
             ) from exc
 
     def get_state(self, owner: str) -> dict[str, Any]:
+        self._ensure_open()
         rows = self._con.execute("SELECT key, value FROM state WHERE owner = ?", [owner]).fetchall()
         return {key: json.loads(value) for key, value in rows}
 
     def get_cursor(self, sink: str, stream: str = "readings") -> int:
+        self._ensure_open()
         row = self._con.execute(
             "SELECT position FROM sink_cursors WHERE sink = ? AND stream = ?", [sink, stream]
         ).fetchone()

@@ -7,11 +7,15 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
+import pytest
 
+import gateway.buffer.store as store_module
 from gateway.buffer.fence import ReopenFence
 from gateway.buffer.store import BufferStore
+from gateway.errors import BufferStoreError
 from gateway.model import DECODED_QUARANTINE_SCHEMA, DECODED_READINGS_SCHEMA, IngestBatch
 
 
@@ -147,3 +151,84 @@ def test_new_readers_wait_while_a_recycle_is_waiting() -> None:
     for thread in threads:
         thread.join(5)
     assert order == ["first reader out", "recycled", "late reader in"]
+
+
+def fail_next_open(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The store's next open of the file fails once (as when the process is out of file
+    descriptors or memory); returns the list of the opens that failed."""
+    real = store_module.connect
+    failed: list[Path] = []
+
+    def connect(path: Path, *, read_only: bool, lock_wait: float = 0.0) -> Any:
+        if not failed:
+            failed.append(path)
+            raise BufferStoreError(f"buffer {path}: cannot open: injected failure")
+        return real(path, read_only=read_only, lock_wait=lock_wait)
+
+    monkeypatch.setattr(store_module, "connect", connect)
+    return failed
+
+
+def values(store: BufferStore) -> list[float]:
+    return [v for (v,) in store._con.execute("SELECT value FROM readings ORDER BY id").fetchall()]
+
+
+def test_a_failed_reopen_after_a_commit_does_not_fail_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The recycle after the second commit cannot open the file again. The batch is committed,
+    so append returns normally (the writer would append it again otherwise), and the next
+    append reopens the file first."""
+    store = BufferStore(tmp_path / "buffer.duckdb", recycle_after=2)
+    failed = fail_next_open(monkeypatch)
+    store.append(batch(0, 7), [])
+    second = batch(7, 7)
+    tries = 0
+    while True:  # the gateway writer's retry (app.py, _ingest_loop.commit)
+        tries += 1
+        try:
+            result = store.append(second, [])
+            break
+        except BufferStoreError:
+            assert tries < 5
+    assert failed, "the recycle did not try to open the file"
+    assert result.first_id == 8
+    third = store.append(batch(14, 7), [])
+    assert third.first_id == 15
+    assert values(store) == [float(v) for v in range(21)]
+    assert store.counters()["readings_total"] == 21
+    assert tries == 1
+    assert store.recycle_failures == 1 and store.reopens == 1
+    assert "recycle after a commit failed" in caplog.text
+    store.close()
+
+
+def test_a_failed_reopen_after_a_write_does_not_fail_the_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same after a sink's cursor move and an alert commit: both stand, once each."""
+    store = BufferStore(tmp_path / "buffer.duckdb", recycle_after=1)
+    store.append(batch(0, 7), [])
+    fail_next_open(monkeypatch)
+    store.write(lambda con: store.set_cursor("uplink", 7))  # the recycle after it fails
+    assert store.get_cursor("uplink") == 7  # reopened first
+    alerts = pa.table(
+        {
+            "alert_time": pa.array([0], pa.int64()).view(pa.timestamp("us", tz="UTC")),
+            "rule_id": ["hot"],
+            "device": ["d"],
+            "metric": ["t"],
+            "severity": ["warning"],
+            "state": ["firing"],
+            "message": pa.array([None], pa.string()),
+            "value": [1.0],
+            "reading_event_id": pa.array([None], pa.string()),
+        }
+    )
+    fail_next_open(monkeypatch)
+    assert store.append_alerts(alerts) == 1
+    assert store.append_alerts(alerts) == 2
+    ids = store._con.execute("SELECT id FROM alerts ORDER BY id").fetchall()
+    assert ids == [(1,), (2,)]
+    assert store.recycle_failures == 2
+    store.close()

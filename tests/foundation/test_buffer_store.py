@@ -234,6 +234,45 @@ def test_a_redelivery_still_waiting_when_the_acks_are_confirmed_is_recognised() 
     assert ingest.acks_confirmed() == 1  # every message received before the PUBACK is taken
 
 
+class CommitReportsFailure:
+    """A connection whose next commit goes through but raises, as a commit whose WAL write
+    reached the file before an error (not one that invalidates the database)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        self.armed = True
+
+    def commit(self) -> None:
+        self.con.commit()
+        if self.armed:
+            self.armed = False
+            raise duckdb.IOException("IO Error: injected after the commit")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.con, name)
+
+
+def test_a_commit_that_raised_but_reached_the_file_is_not_written_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer retries a failed commit with the same batch; the store looks in the file
+    whether the failed attempt landed, also when the handle was not reopened in between."""
+    store = BufferStore(tmp_path / "b.duckdb", recycle_after=None)
+    store.append(decoder().decode([message("sensors/h/d/m", b"1", mid=1)]), [])
+    monkeypatch.setattr(store, "_con", CommitReportsFailure(store._con))
+    batch = decoder().decode([message("sensors/h/d/m", b"2", mid=2), message("x/y", b"3", mid=3)])
+    with pytest.raises(BufferStoreError, match="commit failed"):
+        store.append(batch, [])
+    result = store.append(batch, [])  # the writer's retry
+    assert result.first_id == 2 and result.quarantined == 1
+    assert store.append(decoder().decode([message("sensors/h/d/m", b"4", mid=4)]), []).first_id == 3
+    values = store.query("SELECT value FROM readings ORDER BY id")["value"].to_pylist()
+    assert values == [1.0, 2.0, 4.0]
+    assert count(store, "quarantine") == 1
+    assert store.counters()["readings_total"] == 3
+    store.close()
+
+
 def test_retention_purges_old_sent_readings_and_keeps_unsent(tmp_path: Path) -> None:
     store = BufferStore(tmp_path / "b.duckdb")
     now = time.time()
