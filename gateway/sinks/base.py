@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -15,7 +16,10 @@ class Attempt:
     The forwarder writes the range down before the first try, so after a crash the same range is
     sent again, and `resumed` tells the sink it may already be upstream, in part or in full; the
     sink must then deliver only what is missing. `since_ms` is when the range was first tried
-    (wall clock, milliseconds): nothing of it can be upstream from before that.
+    (the gateway's wall clock, milliseconds; it can step, so a sink judges only ages by it).
+    `marks` is what the sink noted just before the first send (`MarksBeforeSend`; Kafka: each
+    partition's end offset), recorded with the attempt; None for an attempt recorded by a
+    version that noted nothing, where a sink must assume the worst.
     """
 
     stream: str
@@ -26,6 +30,7 @@ class Attempt:
     replay: bool = (
         False  # `edge-gateway replay`: the range was delivered before, maybe in other batches
     )
+    marks: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +45,14 @@ class Rejection:
 class WriteResult:
     bytes_sent: int
     rejected: list[Rejection] = field(default_factory=list)
+
+
+class MarksBeforeSend(Protocol):
+    """A sink that must note something upstream before the first send of an attempt (JSON
+    values), so that a resend can find what the earlier tries delivered. The forwarder calls it
+    once per attempt, before recording the attempt, and retries it like a send."""
+
+    def marks(self, batch: pa.Table, attempt: Attempt) -> dict[str, Any]: ...
 
 
 class Sink(Protocol):

@@ -213,7 +213,12 @@ def replay(
     where = f"{time_column} >= to_timestamp({cutoff!r}) AND id <= {upto}"
 
     async def run() -> int:
-        target = build_sink(chosen, cfg.gateway_id)
+        buffer_id = str(
+            query(path, "SELECT value FROM meta WHERE key = 'buffer_uid'", token=token)["value"][
+                0
+            ].as_py()
+        )
+        target = build_sink(chosen, cfg.gateway_id, buffer_id)
         sent = 0
         try:
             total = int(

@@ -4,12 +4,16 @@ them, and advances the cursor only after the sink confirmed.
 Order of a batch, written down so a crash anywhere repeats at most the send, never skips it:
 
 1. read rows `first..last` after the cursor (a reader cursor, off the writer thread);
-2. record the attempt (`first`, `last`, first-try time) in `state` (writer thread);
-3. send; the sink returns once the rows are confirmed upstream;
-4. in one transaction: append dead letters, move the cursor to `last`, drop the attempt.
+2. let the sink note what it needs before a first send (`MarksBeforeSend`: Kafka's end
+   offsets), retried like a send while the sink is unreachable;
+3. record the attempt (`first`, `last`, first-try time, the sink's marks) in `state` (writer
+   thread);
+4. send; the sink returns once the rows are confirmed upstream;
+5. in one transaction: append dead letters, move the cursor to `last`, drop the attempt.
 
-On start a recorded attempt past the cursor is sent again with `resumed=True`, the same range,
-so the sink's own idempotence (deterministic file names, read-back of event ids) applies.
+On start a recorded attempt past the cursor is sent again with `resumed=True`, the same range
+and marks, so the sink's own idempotence (deterministic file names, read-back of event ids from
+the recorded offsets) applies.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 import duckdb
@@ -44,8 +48,12 @@ BUFFER_ERRORS = (duckdb.Error, BufferStoreError)
 
 
 class SinkBuffer(Protocol):
-    """What the forwarder needs from the buffer: cursors for reads on any thread, and writes in
-    one transaction on the writer thread (called through `on_writer`)."""
+    """What the forwarder needs from the buffer: cursors for reads on any thread, writes in one
+    transaction on the writer thread (called through `on_writer`), and the buffer's own id,
+    which sinks put into what they name by position (positions restart in every buffer)."""
+
+    @property
+    def buffer_uid(self) -> str: ...
 
     def reading(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]: ...
 
@@ -140,8 +148,16 @@ class Forwarder:
         max_bytes_per_s: int | None = None,
         head: Callable[[], int] | None = None,
         wake: asyncio.Event | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.sink = sink
+        # The sink's optional hooks, taken from the sink given here: the gateway wraps
+        # `self.sink` later (telemetry's timing), and the wrapper passes only write_batch.
+        self._prepare: Callable[[str, pa.Table], None] | None = getattr(sink, "prepare", None)
+        self._take_marks: Callable[[pa.Table, Attempt], dict[str, Any]] | None = getattr(
+            sink, "marks", None
+        )
+        self.clock = clock  # wall clock: an attempt's first-try time
         self.stream = stream
         self.store = store
         self.on_writer = on_writer
@@ -222,7 +238,12 @@ class Forwarder:
 
     async def _record_attempt(self, attempt: Attempt) -> None:
         value = json.dumps(
-            {"first": attempt.first, "last": attempt.last, "since_ms": attempt.since_ms}
+            {
+                "first": attempt.first,
+                "last": attempt.last,
+                "since_ms": attempt.since_ms,
+                "marks": dict(attempt.marks or {}),
+            }
         )
         owner = state_owner(self.sink.name, self.stream)
 
@@ -290,7 +311,10 @@ class Forwarder:
             if batch is None:
                 return
             if batch.num_rows:
-                attempt = Attempt(self.stream, first, last, int(pending["since_ms"]), resumed=True)
+                marks = pending.get("marks")  # absent: recorded by a version without marks
+                attempt = Attempt(
+                    self.stream, first, last, int(pending["since_ms"]), resumed=True, marks=marks
+                )
                 if not await self._deliver(batch, attempt, stop):
                     return
             else:
@@ -324,7 +348,12 @@ class Forwarder:
             with contextlib.suppress(*BUFFER_ERRORS):  # only a read-ahead; the next read retries
                 if self.head() - last >= self.batching.max_rows:
                     self._start_prefetch(last)  # draining a backlog: read on while this sends
-            attempt = Attempt(self.stream, first, last, int(time.time() * 1000))
+            marked = await self._mark(
+                batch, Attempt(self.stream, first, last, int(self.clock() * 1000)), stop
+            )
+            if marked is None:
+                return
+            attempt = marked
             try:
                 await self._record_attempt(attempt)
             except BUFFER_ERRORS as exc:  # without the record a crash could resend other rows
@@ -353,7 +382,7 @@ class Forwarder:
     def _start_prefetch(self, after: int) -> None:
         """Read (and let the sink encode) the next full batch in a thread, overlapping the
         send of the current one; only reads, so a stop or a crash loses nothing."""
-        prepare = getattr(self.sink, "prepare", None)
+        prepare = self._prepare
 
         def read(con: duckdb.DuckDBPyConnection) -> pa.Table:
             return rows_after(con, self.stream, after, None, self.batching.max_rows)
@@ -389,6 +418,36 @@ class Forwarder:
             stopped.cancel()
             woken.cancel()
 
+    async def _mark(self, batch: pa.Table, attempt: Attempt, stop: asyncio.Event) -> Attempt | None:
+        """The attempt with the sink's marks (empty for a sink that takes none), retried with
+        backoff while the sink cannot take them; None once stopped. Nothing is sent before, so
+        a failure here leaves the attempt a first try."""
+        take = self._take_marks
+        if take is None:
+            return replace(attempt, marks={})
+        failures = 0
+        while not stop.is_set():
+            await self._throttle(stop)
+            try:
+                marks = await asyncio.to_thread(take, batch, attempt)
+            except SinkError as exc:
+                failures += 1
+                self._failed(exc)
+                delay = backoff_delay(failures, self.retry)
+                logger.warning(
+                    "%s; retry %d in %.1fs", exc, failures, delay, extra={"sink": self.sink.name}
+                )
+                await self._idle(stop, delay)
+                continue
+            except Exception as exc:  # a sink bug must not stop ingest or the other sinks
+                failures += 1
+                logger.exception("sink %s: unexpected error", self.sink.name)
+                self._failed(SinkError(self.sink.name, f"unexpected error: {exc!r}"))
+                await self._idle(stop, backoff_delay(failures, self.retry))
+                continue
+            return replace(attempt, marks=marks)
+        return None
+
     async def _deliver(self, batch: pa.Table, attempt: Attempt, stop: asyncio.Event) -> bool:
         """Send until confirmed (True) or stopped (False); split on a permanent rejection."""
         failures = 0
@@ -398,19 +457,9 @@ class Forwarder:
                 return False
             await self._throttle(stop)
             try:
-                result = await self.sink.write_batch(
-                    batch,
-                    Attempt(
-                        attempt.stream,
-                        attempt.first,
-                        attempt.last,
-                        attempt.since_ms,
-                        resumed=resumed,
-                        replay=attempt.replay,
-                    ),
-                )
+                result = await self.sink.write_batch(batch, replace(attempt, resumed=resumed))
             except SinkRejectedError as exc:
-                return await self._split(batch, attempt, exc, stop)
+                return await self._split(batch, replace(attempt, resumed=resumed), exc, stop)
             except SinkBackpressureError as exc:
                 self._failed(exc)
                 await self._idle(stop, exc.retry_after)
@@ -460,7 +509,8 @@ class Forwarder:
         half = batch.num_rows // 2
         for part in (batch.slice(0, half), batch.slice(half)):
             first, last = _bounds(part)
-            sub = Attempt(attempt.stream, first, last, attempt.since_ms, resumed=attempt.resumed)
+            # The first try's time and marks hold for every part: each was in that first try.
+            sub = replace(attempt, first=first, last=last)
             await self._record_attempt(sub)
             if not await self._deliver(part, sub, stop):
                 return False

@@ -44,7 +44,7 @@ class Shipping:
         self.store = store
         self.configs = {c.name: c for c in configs if c.enabled}
         self.sinks: dict[str, Sink] = {
-            name: build_sink(c, gateway_id) for name, c in self.configs.items()
+            name: build_sink(c, gateway_id, store.buffer_uid) for name, c in self.configs.items()
         }
         self.forwarders: list[Forwarder] = []
         for name, config in self.configs.items():

@@ -1,10 +1,13 @@
 """The Snowflake sink: each batch a Parquet file with a deterministic name, PUT to an internal
 stage and loaded with COPY INTO ... MATCH_BY_COLUMN_NAME.
 
-Exactly once: a batch sent again (after an error or a crash) has the same rows and the same file
-name, so COPY INTO finds it in the table's load history and reports LOAD_SKIPPED instead of
-loading it twice. `edge-gateway replay` loads into a scratch table and inserts only event ids
-the target table does not hold yet.
+Exactly once: a staged name holds the sink, the gateway id, the buffer's id, the stream and the
+positions, so it names these rows and no others, even with many gateways behind one sink name
+and stage. A batch sent again (after an error or a crash) has the same rows and the same name,
+so COPY INTO finds it in the table's load history and reports LOAD_SKIPPED instead of loading it
+twice. Snowflake forgets a load after 64 days, so a resend of an attempt first tried longer ago
+than `LOAD_HISTORY_HORIZON` (or one recorded under another name) loads into a scratch table and
+inserts only event ids the target does not hold yet, as `edge-gateway replay` always does.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import contextlib
 import logging
 import tempfile
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +72,9 @@ TYPED_COLUMNS: dict[str, list[tuple[str, str]]] = {
 }
 CONNECTOR_COLUMNS = [("RECORD_METADATA", "VARIANT"), ("RECORD_CONTENT", "VARIANT")]
 _LOADED = {"LOADED", "LOAD_SKIPPED"}
+# Snowflake keeps a table's load history for 64 days; a resend of an attempt first tried longer
+# ago than this may find its file forgotten, so it takes the path that cannot load twice.
+LOAD_HISTORY_HORIZON = 60 * 86400.0
 
 
 def load_private_key(path: Path, passphrase: str | None) -> bytes:
@@ -124,19 +132,31 @@ def connection_args(config: SnowflakeSinkConfig) -> dict[str, Any]:
     return args
 
 
-def file_name(sink: str, stream: str, first: int, last: int) -> str:
-    """The staged file's name: the same rows always get the same name (fixed width, so one
-    name is never the prefix of another)."""
-    return f"{sink}-{stream}-{first:019d}-{last:019d}.parquet"
+def file_name(
+    sink: str, gateway_id: str, buffer_id: str, stream: str, first: int, last: int
+) -> str:
+    """The staged file's name: the same rows always get the same name, and no other rows do
+    (positions restart in every buffer, so its id is in it; fixed width, so one name is never
+    the prefix of another)."""
+    return f"{sink}-{gateway_id}-{buffer_id}-{stream}-{first:019d}-{last:019d}.parquet"
 
 
 class SnowflakeSink:
     """Loads batches with PUT + COPY INTO; `write_batch` returns once COPY reported the file."""
 
-    def __init__(self, config: SnowflakeSinkConfig, gateway_id: str) -> None:
+    def __init__(
+        self,
+        config: SnowflakeSinkConfig,
+        gateway_id: str,
+        buffer_id: str | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.name = config.name
         self.config = config
         self.gateway_id = gateway_id
+        self.buffer_id = buffer_id  # the buffer's `buffer_uid`; needed to name staged files
+        self._clock = clock  # wall clock, to judge an attempt's age against the load history
         self._encoder = RecordEncoder(gateway_id)
         self._lock = threading.Lock()
         self._conn: Any = None
@@ -225,6 +245,36 @@ class SnowflakeSink:
                 too_big.append(Rejection(position, f"snowflake: {column} is over {limit} bytes"))
         return too_big
 
+    # -- names ------------------------------------------------------------------------------
+    def location(self) -> str:
+        """The stage folder of this sink on this gateway and buffer (the gateway id is not a
+        folder of its own: `..` is a valid gateway id)."""
+        return f"@{self.config.stage}/{self.name}/{self.gateway_id}-{self.buffer_id}/"
+
+    def staged_name(self, attempt: Attempt) -> str:
+        if self.buffer_id is None:
+            raise SinkError(self.name, "no buffer id to name the staged files with")
+        return file_name(
+            self.name, self.gateway_id, self.buffer_id, attempt.stream, attempt.first, attempt.last
+        )
+
+    def marks(self, batch: pa.Table, attempt: Attempt) -> dict[str, Any]:
+        """The staged path of the first try: a resend under any other name (a changed gateway
+        id, a split of the range) cannot lean on the load history."""
+        return {"file": self.location() + self.staged_name(attempt)}
+
+    def _loads_twice_if_plain(self, attempt: Attempt) -> bool:
+        """Whether a plain COPY of this resend could load rows a second time: its first try
+        used another name, or is older than the load history (or in the future: the clock
+        stepped back since, and its age is unknown)."""
+        if not attempt.resumed:
+            return False
+        marks = attempt.marks
+        if marks is None or marks.get("file") != self.location() + self.staged_name(attempt):
+            return True
+        age = self._clock() - attempt.since_ms / 1000
+        return age < 0 or age > LOAD_HISTORY_HORIZON
+
     # -- sending ----------------------------------------------------------------------------
     async def write_batch(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
         return await asyncio.to_thread(self._write, batch, attempt)
@@ -239,7 +289,7 @@ class SnowflakeSink:
                 table = table.filter(keep)
             if table.num_rows == 0:
                 return WriteResult(bytes_sent=0, rejected=rejected)
-            name = file_name(self.name, attempt.stream, attempt.first, attempt.last)
+            name = self.staged_name(attempt)
             if attempt.replay:
                 name = f"replay-{uuid.uuid4().hex[:12]}-{name}"
             path = self._tmp / name
@@ -271,11 +321,11 @@ class SnowflakeSink:
 
     def _load(self, cur: Any, attempt: Attempt, path: Path) -> None:
         cfg = self.config
-        location = f"@{cfg.stage}/{self.name}/"
-        cur.execute(f"PUT 'file://{path}' {location} AUTO_COMPRESS=FALSE OVERWRITE=FALSE")
+        location = self.location()
+        self._put(cur, path, location)
         table = self.table_for(attempt.stream)
         copy_options = "FILE_FORMAT=(TYPE=PARQUET) MATCH_BY_COLUMN_NAME=CASE_INSENSITIVE PURGE=TRUE"
-        if not attempt.replay:
+        if not attempt.replay and not self._loads_twice_if_plain(attempt):
             try:
                 results = cur.execute(
                     f"COPY INTO {table} FROM {location}{path.name} {copy_options}"
@@ -289,12 +339,24 @@ class SnowflakeSink:
                         cur.execute(f"REMOVE {location}{path.name}")
                 raise
             return
-        # A replay may overlap rows loaded before in other batches: load into a scratch table,
-        # then insert only event ids the target does not hold.
-        scratch = f"{table}_REPLAY_{uuid.uuid4().hex[:8].upper()}"
+        if not attempt.replay:
+            logger.info(
+                "sink %s: %s %d..%d was first tried %s; loading it through a scratch table",
+                self.name,
+                attempt.stream,
+                attempt.first,
+                attempt.last,
+                "under another name"
+                if attempt.marks is None or "file" not in attempt.marks
+                else "longer ago than the load history reaches",
+            )
+        # A replay, or a resend the load history may not know: it may overlap rows loaded
+        # before: load into a scratch table, then insert only event ids the target lacks.
+        scratch = f"{table}_SCRATCH_{uuid.uuid4().hex[:8].upper()}"
         key = "EVENT_ID" if cfg.layout == "typed" else "RECORD_CONTENT:event_id::VARCHAR"
-        # A plain table, dropped below: COPY INTO does not load into temporary tables everywhere.
-        cur.execute(f"CREATE TABLE {scratch} LIKE {table}")
+        # Transient (no fail-safe), dropped below: COPY INTO does not load into temporary
+        # tables everywhere (fakesnow).
+        cur.execute(f"CREATE TRANSIENT TABLE {scratch} LIKE {table}")
         try:
             results = cur.execute(
                 f"COPY INTO {scratch} FROM {location}{path.name} {copy_options}"
@@ -306,6 +368,35 @@ class SnowflakeSink:
             )
         finally:
             cur.execute(f"DROP TABLE IF EXISTS {scratch}")
+
+    def _put(self, cur: Any, path: Path, location: str) -> None:
+        """PUT the file; anything but UPLOADED is an error. SKIPPED means a file of that name is
+        staged already, which COPY would load instead of ours: it can only be this batch's own
+        from a try that stopped before COPY (names are unique per gateway and buffer), so it is
+        removed and the send retried; OVERWRITE stays FALSE so a name shared by mistake (a
+        copied buffer file) cannot replace another gateway's unloaded file."""
+        result = cur.execute(f"PUT 'file://{path}' {location} AUTO_COMPRESS=FALSE OVERWRITE=FALSE")
+        columns = [str(d[0]).lower() for d in result.description]
+        rows = result.fetchall()
+        status_at = columns.index("status") if "status" in columns else 6
+        message_at = columns.index("message") if "message" in columns else None
+        bad = [r for r in rows if str(r[status_at]).upper() != "UPLOADED"]
+        if rows and not bad:
+            return
+        status = str(bad[0][status_at]).upper() if bad else "no status"
+        message = (
+            f" ({bad[0][message_at]})"
+            if bad and message_at is not None and bad[0][message_at]
+            else ""
+        )
+        then = "; sending it again"
+        if status == "SKIPPED":
+            then = "; removed the file staged before under that name, sending it again"
+            with contextlib.suppress(Error):
+                cur.execute(f"REMOVE {location}{path.name}")
+        raise SinkError(
+            self.name, f"PUT of {path.name} to {location}: {status}{message}, not UPLOADED{then}"
+        )
 
     def _check(self, results: list[Any], name: str) -> None:
         for row in results:

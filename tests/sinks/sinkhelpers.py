@@ -29,6 +29,7 @@ from gateway.services.fakesnow import FakeSnow
 from gateway.sinks.base import Attempt, WriteResult
 from gateway.sinks.config import KafkaSinkConfig, SnowflakeSinkConfig
 from gateway.sinks.kafka import partitions_from_start, read_to_end
+from gateway.sinks.shipping import Shipping
 
 
 def unique(prefix: str) -> str:
@@ -141,6 +142,28 @@ def snowflake_rows(server: FakeSnow, config: SnowflakeSinkConfig, sql: str) -> l
         return list(cursor.fetchall())
     finally:
         con.close()
+
+
+def ship(shipping: Shipping, store: BufferStore, timeout: float = 60.0) -> None:
+    """Run until every forwarder has confirmed everything in its stream."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(shipping.run(stop))
+        deadline = time.monotonic() + timeout
+        try:
+            while not all(f.position >= f.head() for f in shipping.forwarders) or not all(
+                f.started.is_set() for f in shipping.forwarders
+            ):
+                assert time.monotonic() < deadline, f"not shipped: {shipping.status()}"
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await task
+
+    asyncio.run(run())
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -39,7 +39,7 @@ def test_snowflake_retry_does_not_load_a_batch_twice(
 ) -> None:
     fill(store, readings(1000))
     config = snowflake_config(fakesnow)
-    sink = SnowflakeSink(config, "gw1")
+    sink = SnowflakeSink(config, "gw1", store.buffer_uid)
     attempt, table = batch_of(store, 1, 1000)
 
     async def send_twice() -> None:
@@ -81,7 +81,7 @@ def test_batch_in_flight_at_a_crash_is_resent_once_after_restart(
     snow = snowflake_config(fakesnow)
     since = int(time.time() * 1000)
     attempt, table = batch_of(store, 1, 2000)
-    sinks: list[Sink] = [KafkaSink(kafka, "gw1"), SnowflakeSink(snow, "gw1")]
+    sinks: list[Sink] = [KafkaSink(kafka, "gw1"), SnowflakeSink(snow, "gw1", store.buffer_uid)]
     attempt = Attempt("readings", 1, 2000, since)
 
     async def before_crash() -> None:
@@ -97,7 +97,7 @@ def test_batch_in_flight_at_a_crash_is_resent_once_after_restart(
 
     async def after_restart() -> None:
         stop = asyncio.Event()
-        fresh: list[Sink] = [KafkaSink(kafka, "gw1"), SnowflakeSink(snow, "gw1")]
+        fresh: list[Sink] = [KafkaSink(kafka, "gw1"), SnowflakeSink(snow, "gw1", store.buffer_uid)]
         forwarders = [
             Forwarder(sink, "readings", store, on_writer, batching=cfg.batching, retry=cfg.retry)
             for sink, cfg in zip(fresh, [kafka, snow], strict=True)

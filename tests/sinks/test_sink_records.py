@@ -3,7 +3,6 @@ records refused for good landing in the dead-letter table."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -16,6 +15,7 @@ from sinkhelpers import (
     kafka_config,
     kafka_messages,
     readings,
+    ship,
     snowflake_config,
     snowflake_rows,
 )
@@ -43,28 +43,6 @@ def alerts(n: int) -> pa.Table:
             "reading_event_id": [None] * n,
         }
     )
-
-
-def ship(shipping: Shipping, store: BufferStore, timeout: float = 60.0) -> None:
-    """Run until every forwarder has confirmed everything in its stream."""
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(shipping.run(stop))
-        deadline = time.monotonic() + timeout
-        try:
-            while not all(f.position >= f.head() for f in shipping.forwarders) or not all(
-                f.started.is_set() for f in shipping.forwarders
-            ):
-                assert time.monotonic() < deadline, f"not shipped: {shipping.status()}"
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.05)
-        finally:
-            stop.set()
-            await task
-
-    asyncio.run(run())
 
 
 def test_typed_layout_loads_readings_and_alerts_into_their_own_tables(
