@@ -123,13 +123,19 @@ class Gateway:
             from gateway.sinks.shipping import Shipping
 
             self.shipping = Shipping(
-                cfg.sinks, cfg.gateway_id, store, self.on_writer, lambda: store.next_reading_id - 1
+                cfg.sinks,
+                cfg.gateway_id,
+                store,
+                self.on_writer,
+                lambda: store.next_reading_id - 1,
+                release=cfg.buffer.retention.release_disabled_sinks,
             )
             self.background.append(self.shipping.run)
             for forwarder in self.shipping.forwarders:  # send latency for /metrics
                 forwarder.sink = self.telemetry.timed(forwarder.sink)
             self.listeners.append(self.shipping.on_commit)
             self.protected_position = self.shipping.protected_position
+            self.released_position = self.shipping.released_position
         api_server = None
         try:
             if cfg.api.enabled:
@@ -259,6 +265,7 @@ class Gateway:
                         max_bytes=retention.max_bytes,
                         protected_after=self.protected_position(),
                         drop_unsent=retention.on_full == "drop_oldest",
+                        released_after=self.released_position(),
                     )
                 )
             except BufferStoreError as exc:
@@ -266,3 +273,5 @@ class Gateway:
 
     protected_position: Callable[[], int | None] = staticmethod(lambda: None)
     """The last position every sink has confirmed (None: no sinks, nothing to protect)."""
+    released_position: Callable[[], int | None] = staticmethod(lambda: None)
+    """The last position every released disabled sink has confirmed (None: none released)."""

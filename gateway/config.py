@@ -185,6 +185,9 @@ class RetentionConfig(_Model):
     max_bytes: Size = 8 * 1024**3
     check_interval: Duration = 60.0
     on_full: Literal["drop_oldest", "keep_unsent"] = "keep_unsent"
+    # A disabled sink's cursor is kept like an enabled one's; the sinks named here give up
+    # the readings they have not confirmed while they are disabled.
+    release_disabled_sinks: list[str] = Field(default_factory=list)
 
 
 class BufferConfig(_Model):
@@ -272,6 +275,17 @@ class GatewayConfig(_Model):
     location: LocationConfig = LocationConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _released_sinks_exist(self) -> GatewayConfig:
+        names = {sink.name for sink in self.sinks}
+        for name in self.buffer.retention.release_disabled_sinks:
+            if name not in names:
+                raise ValueError(
+                    f"buffer.retention.release_disabled_sinks: {name!r} is not the name of a "
+                    f"configured sink"
+                )
+        return self
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -85,5 +85,6 @@ COUNTERS = (
     "purged_readings_total",
     "purged_quarantine_total",
     "purged_unsent_total",
+    "purged_released_total",
     "alerts_total",
 )

@@ -73,6 +73,7 @@ class PurgeResult:
     readings: int
     quarantine: int
     unsent: int  # readings dropped before every sink had them (on_full: drop_oldest)
+    released: int = 0  # readings dropped that only released disabled sinks lacked
 
 
 def connect(path: Path, *, read_only: bool, lock_wait: float = 0.0) -> duckdb.DuckDBPyConnection:
@@ -443,8 +444,7 @@ class BufferStore:
         return CommitResult(failed.first, failed.readings, failed.quarantine_n)
 
     def _has_ids_from(self, table: str, first: int) -> bool:
-        row = self._con.execute(f"SELECT count(*) FROM {table} WHERE id >= ?", [first]).fetchone()
-        return bool(row and row[0])
+        return self._scalar(f"SELECT count(*) FROM {table} WHERE id >= ?", [first]) > 0
 
     def _add_counters(self, **increments: int) -> None:
         for name, amount in increments.items():
@@ -541,6 +541,7 @@ class BufferStore:
         max_bytes: int,
         protected_after: int | None,
         drop_unsent: bool,
+        released_after: int | None = None,
     ) -> PurgeResult:
         """`_purge`, with any DuckDB error (a CHECKPOINT on a full disk) as a BufferStoreError."""
         try:
@@ -550,6 +551,7 @@ class BufferStore:
                 max_bytes=max_bytes,
                 protected_after=protected_after,
                 drop_unsent=drop_unsent,
+                released_after=released_after,
             )
         except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):
@@ -565,19 +567,30 @@ class BufferStore:
         max_bytes: int,
         protected_after: int | None,
         drop_unsent: bool,
+        released_after: int | None,
     ) -> PurgeResult:
         """Delete readings older than max_age, then the oldest while the file is over max_bytes.
 
         Readings with id > protected_after (not yet confirmed by every sink) are kept unless
-        drop_unsent; quarantine rows only follow the age limit and the size limit.
+        drop_unsent; quarantine rows only follow the age limit and the size limit. Readings
+        deleted with id > released_after (not confirmed by a disabled sink the config released)
+        are counted in `purged_released_total`.
         """
         self._ensure_open()
         con = self._con
         limit = protected_after if protected_after is not None else self._next_reading_id
+        # Past `limit` deletions are counted as unsent already; count each reading once.
+        given_up = released_after if released_after is not None else limit
         cutoff = now - max_age
-        purged = quarantine = unsent = 0
+        purged = quarantine = unsent = released = 0
         con.begin()
         try:
+            if given_up < limit:
+                released += self._scalar(
+                    "SELECT count(*) FROM readings WHERE ingest_time < to_timestamp(?) "
+                    "AND id > ? AND id <= ?",
+                    [cutoff, given_up, limit],
+                )
             purged += self._delete(
                 "DELETE FROM readings WHERE ingest_time < to_timestamp(?) AND id <= ?",
                 [cutoff, limit],
@@ -585,6 +598,7 @@ class BufferStore:
             quarantine += self._delete(
                 "DELETE FROM quarantine WHERE received_at < to_timestamp(?)", [cutoff]
             )
+            self._add_counters(purged_released_total=released)
             con.commit()
         except duckdb.Error as exc:
             con.rollback()
@@ -620,17 +634,24 @@ class BufferStore:
                 "SELECT count(*) FROM readings WHERE id > ? AND id <= ?", [limit, upto]
             ).fetchone()
             unsent_now = int(unsent_row[0]) if unsent_row else 0
+            released_now = 0
+            if given_up < limit:
+                released_now = self._scalar(
+                    "SELECT count(*) FROM readings WHERE id > ? AND id <= ?",
+                    [given_up, min(upto, limit)],
+                )
             deleted = self._delete("DELETE FROM readings WHERE id <= ?", [upto])
             q = self._delete(
                 "DELETE FROM quarantine WHERE id <= (SELECT coalesce(min(id), 0) + "
                 "count(*) // 10 FROM quarantine)",
                 [],
             )
-            self._add_counters(purged_unsent_total=unsent_now)
+            self._add_counters(purged_unsent_total=unsent_now, purged_released_total=released_now)
             con.commit()
             purged += deleted
             quarantine += q
             unsent += unsent_now
+            released += released_now
             con.execute("CHECKPOINT")
         if purged:
             con.execute(
@@ -646,11 +667,20 @@ class BufferStore:
                 unsent,
                 quarantine,
             )
-        return PurgeResult(readings=purged, quarantine=quarantine, unsent=unsent)
+        if released:
+            logger.warning(
+                "retention purged %d readings disabled sinks had not confirmed "
+                "(buffer.retention.release_disabled_sinks)",
+                released,
+            )
+        return PurgeResult(purged, quarantine, unsent, released)
 
-    def _delete(self, sql: str, params: list[Any]) -> int:
+    def _scalar(self, sql: str, params: list[Any]) -> int:
+        """The one number a statement answers (a count; DELETE answers how many it deleted)."""
         row = self._con.execute(sql, params).fetchone()
         return int(row[0]) if row else 0
+
+    _delete = _scalar
 
     # -- figures --------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:

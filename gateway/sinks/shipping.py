@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 from typing import Any
 
 import duckdb
@@ -14,7 +15,7 @@ import pyarrow as pa
 from gateway.errors import ConfigError
 from gateway.sinks.base import Sink
 from gateway.sinks.config import KafkaSinkConfig, SnowflakeSinkConfig
-from gateway.sinks.forwarder import Forwarder, OnWriter, SinkBuffer
+from gateway.sinks.forwarder import BUFFER_ERRORS, Forwarder, OnWriter, SinkBuffer, load_cursor
 from gateway.sinks.registry import build_sink
 
 logger = logging.getLogger(__name__)
@@ -39,10 +40,24 @@ class Shipping:
         store: SinkBuffer,
         on_writer: OnWriter,
         readings_head: Any = None,
+        release: Collection[str] = (),
     ) -> None:
+        """`release`: disabled sinks whose unconfirmed readings retention may delete
+        (`buffer.retention.release_disabled_sinks`); every other sink's cursor is kept."""
         check_names(configs)
         self.store = store
         self.configs = {c.name: c for c in configs if c.enabled}
+        # A disabled sink has no forwarder, but its cursor in the buffer still says what it
+        # lacks: retention keeps that for when it is enabled again, unless it is released.
+        disabled = [c.name for c in configs if not c.enabled and "readings" in c.streams]
+        self.kept_disabled = [name for name in disabled if name not in release]
+        self.released_disabled = [name for name in disabled if name in release]
+        for name in sorted(set(release) & set(self.configs)):
+            logger.info(
+                "sink %s is enabled: retention keeps its unsent readings although "
+                "buffer.retention.release_disabled_sinks names it",
+                name,
+            )
         self.sinks: dict[str, Sink] = {
             name: build_sink(c, gateway_id, store.buffer_uid) for name, c in self.configs.items()
         }
@@ -90,13 +105,36 @@ class Shipping:
                 forwarder.wake.set()
 
     def protected_position(self) -> int | None:
-        """The last reading every sink has confirmed; retention keeps everything after it."""
+        """The last reading every sink but the released disabled ones has confirmed; retention
+        keeps everything after it (None: no sink to keep readings for)."""
         positions = [f.position for f in self.forwarders if f.stream == "readings"]
-        if not positions:
-            return None
         if not all(f.started.is_set() for f in self.forwarders if f.stream == "readings"):
             return 0  # cursors not loaded yet: protect everything
-        return min(positions)
+        stored = self._stored_cursors(self.kept_disabled)
+        if stored is None:
+            return 0
+        positions += stored
+        return min(positions) if positions else None
+
+    def released_position(self) -> int | None:
+        """The last reading every released disabled sink has confirmed: what retention deletes
+        after it is counted as given up (None: no sink released)."""
+        stored = self._stored_cursors(self.released_disabled)
+        if stored is None:
+            return 0  # cannot read them: count all that goes as given up
+        return min(stored) if stored else None
+
+    def _stored_cursors(self, names: list[str]) -> list[int] | None:
+        """Disabled sinks' cursors as their last run left them; None when the buffer fails (the
+        purge then fails too, and retries at its next check)."""
+        if not names:
+            return []
+        try:
+            with self.store.reading() as con:
+                return [load_cursor(con, name, "readings") for name in names]
+        except BUFFER_ERRORS as exc:
+            logger.warning("retention: cannot read the cursors of disabled sinks: %s", exc)
+            return None
 
     def status(self) -> list[dict[str, Any]]:
         """One entry per sink and stream, for the API and `edge-gateway sinks`."""
