@@ -1,10 +1,15 @@
 """The Kafka sink: an idempotent producer, one message per record, keyed by device.
 
 Exactly once across crashes: the idempotent producer removes duplicates within one producer
-session; a batch sent again after a crash or an error (`Attempt.resumed`) first reads back the
-topic partitions from the time the batch was first tried and sends only the event ids that are
-not there yet (the `event_id` header). A send that saw a connection loss is read back the same
-way before it is confirmed: "confirmed" then means "seen in Kafka", not "acked after a retry".
+session. Before the first send of an attempt the sink notes each partition's end offset
+(`marks`, recorded with the attempt); a batch sent again after a crash or an error
+(`Attempt.resumed`) reads the partitions back from those offsets and sends only the event ids
+that are not there yet (the `event_id` header). Offsets, not times: a clock that steps, a topic
+stamped with LogAppendTime, or a gateway clock ahead of the broker's cannot make a read-back
+start after what the first try delivered, and the read-back covers only what reached the
+partitions since that first send, however long the gateway was away before it. A send that saw
+a connection loss is read back the same way before it is confirmed: "confirmed" then means
+"seen in Kafka", not "acked after a retry".
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -35,7 +40,11 @@ try:
         Producer,
         TopicPartition,
     )
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AdminClient,
+        NewTopic,
+        OffsetSpec,
+    )
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "the Kafka sink needs confluent-kafka: pip install 'edge-gateway[kafka]'"
@@ -48,6 +57,12 @@ METADATA_TIMEOUT = 10.0
 # A metadata wait looks this often at librdkafka's error events: with every broker down it
 # gives up then, with librdkafka's reason, instead of after METADATA_TIMEOUT with none.
 METADATA_SLICE = 1.0
+# A read-back gives up after this long without a message: a long read that keeps going is not
+# cut off (a retry would start it all over again, and never get through).
+READBACK_STALL = 30.0
+# An attempt recorded without offsets (by an older version) is read back from this long before
+# its first-try time, which is all it has.
+LEGACY_MARGIN_MS = 3_600_000
 # Errors that mean "this record will never be accepted": dead-letter it and move on.
 _PERMANENT = {
     KafkaError.MSG_SIZE_TOO_LARGE,
@@ -72,7 +87,7 @@ class KafkaSink:
         self._admin: AdminClient | None = None
         self._replay_seen: dict[tuple[str, int], set[str]] = {}
         self._stopping = threading.Event()
-        self._prepared: dict[tuple[str, tuple[int, int, int]], pa.Table] = {}
+        self._prepared: dict[tuple[str, tuple[int, int, int]], pa.Table] = {}  # up to 2
         self._prepared_lock = threading.Lock()
         # From librdkafka's error events (served when a client is polled): every broker is
         # down, and the latest reason (connection refused, authentication failed, ...).
@@ -138,20 +153,37 @@ class KafkaSink:
 
     def prepare(self, stream: str, batch: pa.Table) -> None:
         """Encode a batch ahead of its send (the forwarder calls this while draining)."""
-        records = self._encoder.encode(stream, batch)
+        self._keep(stream, batch, self._encoder.encode(stream, batch))
+
+    def _keep(self, stream: str, batch: pa.Table, records: pa.Table) -> None:
         with self._prepared_lock:
-            self._prepared = {(stream, _span(batch)): records}  # only the latest is kept
+            self._prepared[(stream, _span(batch))] = records
+            while len(self._prepared) > 2:  # the batch being sent and the one read ahead
+                del self._prepared[next(iter(self._prepared))]
+
+    def _records(self, stream: str, batch: pa.Table) -> pa.Table:
+        with self._prepared_lock:
+            records = self._prepared.pop((stream, _span(batch)), None)
+        return self._encoder.encode(stream, batch) if records is None else records
+
+    def marks(self, batch: pa.Table, attempt: Attempt) -> dict[str, Any]:
+        """Before the first send: the end offset of every partition of the batch's topics
+        (created first if missing), as `[topic, partition, offset]`."""
+        with self._lock:
+            records = self._records(attempt.stream, batch)
+            self._keep(attempt.stream, batch, records)  # for the send that follows
+            topics = sorted(set(records.column("topic").to_pylist()))
+            self._ensure_topics(topics)
+            return {"offsets": self._end_offsets(topics)}
 
     def _write(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
         with self._lock:
-            with self._prepared_lock:
-                records = self._prepared.pop((attempt.stream, _span(batch)), None)
-            if records is None:
-                records = self._encoder.encode(attempt.stream, batch)
+            records = self._records(attempt.stream, batch)
             topics = sorted(set(records.column("topic").to_pylist()))
             self._ensure_topics(topics)
             if attempt.resumed or attempt.replay:
-                present = self._present(topics, attempt)
+                wanted = set(records.column("event_id").to_pylist())
+                present = self._present(topics, attempt, wanted)
                 if present:
                     keep = [e not in present for e in records.column("event_id").to_pylist()]
                     skipped = records.num_rows - sum(keep)
@@ -180,8 +212,17 @@ class KafkaSink:
         a duplicate as delivered; that leans on the broker's sequence bookkeeping. One read-back
         per disrupted batch makes "confirmed" mean "seen in Kafka", whatever the broker does.
         """
-        present = self._event_ids_since(topics, attempt.since_ms)
         refused = {r.position for r in result.rejected}
+        wanted = {
+            e
+            for p, e in zip(
+                records.column("id").to_pylist(),
+                records.column("event_id").to_pylist(),
+                strict=True,
+            )
+            if p not in refused
+        }
+        present = self._upstream(topics, attempt, wanted)
         missing = sum(
             1
             for position, event_id in zip(
@@ -363,13 +404,39 @@ class KafkaSink:
             self._client_error = None
             return metadata
 
-    def _present(self, topics: list[str], attempt: Attempt) -> set[str]:
+    def _end_offsets(self, topics: list[str]) -> list[list[Any]]:
+        admin = self._admin_now()
+        metadata = self._list_topics(admin)
+        specs: dict[TopicPartition, Any] = {}
+        for topic in topics:
+            meta = metadata.topics.get(topic)
+            if meta is None or meta.error is not None:
+                continue  # not there yet (created on first write): read from its start
+            for partition in meta.partitions:
+                specs[TopicPartition(topic, partition)] = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        if not specs:
+            return []
+        futures = admin.list_offsets(specs, request_timeout=METADATA_TIMEOUT)
+        ends: list[list[Any]] = []
+        for tp, future in futures.items():
+            try:
+                info = future.result(timeout=METADATA_TIMEOUT)
+            except KafkaException as exc:
+                raise SinkError(
+                    self.name,
+                    f"cannot read the end offset of {tp.topic} [{tp.partition}]: "
+                    f"{exc.args[0].str()}",
+                ) from None
+            ends.append([tp.topic, tp.partition, int(info.offset)])
+        return ends
+
+    def _present(self, topics: list[str], attempt: Attempt, wanted: set[str]) -> set[str]:
         """Event ids already upstream; a replay reads each topic once and keeps what it saw."""
         if not attempt.replay:
-            return self._event_ids_since(topics, attempt.since_ms)
+            return self._upstream(topics, attempt, wanted)
         unread = [t for t in topics if (t, attempt.since_ms) not in self._replay_seen]
         if unread:
-            found = self._event_ids_since(unread, attempt.since_ms)
+            found = self._event_ids_since(unread, attempt.since_ms, None)
             for topic in unread:
                 self._replay_seen[(topic, attempt.since_ms)] = found
         present: set[str] = set()
@@ -377,8 +444,55 @@ class KafkaSink:
             present |= self._replay_seen[(topic, attempt.since_ms)]
         return present
 
-    def _event_ids_since(self, topics: list[str], since_ms: int) -> set[str]:
+    def _upstream(self, topics: list[str], attempt: Attempt, wanted: set[str]) -> set[str]:
+        """Which of `wanted` the attempt's earlier tries got into `topics`: read from the end
+        offsets noted before its first send. A replay (`--since`) and an attempt recorded
+        without offsets have only a time to start from."""
+        offsets = None if attempt.marks is None else attempt.marks.get("offsets")
+        if attempt.replay:
+            return self._event_ids_since(topics, attempt.since_ms, wanted)
+        if offsets is None:
+            return self._event_ids_since(topics, attempt.since_ms - LEGACY_MARGIN_MS, wanted)
+        recorded = {(str(t), int(p)): int(o) for t, p, o in offsets}
+        consumer = self._readback_consumer()
+        try:
+            starts: list[TopicPartition] = []
+            for topic in topics:
+                meta = consumer.list_topics(topic, timeout=METADATA_TIMEOUT).topics[topic]
+                if meta.error is not None:
+                    continue  # no such topic: nothing of ours in it
+                starts += [
+                    # A partition without a noted offset came after the first send.
+                    TopicPartition(topic, p, recorded.get((topic, p), OFFSET_BEGINNING))
+                    for p in meta.partitions
+                ]
+            return self._collect(consumer, starts, wanted)
+        except KafkaException as exc:
+            raise SinkError(self.name, f"read-back failed: {exc.args[0].str()}") from None
+        finally:
+            consumer.close()
+
+    def _event_ids_since(
+        self, topics: list[str], since_ms: int, wanted: set[str] | None
+    ) -> set[str]:
         """Event ids present in `topics` in messages stamped at or after `since_ms`."""
+        consumer = self._readback_consumer()
+        try:
+            starts: list[TopicPartition] = []
+            for topic in topics:
+                meta = consumer.list_topics(topic, timeout=METADATA_TIMEOUT).topics[topic]
+                if meta.error is not None:
+                    continue
+                asked = [TopicPartition(topic, p, since_ms - 1000) for p in meta.partitions]
+                found = consumer.offsets_for_times(asked, timeout=METADATA_TIMEOUT)
+                starts += [tp for tp in found if tp.offset >= 0]  # END: nothing that recent
+            return self._collect(consumer, starts, wanted)
+        except KafkaException as exc:
+            raise SinkError(self.name, f"read-back failed: {exc.args[0].str()}") from None
+        finally:
+            consumer.close()
+
+    def _readback_consumer(self) -> Consumer:
         cfg = self.client_config()
         cfg.update(
             {
@@ -386,31 +500,43 @@ class KafkaSink:
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
                 "enable.partition.eof": True,
+                # A noted offset the log no longer holds (retention): from what it still has.
+                "auto.offset.reset": "earliest",
             }
         )
-        consumer = Consumer(cfg)
+        return Consumer(cfg)
+
+    def _collect(
+        self, consumer: Consumer, starts: list[TopicPartition], wanted: set[str] | None
+    ) -> set[str]:
+        """The event ids in the partitions from `starts` to their ends; with `wanted`, only
+        those, and the read stops as soon as all of them were seen."""
         present: set[str] = set()
+        missing = None if wanted is None else set(wanted)
         try:
-            starts: list[TopicPartition] = []
-            for topic in topics:
-                meta = consumer.list_topics(topic, timeout=METADATA_TIMEOUT).topics[topic]
-                if meta.error is not None:
-                    continue
-                wanted = [TopicPartition(topic, p, since_ms - 1000) for p in meta.partitions]
-                found = consumer.offsets_for_times(wanted, timeout=METADATA_TIMEOUT)
-                starts += [tp for tp in found if tp.offset >= 0]  # END: nothing that recent
-            for msg in read_to_end(consumer, starts, timeout=120.0):
+            for msg in read_to_end(
+                consumer, starts, READBACK_STALL, idle=True, stopped=self._stopping.is_set
+            ):
                 raw = msg.headers() or []
                 pairs = raw.items() if isinstance(raw, dict) else raw
                 for name, value in pairs:
-                    if name == EVENT_ID_HEADER and isinstance(value, bytes):
-                        present.add(value.decode())
+                    if name != EVENT_ID_HEADER or not isinstance(value, bytes):
+                        continue
+                    event_id = value.decode()
+                    if missing is None:
+                        present.add(event_id)
+                    elif event_id in missing:
+                        missing.discard(event_id)
+                        present.add(event_id)
+                if missing is not None and not missing:
+                    return present  # every one is there: the rest of the log cannot matter
         except TimeoutError:
-            raise SinkError(self.name, "reading back what is already in Kafka timed out") from None
-        except KafkaException as exc:
-            raise SinkError(self.name, f"read-back failed: {exc.args[0].str()}") from None
-        finally:
-            consumer.close()
+            raise SinkError(
+                self.name,
+                f"reading back what is already in Kafka made no progress for {READBACK_STALL:.0f}s",
+            ) from None
+        if self._stopping.is_set():
+            raise SinkError(self.name, "stopped while reading back what is already in Kafka")
         return present
 
     def stop(self) -> None:
@@ -430,21 +556,33 @@ class KafkaSink:
 
 
 def read_to_end(
-    consumer: Consumer, partitions: list[TopicPartition], timeout: float
+    consumer: Consumer,
+    partitions: list[TopicPartition],
+    timeout: float,
+    *,
+    idle: bool = False,
+    stopped: Callable[[], bool] | None = None,
 ) -> Iterator[Message]:
     """Every message from each partition's start offset to its end, where the end is the
     consumer's own end-of-partition event (create it with `enable.partition.eof`): a broker's
     listed high watermark can lag behind its log (Tansu's does), and a read that stopped there
-    would miss the newest messages. Raises TimeoutError if an end is not reached in time."""
+    would miss the newest messages. Raises TimeoutError if an end is not reached within
+    `timeout` seconds, or, with `idle`, after `timeout` seconds without any message (a long
+    read that keeps making progress goes on). Returns early once `stopped()` is true."""
     if not partitions:
         return
     consumer.assign(partitions)
     pending = {(tp.topic, tp.partition) for tp in partitions}
     deadline = time.monotonic() + timeout
     while pending:
+        if stopped is not None and stopped():
+            return
         if time.monotonic() > deadline:
             raise TimeoutError(f"did not reach the end of {sorted(pending)}")
-        for msg in consumer.consume(10_000, timeout=1.0):
+        messages = consumer.consume(10_000, timeout=1.0)
+        if idle and messages:
+            deadline = time.monotonic() + timeout
+        for msg in messages:
             error = msg.error()
             if error is None:
                 yield msg
