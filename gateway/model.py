@@ -60,8 +60,9 @@ class RawMessage:
     # Which broker session it belongs to: counts up on every connect the broker answers with
     # no session present (a new session: packet ids of the old one mean nothing any more).
     session: int = 0
-    # The broker sent it under a packet id it had already used for a message not yet acked
-    # (its in-flight window is over 65,535): the id says nothing about the earlier message.
+    # The broker sent it under a packet id it had already used on this connection for a
+    # message not yet acked (its in-flight window is over 65,535): the id says nothing about
+    # the earlier message.
     id_reused: bool = False
 
 

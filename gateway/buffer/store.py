@@ -374,19 +374,17 @@ class BufferStore:
             if forget_upto_batch:
                 con.execute("DELETE FROM mqtt_inflight WHERE batch <= ?", [forget_upto_batch])
             if inflight:
-                last = {mid: (topic, digest, b) for mid, topic, digest, b in inflight}
+                # Several rows may share a packet id: a broker that reuses an id while the
+                # first message under it is unacked (see gateway/ingest/redelivery.py).
                 entries = pa.table(
                     {
-                        "mid": pa.array(list(last), pa.int32()),
-                        "topic": pa.array([v[0] for v in last.values()], pa.string()),
-                        "digest": pa.array([v[1] for v in last.values()], pa.int64()),
-                        "batch": pa.array([v[2] for v in last.values()], pa.int64()),
+                        "mid": pa.array([e[0] for e in inflight], pa.int32()),
+                        "topic": pa.array([e[1] for e in inflight], pa.string()),
+                        "digest": pa.array([e[2] for e in inflight], pa.int64()),
+                        "batch": pa.array([e[3] for e in inflight], pa.int64()),
                     }
                 )
                 con.register("_batch_inflight", entries)
-                con.execute(
-                    "DELETE FROM mqtt_inflight WHERE mid IN (SELECT mid FROM _batch_inflight)"
-                )
                 con.execute("INSERT INTO mqtt_inflight SELECT * FROM _batch_inflight")
                 con.unregister("_batch_inflight")
             self._add_counters(

@@ -148,8 +148,9 @@ class MqttIngest:
         self._pending_bytes = 0
         self._cond = threading.Condition()
         # Packet ids received on the live connection and not acked yet (id -> how many): a
-        # fresh message under one of them means the broker's in-flight window is too large.
+        # second message under one of them means the broker's in-flight window is too large.
         self._unacked: dict[int, int] = {}
+        self._redelivered: set[int] = set()  # ids redelivered (DUP) on the live connection
         self.ids_reused = 0
         self._connection_lock = threading.Lock()
         self._live_connection: int | None = None  # None while disconnected
@@ -268,6 +269,7 @@ class MqttIngest:
             self._live_connection = self.connects
             with self._cond:
                 self._unacked.clear()  # what the last connection left unacked comes again as DUP
+                self._redelivered.clear()
         client._attempt = 0  # type: ignore[attr-defined]
         # Rule commands are small packets sent between acks: with Nagle's algorithm on, one
         # waits for the broker to acknowledge the previous segment (tens of milliseconds).
@@ -338,9 +340,15 @@ class MqttIngest:
                 mid = raw.mid
                 held = self._unacked.get(mid, 0)
                 self._unacked[mid] = held + 1
-                if held and not raw.dup:
+                redelivered = self._redelivered
+                # A broker sends a message once per connection, so a second one under an id
+                # still unacked, or a second redelivery under an id not acked since, is another
+                # message.
+                if held or (raw.dup and mid in redelivered):
                     raw = dataclasses.replace(raw, id_reused=True)
                     self._id_reused()
+                if raw.dup:
+                    redelivered.add(mid)
             pending = self._pending
             pending.append(raw)
             self._pending_bytes += len(raw.payload)
@@ -361,10 +369,11 @@ class MqttIngest:
     def _id_reused(self) -> None:
         self.ids_reused += 1
         if self.ids_reused == 1 or self.ids_reused % 10_000 == 0:
-            logger.error(
-                "MQTT broker %s:%s sent a new message under a packet id still unacked (%d so "
-                "far): its in-flight window is over 65,535. Set max_inflight_messages to at "
-                "most 60000 in mosquitto.conf, or use protocol 5 (mqtt.max_inflight)",
+            logger.warning(
+                "MQTT broker %s:%s sent a message under a packet id it had not seen acked (%d "
+                "so far): more than 65,535 messages are in flight. The gateway tells them "
+                "apart by topic and payload; keep max_inflight_messages at most 60000 (and use "
+                "Mosquitto 2.0.13 or newer: older ones exceed it while a backlog drains)",
                 self._config.host,
                 self._config.port,
                 self.ids_reused,
@@ -427,11 +436,12 @@ class MqttIngest:
             if live is None or not mids:
                 return
             with self._cond:
-                unacked = self._unacked
+                unacked, redelivered = self._unacked, self._redelivered
                 for mid in mids:
                     held = unacked.pop(mid, 1)
                     if held > 1:
                         unacked[mid] = held - 1
+                    redelivered.discard(mid)  # acked: the broker may use the id again
             # Queued under the lock: paho drops queued packets on reconnect only after our
             # _on_disconnect ran, so these cannot reach a later connection.
             self._client.ack_qos1_batch(mids)

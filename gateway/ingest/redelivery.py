@@ -25,8 +25,11 @@ present (it restarted without its persistence file, the session expired, a failo
 session's ids mean nothing: the first message of the new session (`RawMessage.session`) drops
 every entry, and the next commit deletes them from the buffer. Within one session the broker
 never has two unacked messages under one id as long as its in-flight window stays below 65,536
-(`mqtt.max_inflight`); a reuse the ingest sees anyway is flagged on the message
-(`RawMessage.id_reused`), and such a delivery does not count as proof that the id was acked.
+(`mqtt.max_inflight`). Mosquitto before 2.0.13 (Debian 12 ships 2.0.11) breaks that bound while a
+queued backlog drains (each ack of its oldest in-flight message moves up to a whole window of
+queued ones into flight), so the filter also copes with reuse: the ingest flags a message that
+comes under an id it has not acked yet (`RawMessage.id_reused`), several entries may share an
+id, and such a delivery does not count as proof that the id was acked.
 """
 
 from __future__ import annotations
@@ -45,10 +48,13 @@ def payload_digest(payload: bytes) -> int:
 
 class RedeliveryFilter:
     def __init__(self, entries: list[InflightEntry] | None = None) -> None:
-        self._last: dict[int, tuple[str, int, int]] = {}
-        self._accepted: dict[int, tuple[str, int]] = {}  # since the last remember (uncommitted)
+        # Packet id -> what was committed under it. Usually one entry; more when the broker
+        # reused the id while an earlier message under it was unacked.
+        self._last: dict[int, list[tuple[str, int, int]]] = {}
+        # Since the last remember (accepted, not committed yet): packet id -> (topic, digest)s.
+        self._accepted: dict[int, list[tuple[str, int]]] = {}
         for mid, topic, digest, batch in entries or []:
-            self._last[mid] = (topic, digest, batch)
+            self._last.setdefault(mid, []).append((topic, digest, batch))
         self._next_batch = max((e[3] for e in entries or []), default=0) + 1
         self.confirmed_upto = 0  # batches whose acks the broker has confirmed
         self._session = 0  # the session the entries belong to (0: the one the buffer last saw)
@@ -67,14 +73,23 @@ class RedeliveryFilter:
             return False
         if message.session > self._session:
             self._new_session(message.session)
+        mid, topic = message.mid, message.topic
         digest = payload_digest(message.payload)
+        accepted = self._accepted.get(mid)
         if message.dup:
-            for known in (self._accepted.get(message.mid), self._last.get(message.mid)):
-                if known is not None and known[0] == message.topic and known[1] == digest:
+            for known_topic, known_digest in accepted or ():
+                if known_topic == topic and known_digest == digest:
+                    return True
+            for known_topic, known_digest, _ in self._last.get(mid, ()):
+                if known_topic == topic and known_digest == digest:
                     return True
         elif not message.id_reused:
-            self._last.pop(message.mid, None)
-        self._accepted[message.mid] = (message.topic, digest)
+            # A fresh message under an id we had acked: the broker had our ack.
+            self._last.pop(mid, None)
+        if accepted is None:
+            self._accepted[mid] = [(topic, digest)]
+        else:
+            accepted.append((topic, digest))
         return False
 
     def remember(self, messages: list[RawMessage]) -> tuple[list[InflightEntry], int]:
@@ -82,13 +97,19 @@ class RedeliveryFilter:
         batch = self._next_batch
         self._next_batch += 1
         self._accepted.clear()
+        last = self._last
         rows: list[InflightEntry] = []
         for message in messages:
             if message.qos == 0 or message.session < self._session:
                 continue  # an old session's id can never be redelivered
+            mid, topic = message.mid, message.topic
             digest = payload_digest(message.payload)
-            self._last[message.mid] = (message.topic, digest, batch)
-            rows.append((message.mid, message.topic, digest, batch))
+            known = last.get(mid)
+            if known is not None and (message.id_reused or message.dup):
+                known.append((topic, digest, batch))
+            else:
+                last[mid] = [(topic, digest, batch)]
+            rows.append((mid, topic, digest, batch))
         return rows, batch
 
     def confirm(self, upto_batch: int) -> None:
@@ -96,7 +117,14 @@ class RedeliveryFilter:
         if upto_batch <= self.confirmed_upto:
             return
         self.confirmed_upto = upto_batch
-        self._last = {mid: e for mid, e in self._last.items() if e[2] > upto_batch}
+        kept: dict[int, list[tuple[str, int, int]]] = {}
+        for mid, entries in self._last.items():
+            if len(entries) == 1:
+                if entries[0][2] > upto_batch:
+                    kept[mid] = entries
+            elif newer := [e for e in entries if e[2] > upto_batch]:
+                kept[mid] = newer
+        self._last = kept
 
     def __len__(self) -> int:
         return len(self._last)

@@ -14,12 +14,14 @@ from gateway.services import LocalServer
 
 # Mosquitto's default max_inflight_messages (20) lets only 20 unacked QoS 1 messages reach a
 # consumer at once; the gateway acks in batches after each commit, so that would cap it at a few
-# hundred messages a second. 0 means unlimited.
+# hundred messages a second. It must stay below 65,536: packet ids are 16 bits, and with more
+# unacked messages two of them would share one (0, unlimited, allows that while a backlog
+# drains). Mirrors deploy/mosquitto.conf.
 # set_tcp_nodelay: without it, the broker holds a small message for the gateway until the
 # previous segment is acknowledged; under load that adds ~5 ms to every rule's reaction.
 BROKER_SETTINGS = """\
-max_inflight_messages 0
-max_queued_messages 1000000
+max_inflight_messages 20000
+max_queued_messages 2000000
 max_queued_bytes 0
 persistent_client_expiration 14d
 set_tcp_nodelay true
