@@ -9,7 +9,6 @@ import json
 import struct
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 from gateway.errors import SinkError
@@ -87,17 +86,14 @@ class AvroEncoder:
     def header(self) -> tuple[str, bytes] | None:
         return None if self.registry_url else (SCHEMA_HEADER, self.schema_json.encode())
 
-    def encode(self, records: Iterator[dict[str, Any]], topic_of: list[str]) -> list[bytes]:
-        out: list[bytes] = []
+    def encode_one(self, record: dict[str, Any], topic: str) -> bytes:
+        """One value; ValueError, TypeError or OverflowError for a record the schema cannot
+        take (SinkError when the registry fails)."""
         buffer = io.BytesIO()
-        for record, topic in zip(records, topic_of, strict=True):
-            buffer.seek(0)
-            buffer.truncate()
-            if self.registry_url:
-                buffer.write(b"\x00" + struct.pack(">I", self.schema_id(f"{topic}-value")))
-            fastavro.schemaless_writer(buffer, self.schema, record)
-            out.append(buffer.getvalue())
-        return out
+        if self.registry_url:
+            buffer.write(b"\x00" + struct.pack(">I", self.schema_id(f"{topic}-value")))
+        fastavro.schemaless_writer(buffer, self.schema, record)
+        return buffer.getvalue()
 
     def schema_id(self, subject: str) -> int:
         """Register (or look up) the schema under `subject`; the registry returns its id."""

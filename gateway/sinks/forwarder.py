@@ -30,10 +30,12 @@ from typing import Any, Protocol, TypeVar
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gateway.errors import BufferStoreError, SinkBackpressureError, SinkError, SinkRejectedError
 from gateway.sinks.base import Attempt, Rejection, Sink, WriteResult
 from gateway.sinks.config import BatchingConfig, RetryConfig
+from gateway.sinks.records import iso_times
 
 logger = logging.getLogger(__name__)
 
@@ -542,9 +544,11 @@ def _bounds(batch: pa.Table) -> tuple[int, int]:
 def dead_letter_rows(
     sink: str, stream: str, batch: pa.Table, rejected: list[Rejection]
 ) -> pa.Table:
-    """Dead-letter rows for the rejected positions, each with the full record as JSON."""
+    """Dead-letter rows for the rejected positions, each with the full record as JSON (times as
+    ISO 8601 text: the batch may hold years past 9999, which no Python datetime holds)."""
     by_position = {r.position: r.reason for r in rejected}
-    rows = [row for row in batch.to_pylist() if row["id"] in by_position]
+    wanted = pc.is_in(batch.column("id"), pa.array(list(by_position), pa.int64()))
+    rows = iso_times(batch.filter(wanted)).to_pylist()
     now = int(time.time() * 1e6)
     return pa.table(
         {

@@ -24,11 +24,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gateway.errors import SinkError
 from gateway.sinks.base import Attempt, Rejection, WriteResult
 from gateway.sinks.config import KafkaSinkConfig
-from gateway.sinks.records import RecordEncoder
+from gateway.sinks.records import RecordEncoder, unencodable
 
 try:
     from confluent_kafka import (
@@ -179,6 +180,9 @@ class KafkaSink:
     def _write(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
         with self._lock:
             records = self._records(attempt.stream, batch)
+            refused = unencodable(attempt.stream, batch, "kafka")
+            if refused:
+                records = _without(records, refused)
             topics = sorted(set(records.column("topic").to_pylist()))
             self._ensure_topics(topics)
             if attempt.resumed or attempt.replay:
@@ -201,6 +205,8 @@ class KafkaSink:
             result = self._produce(records, attempt.stream)
             if self._disruptions != disruptions and records.num_rows:
                 self._verify(records, topics, attempt, result)
+            if refused:
+                return WriteResult(result.bytes_sent, refused + result.rejected)
             return result
 
     def _verify(
@@ -247,9 +253,13 @@ class KafkaSink:
             records.num_rows - len(refused),
         )
 
-    def _values(self, records: pa.Table, stream: str) -> tuple[list[Any], list[tuple[str, bytes]]]:
+    def _values(
+        self, records: pa.Table, stream: str
+    ) -> tuple[list[Any], list[tuple[str, bytes]], list[Rejection]]:
+        """Each record's value (None where it cannot be encoded), extra headers, and the
+        records that cannot be encoded, as rejections."""
         if self.config.format == "json":
-            return records.column("value").to_pylist(), []
+            return records.column("value").to_pylist(), [], []
         from gateway.sinks.avro import AvroEncoder
 
         encoder = self._avro.get(stream)
@@ -262,18 +272,32 @@ class KafkaSink:
                 )
             encoder = AvroEncoder(self.name, stream, self.config.schema_registry_url, auth)
             self._avro[stream] = encoder
-        docs = (json.loads(v) for v in records.column("value").to_pylist())
-        values = encoder.encode(
-            (_avro_record(d, stream) for d in docs), records.column("topic").to_pylist()
-        )
+        values: list[Any] = []
+        refused: list[Rejection] = []
+        for position, doc, topic in zip(
+            records.column("id").to_pylist(),
+            records.column("value").to_pylist(),
+            records.column("topic").to_pylist(),
+            strict=True,
+        ):
+            try:
+                values.append(encoder.encode_one(_avro_record(json.loads(doc), stream), topic))
+            except (ValueError, TypeError, OverflowError) as exc:  # this record, never
+                values.append(None)
+                refused.append(Rejection(int(position), f"kafka: cannot encode as Avro: {exc}"))
         header = encoder.header()
-        return values, [header] if header else []
+        return values, [header] if header else [], refused
 
     def _produce(self, records: pa.Table, stream: str) -> WriteResult:
         if records.num_rows == 0:
             return WriteResult(bytes_sent=0)
         producer = self._producer_now()
-        values, extra_headers = self._values(records, stream)
+        values, extra_headers, refused = self._values(records, stream)
+        if refused:
+            records = _without(records, refused)
+            values = [v for v in values if v is not None]
+            if records.num_rows == 0:
+                return WriteResult(bytes_sent=0, rejected=refused)
         failed: list[tuple[Any, KafkaError]] = []
 
         def on_error(err: KafkaError | None, msg: Any) -> None:
@@ -282,7 +306,7 @@ class KafkaSink:
             if err is not None:
                 failed.append((msg.value(), err))
 
-        rejected: list[Rejection] = []
+        rejected: list[Rejection] = list(refused)
         positions = records.column("id").to_pylist()
         nbytes = 0
         produce = producer.produce
@@ -598,6 +622,11 @@ def partitions_from_start(consumer: Consumer, topic_prefix: str) -> list[TopicPa
         if topic.startswith(topic_prefix)
         for p in consumer.list_topics(topic, timeout=METADATA_TIMEOUT).topics[topic].partitions
     ]
+
+
+def _without(records: pa.Table, rejected: list[Rejection]) -> pa.Table:
+    positions = pa.array([r.position for r in rejected], pa.int64())
+    return records.filter(pc.invert(pc.is_in(records.column("id"), positions)))
 
 
 def _span(batch: pa.Table) -> tuple[int, int, int]:

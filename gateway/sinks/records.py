@@ -12,8 +12,10 @@ import threading
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gateway.errors import ConfigError
+from gateway.sinks.base import Rejection
 
 _ISO = "strftime(make_timestamp(epoch_us({col})), '%Y-%m-%dT%H:%M:%S.%fZ')"
 
@@ -46,6 +48,46 @@ RECORD_FIELDS: dict[str, list[tuple[str, str]]] = {
         ("gateway_id", "$gateway_id"),
     ],
 }
+
+# Years 1 to 9999: what ISO 8601 text, Python's datetime (Avro's timestamps via fastavro) and
+# Snowflake's TIMESTAMP_TZ hold. The buffer's TIMESTAMPTZ holds far more (a `{"ts": 3e17}`
+# read as microseconds is the year 11476), and older buffers have such rows.
+MIN_TIME_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
+MAX_TIME_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+TIME_COLUMNS = {"readings": ("event_time", "ingest_time"), "alerts": ("alert_time",)}
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # Arrow's %S carries the fraction
+
+
+def unencodable(stream: str, batch: pa.Table, sink: str) -> list[Rejection]:
+    """Rows of `batch` with a time no record can carry, as rejections (dead letters) naming
+    the sink, the column and the time."""
+    rejected: dict[int, Rejection] = {}
+    ids = batch.column("id")
+    for column in TIME_COLUMNS[stream]:
+        if column not in batch.column_names:
+            continue
+        times = pc.cast(batch.column(column), pa.timestamp("us", tz="UTC"))
+        micros = pc.cast(times, pa.int64())
+        outside = pc.or_(pc.less(micros, MIN_TIME_US), pc.greater(micros, MAX_TIME_US))
+        for i in pc.indices_nonzero(pc.fill_null(outside, False)).to_pylist():
+            position = int(ids[i].as_py())
+            if position not in rejected:
+                text = pc.strftime(times.slice(i, 1), ISO_FORMAT)[0].as_py()
+                rejected[position] = Rejection(
+                    position, f"{sink}: {column} {text} is outside the years 1 to 9999"
+                )
+    return list(rejected.values())
+
+
+def iso_times(table: pa.Table) -> pa.Table:
+    """`table` with every timestamp column as ISO 8601 UTC text, which any year can be (a
+    Python datetime stops at 9999)."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type):
+            utc = pc.cast(table.column(i), pa.timestamp("us", tz="UTC"))
+            table = table.set_column(i, field.name, pc.strftime(utc, ISO_FORMAT))
+    return table
+
 
 _COLUMNS = {
     "readings": {"device", "metric", "unit", "topic"},

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from gateway.errors import SinkError, SinkRejectedError
 from gateway.sinks.base import Attempt, Rejection, WriteResult
 from gateway.sinks.config import SnowflakeSinkConfig
-from gateway.sinks.records import RecordEncoder
+from gateway.sinks.records import RecordEncoder, unencodable
 
 try:
     import snowflake.connector
@@ -282,7 +282,9 @@ class SnowflakeSink:
     def _write(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
         with self._lock:
             table = self.parquet_table(attempt.stream, batch)
-            rejected = self._oversized(table, batch)
+            rejected = unencodable(attempt.stream, batch, "snowflake")
+            refused = {r.position for r in rejected}
+            rejected += [r for r in self._oversized(table, batch) if r.position not in refused]
             if rejected:
                 bad = {r.position for r in rejected}
                 keep = pa.array([p not in bad for p in batch.column("id").to_pylist()])
