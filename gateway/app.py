@@ -109,7 +109,12 @@ class Gateway:
         store = await self.on_writer(BufferStore, cfg.buffer.path)
         self.store = store
         redelivery = RedeliveryFilter(await self.on_writer(store.inflight_entries))
-        decoder = BatchDecoder(TopicRouter(cfg.routes), redelivery, cfg.buffer.max_payload_bytes)
+        decoder = BatchDecoder(
+            TopicRouter(cfg.routes),
+            redelivery,
+            cfg.buffer.max_payload_bytes,
+            known_identities=store.known_identities,  # on the writer thread, as decode() is
+        )
         ingest = MqttIngest(
             cfg.mqtt,
             max_pending=cfg.buffer.max_pending,

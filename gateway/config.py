@@ -137,6 +137,10 @@ class RouteConfig(_Model):
     metric: str | None = None  # fixed metric when the pattern has no {metric}
     unit: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    # For payloads that carry a device time or sequence number: the same topic and payload
+    # again within this window is a copy, not a reading (a broker restored from its last save
+    # delivers messages the gateway already acked again, as new). None: every message counts.
+    dedup_window: Duration | None = Field(default=None, gt=0, le=7 * 86400)
 
     @model_validator(mode="after")
     def _names_device(self) -> RouteConfig:

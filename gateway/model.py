@@ -87,6 +87,9 @@ class IngestBatch:
     duplicates: int = 0  # redeliveries recognised and not stored again
     number: int = 0  # the batch's number in the redelivery bookkeeping (set before commit)
     retained: list[int] = field(default_factory=list)  # rows from retained messages (known state)
+    # Content identities of this batch's messages on routes with a `dedup_window`, each with
+    # the time it expires (epoch seconds): committed with the batch (see ingest/content.py).
+    identities: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def reading_count(self) -> int:

@@ -33,6 +33,7 @@ TABLES = (
     "state",
     "mqtt_inflight",
     "retained_readings",
+    "content_identities",
     "counters",
     "dead_letters",
 )

@@ -56,6 +56,10 @@ DDL = [
         topic VARCHAR NOT NULL,
         digest BIGINT NOT NULL,
         batch BIGINT NOT NULL)""",
+    # Content identities (ingest/content.py) of recent messages on routes with a dedup window.
+    """CREATE TABLE IF NOT EXISTS content_identities (
+        digest BIGINT NOT NULL,
+        expires_at DOUBLE NOT NULL)""",
     # Readings decoded from retained messages: the broker's stored state, delivered on
     # subscribing. Rules take them as known state, not news, live and in backtests alike.
     """CREATE TABLE IF NOT EXISTS retained_readings (
@@ -76,7 +80,7 @@ DDL = [
 
 # Tables a buffer file written before they existed lacks until the gateway's next start creates
 # them (CREATE TABLE IF NOT EXISTS); reading such a file treats them as empty.
-ADDED_LATER = frozenset({"retained_readings"})
+ADDED_LATER = frozenset({"retained_readings", "content_identities"})
 
 COUNTERS = (
     "readings_total",

@@ -331,6 +331,21 @@ class BufferStore:
         rows = self._con.execute("SELECT mid, topic, digest, batch FROM mqtt_inflight").fetchall()
         return [(int(m), str(t), int(d), int(b)) for m, t, d, b in rows]
 
+    def known_identities(self, identities: list[int], now: float) -> set[int]:
+        """Which of these content identities (gateway/ingest/content.py) are held, unexpired."""
+        self._ensure_open()
+        con = self._con
+        con.register("_asked_identities", pa.table({"digest": pa.array(identities, pa.int64())}))
+        try:
+            rows = con.execute(
+                "SELECT DISTINCT c.digest FROM content_identities c "
+                "JOIN _asked_identities a USING (digest) WHERE c.expires_at > ?",
+                [now],
+            ).fetchall()
+        finally:
+            con.unregister("_asked_identities")
+        return {int(d) for (d,) in rows}
+
     def append(
         self, batch: IngestBatch, inflight: list[InflightEntry], forget_upto_batch: int = 0
     ) -> CommitResult:
@@ -373,6 +388,19 @@ class BufferStore:
                 con.unregister("_batch_quarantine")
             if forget_upto_batch:
                 con.execute("DELETE FROM mqtt_inflight WHERE batch <= ?", [forget_upto_batch])
+            if batch.identities:
+                identities = pa.table(
+                    {
+                        "digest": pa.array([i[0] for i in batch.identities], pa.int64()),
+                        "expires_at": pa.array([i[1] for i in batch.identities], pa.float64()),
+                    }
+                )
+                con.register("_batch_identities", identities)
+                con.execute("INSERT INTO content_identities SELECT * FROM _batch_identities")
+                con.unregister("_batch_identities")
+                if self._commits % 500 == 0 and batch.messages:  # now and then, not each time
+                    now = max(m.received_at for m in batch.messages)
+                    con.execute("DELETE FROM content_identities WHERE expires_at < ?", [now])
             if inflight:
                 # Several rows may share a packet id: a broker that reuses an id while the
                 # first message under it is unacked (see gateway/ingest/redelivery.py).

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gateway.errors import DecodeError
+from gateway.ingest.content import KnownIdentities, content_identity
 from gateway.ingest.decoders import DECODERS
 from gateway.ingest.redelivery import RedeliveryFilter
 from gateway.ingest.routing import TopicRouter
@@ -30,11 +31,18 @@ class BatchDecoder:
     """Routes and decodes a batch; bad messages become quarantine rows, never exceptions."""
 
     def __init__(
-        self, router: TopicRouter, redelivery: RedeliveryFilter, max_payload_bytes: int
+        self,
+        router: TopicRouter,
+        redelivery: RedeliveryFilter,
+        max_payload_bytes: int,
+        known_identities: KnownIdentities | None = None,
     ) -> None:
         self._router = router
         self._redelivery = redelivery
         self._max_payload = max_payload_bytes
+        # Routes with a dedup window recognise copies by content (gateway/ingest/content.py);
+        # without the buffer to ask (the rules' early decoding), they are not looked for.
+        self._known_identities = known_identities if router.dedups else None
         # One instance of each stateful decoder (Shelly, Sparkplug) per gateway, made on first use.
         self._stateful: dict[str, MessageDecoder] = {}
 
@@ -56,13 +64,15 @@ class BatchDecoder:
         tags: list[str | None] = []
         quarantined: list[tuple[RawMessage, str]] = []
         retained: list[int] = []
-        duplicates = 0
         kept: list[RawMessage] = []
         route = self._router.route
-        for msg in messages:
-            if self._redelivery.is_redelivery(msg):
-                duplicates += 1
-                continue
+        fresh = [m for m in messages if not self._redelivery.is_redelivery(m)]
+        duplicates = len(messages) - len(fresh)
+        identities: list[tuple[int, float]] = []
+        if self._known_identities is not None:
+            fresh, identities = self._drop_copies(fresh)
+            duplicates = len(messages) - len(fresh)
+        for msg in fresh:
             kept.append(msg)
             if len(msg.payload) > self._max_payload:
                 quarantined.append(
@@ -134,7 +144,36 @@ class BatchDecoder:
             messages=kept,
             duplicates=duplicates,
             retained=retained,
+            identities=identities,
         )
+
+    def _drop_copies(
+        self, messages: list[RawMessage]
+    ) -> tuple[list[RawMessage], list[tuple[int, float]]]:
+        """The messages that are not copies, and the identities to commit with them."""
+        assert self._known_identities is not None
+        route = self._router.route
+        candidates: list[tuple[int, int, float]] = []  # (index, identity, expires at)
+        for i, msg in enumerate(messages):
+            match = route(msg.topic)
+            if match is not None and match.dedup_window:
+                identity = content_identity(msg.topic, msg.payload)
+                candidates.append((i, identity, msg.received_at + match.dedup_window))
+        if not candidates:
+            return messages, []
+        now = max(m.received_at for m in messages)
+        known = self._known_identities([c[1] for c in candidates], now)
+        copies: set[int] = set()
+        identities: list[tuple[int, float]] = []
+        for i, identity, expires_at in candidates:
+            if identity in known:
+                copies.add(i)
+            else:
+                known.add(identity)  # a second one in the same batch is a copy too
+                identities.append((identity, expires_at))
+        if not copies:
+            return messages, identities
+        return [m for i, m in enumerate(messages) if i not in copies], identities
 
 
 def quarantine_table(rows: list[tuple[RawMessage, str]], max_payload_bytes: int) -> pa.Table:

@@ -21,6 +21,7 @@ class RouteMatch:
     metric: str | None
     unit: str | None
     tags_json: str | None
+    dedup_window: float | None = None  # seconds; see gateway/ingest/content.py
 
 
 class _CompiledRoute:
@@ -58,6 +59,7 @@ class TopicRouter:
 
     def __init__(self, routes: list[RouteConfig]) -> None:
         self._routes = [_CompiledRoute(i, r) for i, r in enumerate(routes)]
+        self.dedups = any(r.dedup_window for r in routes)  # some route has a dedup window
         self._cache: dict[str, RouteMatch | None] = {}
 
     def route(self, topic: str) -> RouteMatch | None:
@@ -92,5 +94,6 @@ class TopicRouter:
                 tags_json=orjson.dumps(tags, option=orjson.OPT_SORT_KEYS).decode()
                 if tags
                 else None,
+                dedup_window=config.dedup_window,
             )
         return None
