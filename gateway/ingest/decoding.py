@@ -15,11 +15,29 @@ from gateway.model import (
     DECODED_QUARANTINE_SCHEMA,
     DECODED_READINGS_SCHEMA,
     UTC_MICROS,
+    Decoded,
     IngestBatch,
     RawMessage,
 )
 
 QUARANTINE_KEEP_BYTES = 4096  # how much of an oversized payload the quarantine keeps
+
+# Device times a reading may carry: from 1970-01-01 to before 2100-01-01 (UTC). Outside it a
+# time is impossible, not just wrong (1e20 would be stored as the year 290309 BC, 3e17 as a year
+# past 9999 that no sink can encode): the message is quarantined with the reason.
+PLAUSIBLE_TIMES = (0.0, 4_102_444_800.0)
+
+
+def _impossible_time(decoded: list[Decoded]) -> str | None:
+    low, high = PLAUSIBLE_TIMES
+    for d in decoded:
+        when = d.event_time
+        if when is not None and not low <= when < high:  # also NaN
+            return (
+                f"event time {when!r} (epoch seconds) of {d.metric!r} is outside 1970-01-01 "
+                "to 2099-12-31 UTC: an impossible device time"
+            )
+    return None
 
 
 def _timestamps(seconds: list[float]) -> pa.Array:
@@ -98,6 +116,10 @@ class BatchDecoder:
                 continue
             except (UnicodeDecodeError, RecursionError, ValueError) as exc:
                 quarantined.append((msg, f"{match.decoder} decoder: {type(exc).__name__}: {exc}"))
+                continue
+            impossible = _impossible_time(decoded)
+            if impossible is not None:
+                quarantined.append((msg, f"{match.decoder} decoder: {impossible}"))
                 continue
             if msg.retain:
                 retained.extend(range(len(device), len(device) + len(decoded)))
