@@ -26,7 +26,7 @@ def test_impossible_device_times_are_quarantined_and_the_rest_is_stored(
     gateway = start_gateway(config)
     assert wait_until(lambda: gateway_ready(buffer), timeout=30), gateway.tail()
     pub = publisher(broker.host, broker.port, client_id=unique("times"))
-    payloads = [{"ts": 1_780_000_000 + i, "value": i} for i in range(10)]
+    payloads: list[dict[str, object]] = [{"ts": 1_780_000_000 + i, "value": i} for i in range(10)]
     payloads[3:3] = [{"ts": ts, "value": 99} for ts in IMPOSSIBLE]
     infos = [pub.publish("sensors/plant/dev1/temp", json.dumps(p), qos=1) for p in payloads]
     assert wait_until(lambda: all(m.is_published() for m in infos))
