@@ -334,16 +334,13 @@ class BufferStore:
     def known_identities(self, identities: list[int], now: float) -> set[int]:
         """Which of these content identities (gateway/ingest/content.py) are held, unexpired."""
         self._ensure_open()
-        con = self._con
-        con.register("_asked_identities", pa.table({"digest": pa.array(identities, pa.int64())}))
-        try:
-            rows = con.execute(
-                "SELECT DISTINCT c.digest FROM content_identities c "
-                "JOIN _asked_identities a USING (digest) WHERE c.expires_at > ?",
-                [now],
-            ).fetchall()
-        finally:
-            con.unregister("_asked_identities")
+        # A parameter, not a registered table: DuckDB refuses register() on a connection that
+        # still holds a result another read left unfinished (fetchone), and execute() does not.
+        rows = self._con.execute(
+            "SELECT DISTINCT digest FROM content_identities "
+            "WHERE expires_at > ? AND digest IN (SELECT unnest(?::BIGINT[]))",
+            [now, identities],
+        ).fetchall()
         return {int(d) for (d,) in rows}
 
     def append(

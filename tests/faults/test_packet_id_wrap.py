@@ -45,8 +45,11 @@ def config_for(broker: Mosquitto, tmp_path: Path, protocol: Literal["3.1.1", "5"
             subscriptions=[Subscription(topic="sensors/#", qos=1)],
             reconnect=ReconnectConfig(min_delay=0.1, max_delay=1.0),
         ),
-        # Small batches: the backlog stays in flight (sent, unacked) for as long as possible.
-        buffer=BufferConfig(path=tmp_path / "buffer.duckdb", max_batch=20),
+        # Small batches: the backlog stays in flight (sent, unacked) for as long as possible
+        # (larger ones for a long run, which would take hours 20 at a time).
+        buffer=BufferConfig(
+            path=tmp_path / "buffer.duckdb", max_batch=20 if BACKLOG <= 100_000 else 2_000
+        ),
         api=ApiConfig(enabled=False),
     )
 
@@ -79,6 +82,7 @@ def drain_through_a_restart(config: GatewayConfig, broker: Mosquitto) -> Gateway
     return gw
 
 
+@pytest.mark.timeout(300 if BACKLOG <= 100_000 else 3600)
 @pytest.mark.parametrize(
     ("protocol", "broker_window"),
     [

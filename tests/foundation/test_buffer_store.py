@@ -310,3 +310,18 @@ def test_a_file_that_is_not_a_buffer_gives_a_clear_error(tmp_path: Path) -> None
     with pytest.raises(BufferStoreError, match=r"junk.duckdb: cannot open"):
         BufferStore(path)
     assert duckdb  # the driver is the real one
+
+
+def test_content_identities_are_found_after_a_purge_left_a_result_open(tmp_path: Path) -> None:
+    """Retention's DELETEs read their count with fetchone(), which leaves the result open; the
+    identity lookup that follows on the same connection must still work (it crashed the
+    gateway's writer once)."""
+    store = BufferStore(tmp_path / "b.duckdb")
+    now = time.time()
+    batch = decoder().decode([message("sensors/h/d/m", b"1", at=now)])
+    batch.identities = [(42, now + 60.0)]
+    store.append(batch, [])
+    store.purge(now=now, max_age=86400, max_bytes=10**12, protected_after=None, drop_unsent=False)
+    assert store.known_identities([42, 43], now) == {42}
+    assert store.known_identities([42], now + 61.0) == set()  # expired
+    store.close()
