@@ -33,6 +33,7 @@ from gateway.ingest.decoding import BatchDecoder
 from gateway.ingest.mqtt import MqttIngest
 from gateway.ingest.redelivery import RedeliveryFilter
 from gateway.ingest.routing import TopicRouter
+from gateway.liveness import Liveness
 from gateway.model import IngestBatch
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Gateway:
         self.rules: Any = None  # gateway.rules.service.RulesService when rule files are configured
         self.telemetry = Telemetry(config.routes)  # per-route counts, devices, rule activity
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-writer")
+        self.liveness = Liveness()  # /healthz and systemd's watchdog (gateway/liveness.py)
         self.ready = asyncio.Event()
         self.clock: Callable[[], float] = time.time  # wall clock: ingest time and retention
 
@@ -122,6 +124,7 @@ class Gateway:
             max_batch_bytes=cfg.buffer.max_batch_bytes,
             wake_at=cfg.buffer.max_batch,
             clock=self.clock,
+            heartbeat=self.liveness.mqtt.beat,
         )
         self.ingest = ingest
         if cfg.sinks:  # one forwarder per sink and stream; retention keeps what they lack
@@ -181,6 +184,7 @@ class Gateway:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._ingest_loop(stop, ingest, decoder, redelivery, store))
                 tasks.create_task(self._retention_loop(stop, store))
+                tasks.create_task(self.liveness.run(stop, self._writer.submit))
                 for task in self.background:
                     tasks.create_task(task(stop))
         finally:
@@ -228,6 +232,7 @@ class Gateway:
                 except BufferStoreError as exc:
                     self.stats.commit_failures += 1
                     logger.error("%s; retrying in %.1fs (messages stay unacked)", exc, delay)
+                    self.liveness.writer_alive()  # waiting on the disk, not stuck
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
 

@@ -27,8 +27,15 @@ def running_api(buffer_path: Path) -> str | None:
     try:
         info = json.loads(path.read_text())
         url = str(info["api"])
-        with urllib.request.urlopen(f"{url}/healthz", timeout=2):  # noqa: S310 (loopback URL we wrote)
-            return url
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2):  # noqa: S310 (loopback URL we wrote)
+                return url
+        except urllib.error.HTTPError as exc:
+            # A stalled gateway answers 503 yet still holds the file and serves SQL and status.
+            with exc:
+                body = json.loads(exc.read())
+            stalled = exc.code == 503 and isinstance(body, dict) and body.get("healthy") is False
+            return url if stalled else None
     except (OSError, ValueError, KeyError):
         return None
 

@@ -1,7 +1,7 @@
 """The local HTTP API on a thread: health, Prometheus metrics, JSON views, SQL, live events and
 the dashboard.
 
-    GET  /healthz                 liveness (never needs the token)
+    GET  /healthz                 liveness: 503 naming a stalled part (never needs the token)
     GET  /readyz                  200 when the broker is connected and the buffer is open
     GET  /metrics                 Prometheus text format
     GET  /api/status | devices | rules | alerts | sinks | quarantine    JSON
@@ -260,7 +260,7 @@ def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
-                self._json(HTTPStatus.OK, {"status": "ok"})
+                self._health()
                 return
             static = api.static.get(path)
             if static is not None:
@@ -281,6 +281,14 @@ def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
                     self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {path}"})
             except (BufferStoreError, duckdb.Error) as exc:  # buffer not open yet, or closing
                 self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+
+        def _health(self) -> None:
+            # Answered on this thread from the parts' beats: it needs neither the writer nor
+            # the event loop, so it still answers when one of them is stuck.
+            liveness = getattr(api.gateway, "liveness", None)
+            report = {"status": "ok", "healthy": True} if liveness is None else liveness.report()
+            healthy = report["healthy"]
+            self._json(HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE, report)
 
         def _ready(self) -> None:
             ingest = api.gateway.ingest

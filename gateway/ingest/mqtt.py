@@ -18,6 +18,7 @@ Locks, in the order they may be taken (never the other way round):
   never taken in a paho callback. Nothing of ours is held while calling `client.publish` or
   `client.ack` (both take paho's `_out_message_mutex`): holding a lock of ours there while the
   network thread holds that mutex and calls back into us would freeze the gateway.
+  The liveness heartbeat (gateway/liveness.py) takes no lock, so it runs under any of these.
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ class _IngestClient(paho.Client):
     backoff_min = 0.5
     backoff_max = 30.0
     _attempt = 0
+    heartbeat: Callable[[], None] | None = None  # network thread's sign of life (liveness.py)
+
+    def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:
+        # Every turn of the network loop passes here, and waits at most `timeout` (1 s) in
+        # select: a beat per turn shows the thread is alive, idle or not.
+        heartbeat = self.heartbeat
+        if heartbeat is not None:
+            heartbeat()
+        return super()._loop(timeout)
 
     def _handle_on_message(self, message: paho.MQTTMessage) -> None:
         # paho matches every topic against its (empty) table of per-filter callbacks before
@@ -122,6 +132,8 @@ class _IngestClient(paho.Client):
         delay = ceiling / 2 + random.uniform(0, ceiling / 2)
         deadline = time.monotonic() + delay
         while not self._thread_terminate and time.monotonic() < deadline:
+            if self.heartbeat is not None:
+                self.heartbeat()
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
@@ -137,8 +149,10 @@ class MqttIngest:
         max_batch_bytes: int = 8 * 1024 * 1024,
         wake_at: int = 10_000,
         clock: Callable[[], float] = time.time,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
+        self._heartbeat = heartbeat or (lambda: None)  # called on the network thread
         self._max_pending = max_pending
         self._max_pending_bytes = max_pending_bytes
         self._max_batch_bytes = max_batch_bytes
@@ -209,6 +223,7 @@ class MqttIngest:
             )
             client.tls_insecure_set(tls.insecure)
         client.max_queued_messages_set(0)
+        client.heartbeat = self._heartbeat
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -363,6 +378,7 @@ class MqttIngest:
                 len(self._pending) >= self._max_pending
                 or self._pending_bytes >= self._max_pending_bytes
             ) and not self._closing:
+                self._heartbeat()  # waiting for the writer on purpose (liveness watches it)
                 self._cond.notify()
                 self._cond.wait(0.5)
 

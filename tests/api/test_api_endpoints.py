@@ -13,7 +13,9 @@ from gateway.testing import wait_until
 
 def test_healthz_answers_while_the_process_lives(scenario: Scenario) -> None:
     status, _, body = scenario.get("/healthz")
-    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    health = json.loads(body)
+    assert (status, health["status"], health["healthy"]) == (200, "ok", True)
+    assert set(health["parts"]) == {"event_loop", "writer", "mqtt"}  # tests/faults/test_liveness.py
 
 
 def test_readyz_reports_broker_connected_and_buffer_writable(scenario: Scenario) -> None:

@@ -56,6 +56,17 @@ def test_systemd_unit_is_hardened_and_keeps_state_in_var_lib() -> None:
     assert s["ExecStart"][0].startswith("/opt/edge-gateway/.venv/bin/edge-gateway run ")
 
 
+def test_systemd_unit_feeds_a_watchdog() -> None:
+    # gateway/liveness.py: READY=1 once running, then WATCHDOG=1 only while every part moves.
+    s = unit_settings(UNIT.read_text())
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
+    (watchdog,) = s["WatchdogSec"]
+    assert 10 <= int(watchdog) <= 120  # the gateway's stall threshold is WatchdogSec, >= 10 s
+    assert "PYTHONFAULTHANDLER=1" in s["Environment"]  # stacks in the journal on SIGABRT
+    assert int(s["TimeoutStartSec"][0]) >= 90  # READY=1 waits for the buffer to open
+    assert "AF_UNIX" in s["RestrictAddressFamilies"][0].split()  # the notify socket
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found")
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     # The unit starts /opt/edge-gateway/.venv/bin/edge-gateway, which is not installed on a test
