@@ -1,11 +1,22 @@
 """Soak: run the gateway for a set time under steady load with faults injected, then count.
 
-Starts a private Mosquitto and Tansu (Kafka), runs `edge-gateway run` as a child process with a
-Kafka sink behind a TCP proxy, publishes readings 0, 1, 2, ... at a steady rate (QoS 1), and
-every --fault-every seconds injects the next fault in turn: the uplink cut for a while, a broker
-restart, and (in the first third of the run only, so memory can be watched on one process for
-the rest) kill -9 of the gateway. Prints the gateway's RSS over time; at the end counts every
-reading the broker acknowledged in the buffer and in Kafka. The last line is
+Starts a private Mosquitto, Tansu (Kafka) and fakesnow (Snowflake), runs `edge-gateway run` as a
+child process with a Kafka sink behind a TCP proxy and a Snowflake sink, publishes readings 0, 1,
+2, ... at a steady rate, and every --fault-every seconds injects the next fault in turn:
+- the uplink cut for a while;
+- a broker restart (graceful: it saves first);
+- a broker SIGKILL with persistence: it restores its last save and delivers again, as new, what
+  the gateway acked since (the soak's route has a dedup_window: its payloads are sequence
+  numbers);
+- the broker's session lost: SIGKILL and its persistence file deleted;
+- poison device times (`{"ts": 1e20}` and the like), which must be quarantined;
+- in the first third of the run only (so memory can be watched on one process for the rest):
+  kill -9 of the gateway, and a backlog of 70,000 readings (past the 65,535 packet ids) queued
+  while the gateway is down, drained through a broker restart.
+The broker faults that lose its state wait until it has acknowledged and handed over what the
+publisher sent: what a crashed broker itself loses is not the gateway's to count. Prints the
+gateway's RSS over time; at the end counts every reading the broker acknowledged in the buffer,
+in Kafka and in Snowflake. The last line is
 
     soak minutes=<n> lost=<n> doubled=<n> rss_start_mb=<n> rss_end_mb=<n>
 
@@ -31,11 +42,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import snowflake.connector
 import yaml
 from confluent_kafka import Consumer
 
 from gateway.buffer.store import connect
 from gateway.services import free_port
+from gateway.services.fakesnow import FakeSnow
 from gateway.services.mosquitto import Mosquitto
 from gateway.services.tansu import Tansu
 from gateway.sinks.kafka import partitions_from_start, read_to_end
@@ -111,6 +124,7 @@ class Load:
         self.client = publisher(broker.host, broker.port, client_id="soak-load")
         self.infos: list[Any] = []
         self._stop = threading.Event()
+        self.paused = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -122,7 +136,7 @@ class Load:
             if delay > 0:
                 self._stop.wait(delay)
                 continue
-            if not self.client.is_connected():  # the broker is restarting: catch up after
+            if self.paused.is_set() or not self.client.is_connected():  # catch up after
                 self._stop.wait(0.1)
                 continue
             topic = f"sensors/soak/dev{i % 50}/seq"
@@ -141,6 +155,66 @@ class Load:
 
     def acked(self) -> set[int]:
         return {i for i, info in enumerate(list(self.infos)) if _published(info)}
+
+
+BURST_BASE = 10_000_000  # values of the backlog bursts, apart from the steady load's
+
+
+def publish_burst(broker: Mosquitto, first: int, count: int) -> set[int]:
+    """Publish `count` values from `first` as fast as the broker takes them (QoS 1, in chunks:
+    the publisher's packet ids are 16 bits too); returns the values it acknowledged."""
+    client = publisher(broker.host, broker.port, client_id=f"soak-burst-{first}")
+    acked: set[int] = set()
+    for start in range(first, first + count, 20_000):
+        infos = {
+            value: client.publish(f"sensors/soak/burst{value % 50}/seq", str(value), qos=1)
+            for value in range(start, min(start + 20_000, first + count))
+        }
+        wait_until(lambda: all(_published(i) for i in infos.values()), timeout=120)  # noqa: B023
+        acked |= {value for value, info in infos.items() if _published(info)}
+    client.disconnect()
+    client.loop_stop()
+    return acked
+
+
+POISON_TIMES: list[Any] = [1e20, 3e17, "9999-12-31T23:59:59-12:00"]
+
+
+def publish_poison(broker: Mosquitto, round_: int) -> int:
+    """Impossible device times, each payload new (`n`): the soak's route takes a repeated
+    payload for a broker's copy."""
+    client = publisher(broker.host, broker.port, client_id="soak-poison")
+    infos = [
+        client.publish(
+            "sensors/soak/poison/temp", json.dumps({"ts": ts, "value": 1, "n": round_}), qos=1
+        )
+        for ts in POISON_TIMES
+    ]
+    wait_until(lambda: all(_published(i) for i in infos), timeout=30)
+    client.disconnect()
+    client.loop_stop()
+    return len(infos)
+
+
+def quarantined_times(buffer: Path) -> int:
+    con = connect(buffer, read_only=True, lock_wait=30.0)
+    try:
+        rows = con.execute(
+            "SELECT count(*) FROM quarantine WHERE reason LIKE '%impossible device time%'"
+        ).fetchall()
+    finally:
+        con.close()
+    return int(rows[0][0])
+
+
+def snowflake_values(server: FakeSnow, schema: str) -> Counter[int]:
+    con = snowflake.connector.connect(**server.connection_args(), database="EDGE", schema=schema)
+    try:
+        cursor = con.cursor().execute("SELECT value FROM readings")
+        rows = cursor.fetchall() if cursor is not None else []
+    finally:
+        con.close()
+    return Counter(int(v) for (v,) in rows)
 
 
 def _published(info: Any) -> bool:
@@ -244,7 +318,7 @@ def shipped_position(buffer: Path) -> tuple[int, int]:
     table = query(
         buffer,
         "SELECT (SELECT coalesce(max(id), 0) FROM readings) AS head, "
-        "(SELECT coalesce(max(position), 0) FROM sink_cursors WHERE stream = 'readings') AS pos",
+        "(SELECT coalesce(min(position), 0) FROM sink_cursors WHERE stream = 'readings') AS pos",
     )
     row = table.to_pylist()[0]
     return int(row["head"]), int(row["pos"])
@@ -276,7 +350,9 @@ def main() -> None:
     with (
         Mosquitto(persistence=True, workdir=workdir / "mosquitto") as broker,
         Tansu(advertised_port=uplink_port) as kafka,
+        FakeSnow() as warehouse,
     ):
+        warehouse.create_database("EDGE")
         proxy = Proxy(kafka.port, uplink_port)
         proxy.start()
         config = workdir / "gateway.yaml"
@@ -292,6 +368,11 @@ def main() -> None:
                         "reconnect": {"min_delay": "200ms", "max_delay": "2s"},
                     },
                     "buffer": {"path": str(buffer)},
+                    # The payloads are sequence numbers: a copy is what a rolled-back broker
+                    # delivers again (docs/architecture.md).
+                    "routes": [
+                        {"pattern": "sensors/{site}/{device}/{metric}", "dedup_window": "1h"}
+                    ],
                     "api": {"port": 0},
                     "sinks": [
                         {
@@ -303,7 +384,21 @@ def main() -> None:
                             "batching": {"max_rows": 5000, "max_age": "200ms"},
                             "retry": {"min_delay": "200ms", "max_delay": "2s"},
                             "client": {"reconnect.backoff.max.ms": "2000"},
-                        }
+                        },
+                        {
+                            "type": "snowflake",
+                            "name": "warehouse",
+                            "account": warehouse.account,
+                            "user": warehouse.user,
+                            "password": "${FAKESNOW_PASSWORD}",
+                            "database": "EDGE",
+                            "schema": "SOAK",
+                            "host": warehouse.host,
+                            "port": warehouse.port,
+                            "protocol": "http",
+                            "batching": {"max_rows": 5000, "max_age": "1s"},
+                            "retry": {"min_delay": "200ms", "max_delay": "2s"},
+                        },
                     ],
                     "log_level": "warning",
                 }
@@ -316,7 +411,11 @@ def main() -> None:
                 [sys.executable, "-m", "gateway", "run", "-c", str(config)],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={
+                    **os.environ,
+                    "PYTHONUNBUFFERED": "1",
+                    "FAKESNOW_PASSWORD": warehouse.password,
+                },
             )
 
         gateway = start_gateway()
@@ -325,10 +424,23 @@ def main() -> None:
         time.sleep(1.0)  # subscribed
         load = Load(broker, args.rate).start()
         started = time.monotonic()
-        restarts = broker_restarts = outages = 0
+        restarts = broker_restarts = outages = broker_kills = sessions_lost = backlogs = 0
+        poison_sent = 0
+        burst_acked: set[int] = set()
         samples: list[tuple[float, float]] = []
         anon: list[tuple[float, float]] = []
-        faults = ["uplink", "broker", "kill"]
+        faults = ["uplink", "broker", "backlog", "broker_kill", "poison", "kill", "session_lost"]
+        restarting = {"kill", "backlog"}  # new gateway processes: first third only
+
+        def quiesce() -> None:
+            """Pause the load until the broker acknowledged it and the gateway committed it
+            (a broker that loses its state loses what it held; that is not ours to count)."""
+            load.paused.set()
+            wait_until(lambda: len(load.acked()) == len(load.infos), timeout=60)
+            expected = len(load.infos) + len(burst_acked)
+            wait_until(lambda: shipped_position(buffer)[0] >= expected, timeout=120)
+            time.sleep(2.0)  # the broker's autosave (every second) has the handover
+
         next_fault, next_sample, fault_index = started + args.fault_every, started, 0
         arenas = os.environ.get("MALLOC_ARENA_MAX", "default")
         print(
@@ -358,7 +470,7 @@ def main() -> None:
             if now >= next_fault:
                 fault = faults[fault_index % len(faults)]
                 fault_index += 1
-                if fault == "kill" and now - started > duration / 3:
+                while fault in restarting and now - started > duration / 3:
                     fault = faults[fault_index % len(faults)]
                     fault_index += 1
                 if fault == "uplink":
@@ -371,6 +483,35 @@ def main() -> None:
                     time.sleep(3.0)
                     broker.start()
                     broker_restarts += 1
+                elif fault == "broker_kill":
+                    quiesce()
+                    broker.kill()  # restored from its last save: the gateway's acks since
+                    time.sleep(1.0)  # then come back as new messages
+                    broker.start()
+                    load.paused.clear()
+                    broker_kills += 1
+                elif fault == "session_lost":
+                    quiesce()
+                    broker.kill()
+                    (broker.workdir / "mosquitto.db").unlink(missing_ok=True)
+                    broker.start()
+                    load.paused.clear()
+                    sessions_lost += 1
+                elif fault == "poison":
+                    poison_sent += publish_poison(broker, fault_index)
+                elif fault == "backlog":
+                    gateway.send_signal(signal.SIGKILL)
+                    gateway.wait(10)
+                    first = BURST_BASE + backlogs * 100_000
+                    burst_acked |= publish_burst(broker, first, 70_000)
+                    gateway = start_gateway()
+                    time.sleep(3.0)  # into the drain
+                    broker.stop()
+                    broker.start()
+                    restarts += 1
+                    backlogs += 1
+                    samples.clear()
+                    anon.clear()
                 else:
                     gateway.send_signal(signal.SIGKILL)
                     gateway.wait(10)
@@ -384,7 +525,7 @@ def main() -> None:
         load.stop()
         if not wait_until(lambda: len(load.acked()) == len(load.infos), timeout=120):
             print("warning: the broker did not acknowledge every reading", flush=True)
-        acked = load.acked()
+        acked = load.acked() | burst_acked
         rss_end = rss_mb(gateway.pid)
         anon_end = rss_mb(gateway.pid, "RssAnon")
 
@@ -398,11 +539,15 @@ def main() -> None:
         log.close()
         in_kafka, offset_gaps = kafka_values(kafka.bootstrap_servers)
         in_buffer = buffer_values(buffer)
+        in_snowflake = snowflake_values(warehouse, "SOAK")
+        poison_quarantined = quarantined_times(buffer)
         proxy.cut()
     lost = len(acked - set(in_kafka))
     doubled = sum(n - 1 for n in in_kafka.values() if n > 1)
     buffer_lost = len(acked - set(in_buffer))
     buffer_doubled = sum(n - 1 for n in in_buffer.values() if n > 1)
+    sf_lost = len(acked - set(in_snowflake))
+    sf_doubled = sum(n - 1 for n in in_snowflake.values() if n > 1)
     # Memory is compared from one minute into the last gateway process's life (imports and
     # first batches warm up before that) to its end, each as the median of WINDOW samples: RSS
     # saws up and down by several percent between the buffer's recycles, outages and restarts.
@@ -413,11 +558,14 @@ def main() -> None:
     print(f"caught up: {caught_up}; readings acknowledged by the broker: {len(acked)}")
     print(f"buffer: lost={buffer_lost} doubled={buffer_doubled}")
     print(f"kafka: lost={lost} doubled={doubled} offset_gaps={offset_gaps}")
+    print(f"snowflake: lost={sf_lost} doubled={sf_doubled}")
+    print(f"poison device times: sent={poison_sent} quarantined={poison_quarantined}")
     if lost:
         describe_missing(buffer, sorted(acked - set(in_kafka)))
     print(
-        f"faults survived: kill -9 restarts={restarts} broker restarts={broker_restarts} "
-        f"uplink outages={outages}"
+        f"faults survived: gateway restarts={restarts} (backlogs of 70,000: {backlogs}) "
+        f"broker restarts={broker_restarts} broker kills={broker_kills} "
+        f"sessions lost={sessions_lost} uplink outages={outages}"
     )
     growth = (rss_end - rss_start) / rss_start * 100 if rss_start else 0.0
     print(
@@ -425,8 +573,8 @@ def main() -> None:
         f"(anonymous memory {anon_start:.0f} -> {anon_end:.0f} MB)"
     )
     print(
-        f"soak minutes={round(args.minutes)} lost={lost + buffer_lost} "
-        f"doubled={doubled + buffer_doubled} rss_start_mb={round(rss_start)} "
+        f"soak minutes={round(args.minutes)} lost={lost + buffer_lost + sf_lost} "
+        f"doubled={doubled + buffer_doubled + sf_doubled} rss_start_mb={round(rss_start)} "
         f"rss_end_mb={round(rss_end)}"
     )
 
