@@ -82,7 +82,6 @@ class BatchDecoder:
         tags: list[str | None] = []
         quarantined: list[tuple[RawMessage, str]] = []
         retained: list[int] = []
-        kept: list[RawMessage] = []
         route = self._router.route
         fresh = [m for m in messages if not self._redelivery.is_redelivery(m)]
         duplicates = len(messages) - len(fresh)
@@ -91,7 +90,6 @@ class BatchDecoder:
             fresh, identities = self._drop_copies(fresh)
             duplicates = len(messages) - len(fresh)
         for msg in fresh:
-            kept.append(msg)
             if len(msg.payload) > self._max_payload:
                 quarantined.append(
                     (
@@ -163,7 +161,7 @@ class BatchDecoder:
         return IngestBatch(
             readings=readings,
             quarantine=quarantine_table(quarantined, self._max_payload),
-            messages=kept,
+            messages=fresh,
             duplicates=duplicates,
             retained=retained,
             identities=identities,

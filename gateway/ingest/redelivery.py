@@ -46,26 +46,52 @@ def payload_digest(payload: bytes) -> int:
     return (zlib.crc32(payload) << 31) | (len(payload) & 0x7FFFFFFF)
 
 
+Entry = tuple[str, int, int]  # topic, payload digest, batch number
+
+
 class RedeliveryFilter:
     def __init__(self, entries: list[InflightEntry] | None = None) -> None:
-        # Packet id -> what was committed under it. Usually one entry; more when the broker
-        # reused the id while an earlier message under it was unacked.
-        self._last: dict[int, list[tuple[str, int, int]]] = {}
-        # Since the last remember (accepted, not committed yet): packet id -> (topic, digest)s.
-        self._accepted: dict[int, list[tuple[str, int]]] = {}
+        # Packet id -> what was last committed under it; earlier entries under the same id
+        # (the broker reused it while an earlier message was unacked) wait in _older. The
+        # common case stays one tuple per id: this runs for every message.
+        self._last: dict[int, Entry] = {}
+        self._older: dict[int, list[Entry]] = {}
+        # Since the last remember (accepted, not committed yet): packet id -> (topic, digest),
+        # and in _accepted_older any earlier one under a reused id.
+        self._accepted: dict[int, tuple[str, int]] = {}
+        self._accepted_older: dict[int, list[tuple[str, int]]] = {}
         for mid, topic, digest, batch in entries or []:
-            self._last.setdefault(mid, []).append((topic, digest, batch))
+            self._add(mid, (topic, digest, batch))
         self._next_batch = max((e[3] for e in entries or []), default=0) + 1
         self.confirmed_upto = 0  # batches whose acks the broker has confirmed
         self._session = 0  # the session the entries belong to (0: the one the buffer last saw)
+
+    def _add(self, mid: int, entry: Entry) -> None:
+        earlier = self._last.get(mid)
+        if earlier is not None:
+            self._older.setdefault(mid, []).append(earlier)
+        self._last[mid] = entry
 
     def _new_session(self, session: int) -> None:
         # Nothing of the old session can be redelivered under its packet ids: every entry goes
         # (the next commit deletes them), and so do messages accepted but not yet committed.
         self._session = session
         self._last.clear()
+        self._older.clear()
         self._accepted.clear()
+        self._accepted_older.clear()
         self.confirmed_upto = self._next_batch - 1
+
+    def _known(self, mid: int, topic: str, digest: int) -> bool:
+        accepted = self._accepted.get(mid)
+        if accepted is not None and accepted == (topic, digest):
+            return True
+        last = self._last.get(mid)
+        if last is not None and last[0] == topic and last[1] == digest:
+            return True
+        if mid in self._accepted_older and (topic, digest) in self._accepted_older[mid]:
+            return True
+        return any(e[0] == topic and e[1] == digest for e in self._older.get(mid, ()))
 
     def is_redelivery(self, message: RawMessage) -> bool:
         """True for a DUP delivery of a message already committed; updates what it knows."""
@@ -75,21 +101,17 @@ class RedeliveryFilter:
             self._new_session(message.session)
         mid, topic = message.mid, message.topic
         digest = payload_digest(message.payload)
-        accepted = self._accepted.get(mid)
         if message.dup:
-            for known_topic, known_digest in accepted or ():
-                if known_topic == topic and known_digest == digest:
-                    return True
-            for known_topic, known_digest, _ in self._last.get(mid, ()):
-                if known_topic == topic and known_digest == digest:
-                    return True
+            if self._known(mid, topic, digest):
+                return True
         elif not message.id_reused:
             # A fresh message under an id we had acked: the broker had our ack.
             self._last.pop(mid, None)
-        if accepted is None:
-            self._accepted[mid] = [(topic, digest)]
-        else:
-            accepted.append((topic, digest))
+            self._older.pop(mid, None)
+        earlier = self._accepted.get(mid)
+        if earlier is not None:
+            self._accepted_older.setdefault(mid, []).append(earlier)
+        self._accepted[mid] = (topic, digest)
         return False
 
     def remember(self, messages: list[RawMessage]) -> tuple[list[InflightEntry], int]:
@@ -97,6 +119,7 @@ class RedeliveryFilter:
         batch = self._next_batch
         self._next_batch += 1
         self._accepted.clear()
+        self._accepted_older.clear()
         last = self._last
         rows: list[InflightEntry] = []
         for message in messages:
@@ -104,11 +127,10 @@ class RedeliveryFilter:
                 continue  # an old session's id can never be redelivered
             mid, topic = message.mid, message.topic
             digest = payload_digest(message.payload)
-            known = last.get(mid)
-            if known is not None and (message.id_reused or message.dup):
-                known.append((topic, digest, batch))
+            if (message.id_reused or message.dup) and mid in last:
+                self._add(mid, (topic, digest, batch))  # keep the earlier one too
             else:
-                last[mid] = [(topic, digest, batch)]
+                last[mid] = (topic, digest, batch)
             rows.append((mid, topic, digest, batch))
         return rows, batch
 
@@ -117,14 +139,10 @@ class RedeliveryFilter:
         if upto_batch <= self.confirmed_upto:
             return
         self.confirmed_upto = upto_batch
-        kept: dict[int, list[tuple[str, int, int]]] = {}
-        for mid, entries in self._last.items():
-            if len(entries) == 1:
-                if entries[0][2] > upto_batch:
-                    kept[mid] = entries
-            elif newer := [e for e in entries if e[2] > upto_batch]:
-                kept[mid] = newer
-        self._last = kept
+        self._last = {mid: e for mid, e in self._last.items() if e[2] > upto_batch}
+        if self._older:
+            older = ((mid, [e for e in es if e[2] > upto_batch]) for mid, es in self._older.items())
+            self._older = {mid: es for mid, es in older if es}
 
     def __len__(self) -> int:
-        return len(self._last)
+        return len(self._last) + sum(len(es) for es in self._older.values())
