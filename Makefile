@@ -43,7 +43,7 @@ lint: setup
 	@for dir in tests tests/*/; do $(BIN)/mypy --no-error-summary $$dir/*.py || exit 1; done
 
 test: setup lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 bench: setup
 	$(BIN)/python bench/ingest.py

@@ -9,11 +9,16 @@ connection dropped stays unacked: with the session kept, the broker redelivers i
 redelivery is acked; with the session lost, its packet id now names another message, and
 acking it would ack that one before it is committed.
 
+A broker must not reuse a packet id while the message under it is unacked, but Mosquitto before
+2.0.13 does while a queued backlog drains. An id counts as in flight from receipt until an ack
+barrier confirms the broker read our ack of it; a message under an id in flight is marked
+`id_reused`, and the redelivery filter then keeps what it knows of both.
+
 Locks, in the order they may be taken (never the other way round):
   1. paho's `_in_callback_mutex` / `_out_message_mutex`: paho holds them on its network thread
      while it calls our callbacks (`_on_message`, `_on_connect`, `_on_publish`, ...).
   2. `_connection_lock` (which connection is live, and its session), then
-  3. `_cond` (the pending list and the unacked packet ids).
+  3. `_cond` (the pending list and the packet ids in flight).
   `_barrier_lock` is a leaf: held only around our own dicts, never while calling into paho and
   never taken in a paho callback. Nothing of ours is held while calling `client.publish` or
   `client.ack` (both take paho's `_out_message_mutex`): holding a lock of ours there while the
@@ -161,16 +166,19 @@ class MqttIngest:
         self._pending: list[RawMessage] = []
         self._pending_bytes = 0
         self._cond = threading.Condition()
-        # Packet ids received on the live connection and not acked yet (id -> how many): a
-        # second message under one of them means the broker's in-flight window is too large.
-        self._unacked: dict[int, int] = {}
-        self._redelivered: set[int] = set()  # ids redelivered (DUP) on the live connection
+        # Packet ids of messages the broker may still hold in flight (id -> how many): received
+        # on the live connection, and not yet acked with a barrier confirming the ack arrived.
+        # A second message under one of them means the broker reuses ids in flight. Until the
+        # barrier's PUBACK the gateway cannot know whether the broker read its ack: a message
+        # sent under the id meanwhile proves nothing about the earlier one.
+        self._in_flight: dict[int, int] = {}
         self.ids_reused = 0
         self._connection_lock = threading.Lock()
         self._live_connection: int | None = None  # None while disconnected
         self.session = 0  # counts up on every connect that found no session (model.RawMessage)
         self._barrier_lock = threading.Lock()
-        self._barriers: dict[int, tuple[int, int]] = {}  # barrier mid -> (batch, connection)
+        # barrier mid -> (batch, connection, the packet ids its acks released)
+        self._barriers: dict[int, tuple[int, int, list[int]]] = {}
         self._barrier_topic = "$edge-gateway/ack-barrier/" + "".join(
             c if c not in "/+#" else "_" for c in config.client_id
         )
@@ -283,8 +291,7 @@ class MqttIngest:
                 self.session += 1  # the old session's packet ids mean nothing any more
             self._live_connection = self.connects
             with self._cond:
-                self._unacked.clear()  # what the last connection left unacked comes again as DUP
-                self._redelivered.clear()
+                self._in_flight.clear()  # what the broker still holds comes again as DUP
         client._attempt = 0  # type: ignore[attr-defined]
         # Rule commands are small packets sent between acks: with Nagle's algorithm on, one
         # waits for the broker to acknowledge the previous segment (tens of milliseconds).
@@ -353,17 +360,13 @@ class MqttIngest:
         with self._cond:
             if raw.qos:
                 mid = raw.mid
-                held = self._unacked.get(mid, 0)
-                self._unacked[mid] = held + 1
-                redelivered = self._redelivered
+                held = self._in_flight.get(mid, 0)
+                self._in_flight[mid] = held + 1
                 # A broker sends a message once per connection, so a second one under an id
-                # still unacked, or a second redelivery under an id not acked since, is another
-                # message.
-                if held or (raw.dup and mid in redelivered):
+                # it may still hold is another message.
+                if held:
                     raw = dataclasses.replace(raw, id_reused=True)
                     self._id_reused()
-                if raw.dup:
-                    redelivered.add(mid)
             pending = self._pending
             pending.append(raw)
             self._pending_bytes += len(raw.payload)
@@ -386,8 +389,8 @@ class MqttIngest:
         self.ids_reused += 1
         if self.ids_reused == 1 or self.ids_reused % 10_000 == 0:
             logger.warning(
-                "MQTT broker %s:%s sent a message under a packet id it had not seen acked (%d "
-                "so far): more than 65,535 messages are in flight. The gateway tells them "
+                "MQTT broker %s:%s sent a message under a packet id still in flight (%d so "
+                "far): more than 65,535 messages are in flight. The gateway tells them "
                 "apart by topic and payload; keep max_inflight_messages at most 60000 (and use "
                 "Mosquitto 2.0.13 or newer: older ones exceed it while a backlog drains)",
                 self._config.host,
@@ -451,25 +454,33 @@ class MqttIngest:
             mids = [m.mid for m in messages if m.qos and m.connection == live]
             if live is None or not mids:
                 return
-            with self._cond:
-                unacked, redelivered = self._unacked, self._redelivered
-                for mid in mids:
-                    held = unacked.pop(mid, 1)
-                    if held > 1:
-                        unacked[mid] = held - 1
-                    redelivered.discard(mid)  # acked: the broker may use the id again
             # Queued under the lock: paho drops queued packets on reconnect only after our
             # _on_disconnect ran, so these cannot reach a later connection.
             self._client.ack_qos1_batch(mids)
         info = self._client.publish(self._barrier_topic, b"", qos=1)  # no lock of ours held
         with self._barrier_lock:
-            if len(self._barriers) > 10_000:  # lost in outages; forgetting only delays confirming
+            if len(self._barriers) > 10_000:  # lost in outages; the next connect forgets ids
                 self._barriers.clear()
             early = self._early.pop(info.mid, None)
             if early is None:
-                self._barriers[info.mid] = (batch, live)
-            elif early[1] == live:
-                self._confirmations.append((batch, early[0]))
+                self._barriers[info.mid] = (batch, live, mids)
+                return
+            if early[1] != live:
+                return
+            self._confirmations.append((batch, early[0]))
+        self._release(live, mids)
+
+    def _release(self, connection: int, mids: list[int]) -> None:
+        """The broker read our acks of these ids on `connection`: it may use them again."""
+        with self._connection_lock:
+            if connection != self._live_connection:
+                return  # the connect since forgot every id
+            with self._cond:
+                in_flight = self._in_flight
+                for mid in mids:
+                    held = in_flight.pop(mid, 1)
+                    if held > 1:
+                        in_flight[mid] = held - 1
 
     def _on_publish(
         self,
@@ -496,6 +507,7 @@ class MqttIngest:
         Until then a redelivery of that batch, sent by the broker before our acks reached it,
         may still wait in the pending list, and its entry must stay to recognise it.
         """
+        released: list[tuple[int, list[int]]] = []
         with self._barrier_lock:
             pubacks, confirmations = self._barrier_pubacks, self._confirmations
             while pubacks:
@@ -507,10 +519,14 @@ class MqttIngest:
                     self._early[mid] = (received, connection)
                 elif barrier[1] == connection:
                     confirmations.append((barrier[0], received))
+                    released.append((connection, barrier[2]))
             while confirmations and confirmations[0][1] <= self._taken:
                 batch, _ = confirmations.popleft()
                 self._acks_confirmed_upto = max(self._acks_confirmed_upto, batch)
-            return self._acks_confirmed_upto
+            upto = self._acks_confirmed_upto
+        for connection, mids in released:  # _barrier_lock is a leaf: released first
+            self._release(connection, mids)
+        return upto
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> None:
         """Publish a command or event (rules' actions); queued by paho while disconnected."""

@@ -28,8 +28,11 @@ never has two unacked messages under one id as long as its in-flight window stay
 (`mqtt.max_inflight`). Mosquitto before 2.0.13 (Debian 12 ships 2.0.11) breaks that bound while a
 queued backlog drains (each ack of its oldest in-flight message moves up to a whole window of
 queued ones into flight), so the filter also copes with reuse: the ingest flags a message that
-comes under an id it has not acked yet (`RawMessage.id_reused`), several entries may share an
-id, and such a delivery does not count as proof that the id was acked.
+comes under an id the broker may still hold, one not yet acked or acked without a barrier's
+confirmation (`RawMessage.id_reused`); several entries may share an id, and such a delivery does
+not count as proof that the id was acked. (The broker may send it while our ack is on the wire:
+were it taken as proof, a broker restart before it read that ack would redeliver the earlier
+message with nothing left to recognise it by.)
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ class RedeliveryFilter:
             if self._known(mid, topic, digest):
                 return True
         elif not message.id_reused:
-            # A fresh message under an id we had acked: the broker had our ack.
+            # A fresh message under an id not in flight: the broker had read our ack.
             self._last.pop(mid, None)
             self._older.pop(mid, None)
         earlier = self._accepted.get(mid)
