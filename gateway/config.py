@@ -23,6 +23,7 @@ from pydantic import (
 
 from gateway.errors import ConfigError
 from gateway.sinks.config import SinkConfig
+from gateway.topics import validate_filter
 from gateway.units import Duration, Size
 from gateway.yamlfile import YamlFileError, read_yaml_file
 
@@ -59,15 +60,7 @@ class Subscription(_Model):
     @field_validator("topic")
     @classmethod
     def _valid_filter(cls, topic: str) -> str:
-        levels = topic.split("/")
-        if not topic:
-            raise ValueError("must not be empty")
-        for i, level in enumerate(levels):
-            if "#" in level and (level != "#" or i != len(levels) - 1):
-                raise ValueError(f"{topic!r}: '#' must be a whole level and the last one")
-            if "+" in level and level != "+":
-                raise ValueError(f"{topic!r}: '+' must be a whole level")
-        return topic
+        return validate_filter(topic)
 
 
 class ReconnectConfig(_Model):

@@ -58,6 +58,7 @@ from gateway.rules.triggers import (
     TimeRunner,
     WindowRunner,
 )
+from gateway.topics import matcher
 
 logger = logging.getLogger(__name__)
 
@@ -95,20 +96,7 @@ def _names_matcher(names: list[str] | None) -> Callable[[str], bool] | None:
 
 
 def _topic_matcher(pattern: str | None) -> Callable[[str], bool] | None:
-    if pattern is None:
-        return None
-    levels = pattern.split("/")
-
-    def match(topic: str) -> bool:
-        parts = topic.split("/")
-        for i, level in enumerate(levels):
-            if level == "#":
-                return True
-            if i >= len(parts) or (level != "+" and level != parts[i]):
-                return False
-        return len(parts) == len(levels)
-
-    return match
+    return None if pattern is None else matcher(pattern)
 
 
 def compile_select(select: Select) -> Matcher:

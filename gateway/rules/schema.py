@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from gateway.errors import RuleError
+from gateway.topics import validate_filter, validate_publish_topic
 from gateway.units import Duration, parse_duration
 from gateway.yamlfile import YamlFileError, read_yaml_file
 
@@ -68,15 +69,7 @@ class Select(_Model):
     @field_validator("topic")
     @classmethod
     def _filter(cls, topic: str | None) -> str | None:
-        if topic is None:
-            return None
-        levels = topic.split("/")
-        for i, level in enumerate(levels):
-            if "#" in level and (level != "#" or i != len(levels) - 1):
-                raise ValueError(f"{topic!r}: '#' must be a whole level and the last one")
-            if "+" in level and level != "+":
-                raise ValueError(f"{topic!r}: '+' must be a whole level")
-        return topic
+        return None if topic is None else validate_filter(topic)
 
 
 class Level(_Model):
@@ -314,9 +307,7 @@ class MqttAction(_Model):
     @field_validator("topic")
     @classmethod
     def _no_wildcards(cls, topic: str) -> str:
-        if "+" in topic or "#" in topic or not topic:
-            raise ValueError("a command topic must be non-empty and have no + or # wildcards")
-        return topic
+        return validate_publish_topic(topic)
 
 
 class AlertAction(_Model):
