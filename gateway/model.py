@@ -90,6 +90,10 @@ class IngestBatch:
     # Content identities of this batch's messages on routes with a `dedup_window`, each with
     # the time it expires (epoch seconds): committed with the batch (see ingest/content.py).
     identities: list[tuple[int, float]] = field(default_factory=list)
+    # With identities: the identity of the message each reading / quarantine row came from
+    # (None off dedup routes), so the buffer can drop the rows of a copy it already holds.
+    reading_identities: list[int | None] = field(default_factory=list)
+    quarantine_identities: list[int | None] = field(default_factory=list)
 
     @property
     def reading_count(self) -> int:

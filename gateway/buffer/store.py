@@ -56,6 +56,7 @@ class CommitResult:
     first_id: int  # position of the batch's first reading (or the next position if none)
     readings: pa.Table  # the committed readings, READINGS_SCHEMA, with id and event_id
     quarantined: int
+    copies: int = 0  # messages dropped as copies of ones the buffer held (routes' dedup_window)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,13 +357,13 @@ class BufferStore:
         landed = self._landed_before(batch)
         if landed is not None:
             return landed
-        readings = batch.readings
+        readings, quarantine, retained, identities, copies = self._without_copies(batch)
         n = readings.num_rows
         first = self._next_reading_id
         ids = pa.array(range(first, first + n), pa.int64())
         event_ids = pc.binary_join_element_wise(self._event_prefix, pc.cast(ids, pa.string()), "")
         readings = readings.add_column(0, "event_id", event_ids).add_column(0, "id", ids)
-        q = batch.quarantine
+        q = quarantine
         q_first = self._next_quarantine_id
         q = q.add_column(0, "id", pa.array(range(q_first, q_first + q.num_rows), pa.int64()))
         con = self._con
@@ -372,11 +373,9 @@ class BufferStore:
                 con.register("_batch_readings", readings)
                 con.execute("INSERT INTO readings SELECT * FROM _batch_readings")
                 con.unregister("_batch_readings")
-            if batch.retained:
-                retained = pa.table(
-                    {"id": pa.array([first + i for i in batch.retained], pa.int64())}
-                )
-                con.register("_batch_retained", retained)
+            if retained:
+                retained_ids = pa.table({"id": pa.array([first + i for i in retained], pa.int64())})
+                con.register("_batch_retained", retained_ids)
                 con.execute("INSERT INTO retained_readings SELECT id FROM _batch_retained")
                 con.unregister("_batch_retained")
             if q.num_rows:
@@ -385,14 +384,14 @@ class BufferStore:
                 con.unregister("_batch_quarantine")
             if forget_upto_batch:
                 con.execute("DELETE FROM mqtt_inflight WHERE batch <= ?", [forget_upto_batch])
-            if batch.identities:
-                identities = pa.table(
+            if identities:
+                held = pa.table(
                     {
-                        "digest": pa.array([i[0] for i in batch.identities], pa.int64()),
-                        "expires_at": pa.array([i[1] for i in batch.identities], pa.float64()),
+                        "digest": pa.array([i[0] for i in identities], pa.int64()),
+                        "expires_at": pa.array([i[1] for i in identities], pa.float64()),
                     }
                 )
-                con.register("_batch_identities", identities)
+                con.register("_batch_identities", held)
                 con.execute("INSERT INTO content_identities SELECT * FROM _batch_identities")
                 con.unregister("_batch_identities")
                 if self._commits % 500 == 0 and batch.messages:  # now and then, not each time
@@ -415,7 +414,7 @@ class BufferStore:
             self._add_counters(
                 readings_total=n,
                 quarantined_total=q.num_rows,
-                duplicates_dropped_total=batch.duplicates,
+                duplicates_dropped_total=batch.duplicates + copies,
             )
             con.commit()
         except duckdb.Error as exc:
@@ -428,7 +427,33 @@ class BufferStore:
         self._next_reading_id += n
         self._next_quarantine_id += q.num_rows
         self._committed()
-        return CommitResult(first_id=first, readings=readings, quarantined=q.num_rows)
+        return CommitResult(first, readings, q.num_rows, copies)
+
+    def _without_copies(
+        self, batch: IngestBatch
+    ) -> tuple[pa.Table, pa.Table, list[int], list[tuple[int, float]], int]:
+        """The batch's readings, quarantine rows, retained rows and identities without the
+        messages whose content identity the buffer holds unexpired, and how many those were."""
+        if not batch.identities:
+            return batch.readings, batch.quarantine, batch.retained, batch.identities, 0
+        now = max(m.received_at for m in batch.messages)
+        held = self.known_identities([i for i, _ in batch.identities], now)
+        if not held:
+            return batch.readings, batch.quarantine, batch.retained, batch.identities, 0
+        keep = [i not in held for i in batch.reading_identities]
+        retained_rows = set(batch.retained)
+        kept_rows = [row for row, kept in enumerate(keep) if kept]
+        retained = [new for new, old in enumerate(kept_rows) if old in retained_rows]
+        readings = batch.readings.filter(pa.array(keep, pa.bool_()))
+        keep_q = pa.array([i not in held for i in batch.quarantine_identities], pa.bool_())
+        identities = [(i, expires) for i, expires in batch.identities if i not in held]
+        return (
+            readings,
+            batch.quarantine.filter(keep_q),
+            retained,
+            identities,
+            len(batch.identities) - len(identities),
+        )
 
     def _landed_before(self, batch: IngestBatch) -> CommitResult | None:
         """The result of a failed append of this very batch whose rows are in the file anyway.

@@ -9,16 +9,14 @@ Two genuinely equal payloads within the window (a plain `21.5`, sent twice) cann
 apart from a copy: such routes must not set it (docs/architecture.md).
 
 The identities are kept in the buffer, committed with the batch that first held them, so a
-gateway that went down with the broker (one power cut for both) still knows them.
+gateway that went down with the broker (one power cut for both) still knows them; the buffer
+drops a copy's rows as it appends the batch (gateway/buffer/store.py), and the decoder drops a
+copy of a message decoded but not committed yet.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-
-KnownIdentities = Callable[[list[int], float], set[int]]
-"""Which of these identities the buffer holds unexpired at this time (epoch seconds)."""
 
 
 def content_identity(topic: str, payload: bytes) -> int:

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gateway.errors import DecodeError
-from gateway.ingest.content import KnownIdentities, content_identity
+from gateway.ingest.content import content_identity
 from gateway.ingest.decoders import DECODERS
 from gateway.ingest.redelivery import RedeliveryFilter
 from gateway.ingest.routing import TopicRouter
@@ -49,18 +49,16 @@ class BatchDecoder:
     """Routes and decodes a batch; bad messages become quarantine rows, never exceptions."""
 
     def __init__(
-        self,
-        router: TopicRouter,
-        redelivery: RedeliveryFilter,
-        max_payload_bytes: int,
-        known_identities: KnownIdentities | None = None,
+        self, router: TopicRouter, redelivery: RedeliveryFilter, max_payload_bytes: int
     ) -> None:
         self._router = router
         self._redelivery = redelivery
         self._max_payload = max_payload_bytes
-        # Routes with a dedup window recognise copies by content (gateway/ingest/content.py);
-        # without the buffer to ask (the rules' early decoding), they are not looked for.
-        self._known_identities = known_identities if router.dedups else None
+        # Routes with a dedup window recognise copies by content (gateway/ingest/content.py).
+        # The buffer knows the identities it committed and drops their copies as it appends;
+        # the ones decoded but not committed yet are known here, until `committed`.
+        self._dedups = router.dedups
+        self._uncommitted: set[int] = set()
         # One instance of each stateful decoder (Shelly, Sparkplug) per gateway, made on first use.
         self._stateful: dict[str, MessageDecoder] = {}
 
@@ -86,10 +84,23 @@ class BatchDecoder:
         fresh = [m for m in messages if not self._redelivery.is_redelivery(m)]
         duplicates = len(messages) - len(fresh)
         identities: list[tuple[int, float]] = []
-        if self._known_identities is not None:
-            fresh, identities = self._drop_copies(fresh)
+        message_identities: list[int | None] = []
+        reading_identities: list[int | None] = []
+        quarantine_identities: list[int | None] = []
+        if self._dedups:
+            fresh, message_identities, identities = self._drop_copies(fresh)
             duplicates = len(messages) - len(fresh)
-        for msg in fresh:
+        identity: int | None = None  # of the message before: its rows are the ones not filled
+
+        def fill(identity: int | None) -> None:
+            reading_identities.extend([identity] * (len(device) - len(reading_identities)))
+            missing = len(quarantined) - len(quarantine_identities)
+            quarantine_identities.extend([identity] * missing)
+
+        for index, msg in enumerate(fresh):
+            if message_identities:
+                fill(identity)
+                identity = message_identities[index]
             if len(msg.payload) > self._max_payload:
                 quarantined.append(
                     (
@@ -144,6 +155,8 @@ class BatchDecoder:
                 unit.append(d.unit if d.unit is not None else match.unit)
                 topic.append(msg.topic)
                 tags.append(match.tags_json)
+        if message_identities:
+            fill(identity)
         readings = pa.Table.from_arrays(
             [
                 _timestamps(event_time),
@@ -165,35 +178,39 @@ class BatchDecoder:
             duplicates=duplicates,
             retained=retained,
             identities=identities,
+            reading_identities=reading_identities,
+            quarantine_identities=quarantine_identities,
         )
+
+    def committed(self, batch: IngestBatch) -> None:
+        """The batch is in the buffer: its identities are the buffer's to know from now on."""
+        if batch.identities:
+            self._uncommitted.difference_update(i for i, _ in batch.identities)
 
     def _drop_copies(
         self, messages: list[RawMessage]
-    ) -> tuple[list[RawMessage], list[tuple[int, float]]]:
-        """The messages that are not copies, and the identities to commit with them."""
-        assert self._known_identities is not None
+    ) -> tuple[list[RawMessage], list[int | None], list[tuple[int, float]]]:
+        """The messages that are not copies of one decoded but not committed yet, each one's
+        identity (None off dedup routes), and the identities to commit with them."""
         route = self._router.route
-        candidates: list[tuple[int, int, float]] = []  # (index, identity, expires at)
-        for i, msg in enumerate(messages):
-            match = route(msg.topic)
-            if match is not None and match.dedup_window:
-                identity = content_identity(msg.topic, msg.payload)
-                candidates.append((i, identity, msg.received_at + match.dedup_window))
-        if not candidates:
-            return messages, []
-        now = max(m.received_at for m in messages)
-        known = self._known_identities([c[1] for c in candidates], now)
-        copies: set[int] = set()
+        uncommitted = self._uncommitted
+        kept: list[RawMessage] = []
+        kept_identities: list[int | None] = []
         identities: list[tuple[int, float]] = []
-        for i, identity, expires_at in candidates:
-            if identity in known:
-                copies.add(i)
-            else:
-                known.add(identity)  # a second one in the same batch is a copy too
-                identities.append((identity, expires_at))
-        if not copies:
-            return messages, identities
-        return [m for i, m in enumerate(messages) if i not in copies], identities
+        for msg in messages:
+            match = route(msg.topic)
+            if match is None or not match.dedup_window:
+                kept.append(msg)
+                kept_identities.append(None)
+                continue
+            identity = content_identity(msg.topic, msg.payload)
+            if identity in uncommitted:
+                continue  # a copy of one still on its way to the buffer
+            uncommitted.add(identity)
+            kept.append(msg)
+            kept_identities.append(identity)
+            identities.append((identity, msg.received_at + match.dedup_window))
+        return kept, kept_identities, identities
 
 
 def quarantine_table(rows: list[tuple[RawMessage, str]], max_payload_bytes: int) -> pa.Table:

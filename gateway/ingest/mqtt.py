@@ -1,7 +1,8 @@
 """MQTT ingest with paho-mqtt: a persistent session, manual acks after commit, and reconnects.
 
-paho's own network thread receives messages and only appends them to a pending list; the
-gateway's writer thread takes them in batches (`take`), commits them, then acks them (`ack`).
+paho's own network thread receives messages and only appends them to a pending list (waking
+the pipeline through `on_pending`); the pipeline takes them (`take`), has them committed, then
+acks them (`ack`).
 The broker keeps unacked QoS 1 messages, so a crash between receive and commit loses nothing.
 
 Acks go only to the connection that delivered the message. A message committed after its
@@ -152,16 +153,18 @@ class MqttIngest:
         max_pending: int = 200_000,
         max_pending_bytes: int = 64 * 1024 * 1024,
         max_batch_bytes: int = 8 * 1024 * 1024,
-        wake_at: int = 10_000,
         clock: Callable[[], float] = time.time,
         heartbeat: Callable[[], None] | None = None,
+        on_pending: Callable[[], None] | None = None,
     ) -> None:
+        """`on_pending` is called on paho's network thread when a message arrives while none
+        was pending: it must only hand over (the pipeline wakes its event loop)."""
         self._config = config
         self._heartbeat = heartbeat or (lambda: None)  # called on the network thread
+        self._on_pending = on_pending or (lambda: None)
         self._max_pending = max_pending
         self._max_pending_bytes = max_pending_bytes
         self._max_batch_bytes = max_batch_bytes
-        self._wake_at = wake_at
         self._clock = clock
         self._pending: list[RawMessage] = []
         self._pending_bytes = 0
@@ -196,9 +199,6 @@ class MqttIngest:
         self.connected = threading.Event()
         self.received = 0
         self.connects = 0
-        # Sees every message as it arrives (the rules engine, which does not wait for commits);
-        # called on paho's network thread under the pending lock, so it must only hand over.
-        self.on_receive: Callable[[RawMessage], None] | None = None
         self.last_error: str | None = None
         self._refused = False
         self._client = self._make_client()
@@ -371,18 +371,14 @@ class MqttIngest:
             pending.append(raw)
             self._pending_bytes += len(raw.payload)
             self.received += 1
-            if self.on_receive is not None:
-                self.on_receive(raw)
-            size = len(pending)
-            if size in (1, self._wake_at):
-                self._cond.notify()
-            # Backpressure: stop reading (the broker holds the rest) until the writer catches up.
+            if len(pending) == 1:
+                self._on_pending()
+            # Backpressure: stop reading (the broker holds the rest) until the pipeline takes.
             while (
                 len(self._pending) >= self._max_pending
                 or self._pending_bytes >= self._max_pending_bytes
             ) and not self._closing:
-                self._heartbeat()  # waiting for the writer on purpose (liveness watches it)
-                self._cond.notify()
+                self._heartbeat()  # waiting for the pipeline on purpose (liveness watches it)
                 self._cond.wait(0.5)
 
     def _id_reused(self) -> None:
@@ -399,33 +395,20 @@ class MqttIngest:
             )
 
     # -- writer side ----------------------------------------------------------------------
-    def take(self, max_count: int, max_wait: float) -> list[RawMessage]:
-        """Block until `max_count` messages (or `max_batch_bytes` of payload) are pending, or
-        `max_wait` passed since the first one; returns at most that many."""
+    def take(self, max_count: int, max_bytes: int | None = None) -> list[RawMessage]:
+        """What is pending now, oldest first: at most `max_count` messages and, past the first,
+        at most `max_bytes` (default `max_batch_bytes`) of payload. Never waits (see
+        `on_pending`)."""
+        budget = self._max_batch_bytes if max_bytes is None else max_bytes
         with self._cond:
-            deadline: float | None = None
-            while True:
-                if (
-                    len(self._pending) >= max_count
-                    or self._pending_bytes >= self._max_batch_bytes
-                    or (self._closing and not self._pending)
-                ):
-                    break
-                if self._pending:
-                    now = time.monotonic()
-                    if deadline is None:
-                        deadline = now + max_wait
-                    if now >= deadline:
-                        break
-                    self._cond.wait(deadline - now)
-                elif not self._cond.wait(max_wait):
-                    return []
             pending = self._pending
-            if self._pending_bytes > self._max_batch_bytes:  # large payloads: fewer per batch
+            if not pending:
+                return []
+            if self._pending_bytes > budget:  # large payloads: fewer per batch
                 size = 0
                 for count, message in enumerate(pending[:max_count]):
                     size += len(message.payload)
-                    if size > self._max_batch_bytes and count:
+                    if size > budget and count:
                         max_count = count
                         break
             taken = pending[:max_count]
@@ -434,7 +417,7 @@ class MqttIngest:
                 self._pending_bytes - sum(len(m.payload) for m in taken) if self._pending else 0
             )
             self._taken += len(taken)
-            self._cond.notify_all()
+            self._cond.notify_all()  # the network thread may wait for room (backpressure)
             return taken
 
     def pending(self) -> int:

@@ -13,17 +13,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow as pa
 
 from gateway.config import LocationConfig, RulesConfig
 from gateway.errors import BufferStoreError, RuleError
-from gateway.model import IngestBatch, RawMessage
+from gateway.model import IngestBatch
 from gateway.rules import state
 from gateway.rules.actions import AlertChange, Output
 from gateway.rules.backtest import primed_runs
@@ -34,18 +33,6 @@ from gateway.rules.schema import load_rule_files
 logger = logging.getLogger(__name__)
 
 OnWriter = Callable[..., Awaitable[Any]]
-
-
-class EarlyDecoder(Protocol):
-    """Routes and decodes raw messages (gateway.ingest.decoding.BatchDecoder)."""
-
-    def decode(self, messages: list[RawMessage]) -> IngestBatch: ...
-
-
-class Remembers(Protocol):
-    """Remembers delivered messages to recognise redeliveries (gateway.ingest.redelivery)."""
-
-    def remember(self, messages: list[RawMessage]) -> tuple[list[Any], int]: ...
 
 
 REPLAY_PAGE = 10_000
@@ -61,6 +48,23 @@ def build_engine(files: list[Path], config: RulesConfig, location: LocationConfi
         allowed_lateness=config.allowed_lateness,
         misfire_grace=config.misfire_grace,
     )
+
+
+def _retained_runs(batch: IngestBatch) -> list[tuple[pa.Table, bool]]:
+    """The batch's readings as runs of rows from retained messages or not, in order."""
+    retained = batch.retained
+    if not retained:
+        return [(batch.readings, False)]
+    flags = [False] * batch.reading_count
+    for row in retained:
+        flags[row] = True
+    runs: list[tuple[pa.Table, bool]] = []
+    start = 0
+    for end in range(1, len(flags) + 1):
+        if end == len(flags) or flags[end] != flags[start]:
+            runs.append((batch.readings.slice(start, end - start), flags[start]))
+            start = end
+    return runs
 
 
 def _fingerprint(files: list[Path]) -> tuple[tuple[str, float, int], ...]:
@@ -87,12 +91,10 @@ class RulesService:
         store: state.StateStore,
         on_writer: OnWriter,
         publish: Publish | None,
-        early: tuple[EarlyDecoder, Remembers] | None = None,
         settled: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`early`: the decoder the rules use on messages as they arrive, and the filter that
-        remembers them; `settled`: true when every received message has been committed."""
+        """`settled`: true when every batch given to `evaluate` has been committed."""
         self.config = config
         self.location = location
         self._store = store
@@ -111,11 +113,8 @@ class RulesService:
         self.last_reload_error: str | None = None
         self.save_failures = 0
         self._last_alert_id = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._early = early
         self._settled = settled
-        self._inbox: list[RawMessage] = []
-        self._inbox_lock = threading.Lock()
+        self._before_commit = False  # batches come through `evaluate`, before their commit
         self._alert_writes = 0
         self._tasks: set[asyncio.Future[None]] = set()
         # Held while a batch or tick is evaluated and its alerts written, so a snapshot never
@@ -128,7 +127,6 @@ class RulesService:
         A broken rule set stops the start-up (RuleError)."""
         engine = build_engine(self.files, self.config, self.location)
         store = self._store
-        self._loop = asyncio.get_running_loop()
         snapshot = await self._on_writer(state.load_snapshot, store)
         self._last_alert_id = await self._on_writer(state.last_alert_id, store)
         if snapshot is not None:
@@ -173,43 +171,23 @@ class RulesService:
             self._dirty = True
 
     # -- input ----------------------------------------------------------------------------
-    def receive(self, message: RawMessage) -> None:
-        """Called on the MQTT network thread for every message as it arrives: hand it over.
+    def evaluate(self, batch: IngestBatch) -> None:
+        """Evaluate a decoded batch before its commit (the gateway's pipeline, event loop).
 
-        The rules decode and evaluate messages themselves, on the event loop, instead of
-        waiting for the buffer's commit (several milliseconds of disk). Commits and rules see
-        the same messages in the same order."""
-        with self._inbox_lock:
-            self._inbox.append(message)
-            first = len(self._inbox) == 1
-        if first and self._loop is not None:
-            self._loop.call_soon_threadsafe(self.evaluate_received)
-
-    def evaluate_received(self) -> None:
-        """Evaluate every message received so far (event loop). Scheduled on arrival, and called
-        by the ingest before each commit: a committed reading has always been evaluated and its
-        commands handed to the MQTT client, so a restart's replay never owes one."""
-        with self._inbox_lock:
-            messages, self._inbox = self._inbox, []
+        The rules do not wait for the buffer's commit (several milliseconds of disk), and a
+        committed reading has always been evaluated and its commands handed to the MQTT
+        client, so a restart's replay never owes one."""
         engine = self.engine
-        if not messages or engine is None or self._early is None:
+        self._before_commit = True
+        if engine is None or not batch.reading_count:
             return
-        decoder, seen = self._early
+        self._dirty = True
         # Retained messages are the broker's memory of a device's state, delivered when we
         # subscribe: they prime the rules but are no crossings. Runs keep the arrival order.
-        start = 0
-        for end in range(1, len(messages) + 1):
-            if end == len(messages) or messages[end].retain != messages[start].retain:
-                run = messages[start:end]
-                batch = decoder.decode(run)
-                # Remembered, so a broker's redelivery (DUP) of one is not evaluated twice.
-                seen.remember(batch.messages)
-                if batch.reading_count:
-                    outputs = engine.process(batch.readings, prime=run[0].retain)
-                    self._dirty = True
-                    if outputs:
-                        self._spawn_handle(outputs)
-                start = end
+        for readings, prime in _retained_runs(batch):
+            outputs = engine.process(readings, prime=prime)
+            if outputs:
+                self._spawn_handle(outputs)
 
     def _spawn_handle(self, outputs: list[Output]) -> None:
         self.executor.execute(outputs)
@@ -271,11 +249,8 @@ class RulesService:
             logger.error("rules: %d alert changes not stored: %s", len(alerts), exc)
 
     def quiet(self) -> bool:
-        """Every message the rules saw is committed (and nothing committed is unseen), and no
+        """Every batch the rules saw is committed (and nothing committed is unseen), and no
         alert row is still being written: a snapshot taken now matches the buffer."""
-        with self._inbox_lock:
-            if self._inbox:
-                return False
         return self._alert_writes == 0 and self._settled()
 
     async def save(self) -> None:
@@ -293,7 +268,7 @@ class RulesService:
                 break
             await asyncio.sleep(0.01)
         async with self._lock:
-            if self._early is not None:  # the rules saw exactly what is committed
+            if self._before_commit:  # the rules saw exactly what is committed
                 engine.last_reading_id = max(
                     engine.last_reading_id, self._store.next_reading_id - 1
                 )

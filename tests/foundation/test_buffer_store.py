@@ -200,9 +200,7 @@ def test_a_redelivery_still_waiting_when_the_acks_are_confirmed_is_recognised() 
     redeliveries still wait in the pending list behind a full batch: their entries must stay
     until the writer has taken them. Drives the ingest's paho callbacks by hand, in the order
     the network thread would call them."""
-    ingest = MqttIngest(
-        MqttConfig(host="127.0.0.1", port=1883, client_id="gw"), max_pending=100, wake_at=100
-    )
+    ingest = MqttIngest(MqttConfig(host="127.0.0.1", port=1883, client_id="gw"), max_pending=100)
     redelivery = RedeliveryFilter()
     decode = decoder(redelivery).decode
     connack = paho.ConnectFlags(session_present=True)  # a live connection: its messages get acks
@@ -214,11 +212,11 @@ def test_a_redelivery_still_waiting_when_the_acks_are_confirmed_is_recognised() 
         msg.payload, msg.qos, msg.dup = payload, 1, dup
         ingest._on_message(ingest._client, None, msg)
 
-    def commit() -> IngestBatch:  # one batch of the gateway's ingest loop
-        messages = ingest.take(1, 0.0)
+    def commit() -> IngestBatch:  # one batch of the gateway's pipeline
+        messages = ingest.take(1)
         batch = decode(messages)
-        redelivery.confirm(ingest.acks_confirmed())
         _, batch.number = redelivery.remember(batch.messages)
+        redelivery.confirm(ingest.acks_confirmed())
         ingest.ack(messages, batch.number)
         return batch
 

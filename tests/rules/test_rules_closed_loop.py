@@ -326,7 +326,6 @@ def test_retained_messages_prime_the_rules_without_firing(tmp_path: Path) -> Non
             store=store,
             on_writer=direct,
             publish=None,
-            early=(decoder, seen),
         )
         await service.start()
         messages = [
@@ -336,8 +335,10 @@ def test_retained_messages_prime_the_rules_without_firing(tmp_path: Path) -> Non
             message(4, "-10"),  # a real crossing
             message(4, "-10", dup=True),  # the broker redelivers it: not evaluated twice
         ]
-        for m in messages:
-            service.receive(m)
+        for m in messages:  # one batch each, as the gateway's pipeline hands them over
+            batch = decoder.decode([m])
+            seen.remember(batch.messages)
+            service.evaluate(batch)
             await asyncio.sleep(0)  # let the event loop drain, as live
         await service.close()
         return service
@@ -428,9 +429,8 @@ rules:
 
 def test_every_reading_is_evaluated_before_its_commit(broker: Mosquitto, tmp_path: Path) -> None:
     """A crash right after a commit must not leave a committed reading whose commands were never
-    sent (a restart's replay does not send them). The rules are normally scheduled as messages
-    arrive; here that scheduling is cut off, so only the ingest's call before each commit drives
-    them, and every commit finds its readings evaluated."""
+    sent (a restart's replay does not send them): the pipeline hands each decoded batch to the
+    rules before it commits it, and every commit finds its readings evaluated."""
     rule_file = tmp_path / "boiler.yaml"
     rule_file.write_text(ALARM_RULE)
     config = rules_gateway(broker, tmp_path, "gw-rules-before-commit", [rule_file])
@@ -440,7 +440,6 @@ def test_every_reading_is_evaluated_before_its_commit(broker: Mosquitto, tmp_pat
         with GatewayThread(config) as gw:
             service = gw.gateway.rules
             assert service is not None and service.engine is not None
-            service._loop = None  # no evaluation scheduled on arrival
             evaluated_at_commit: list[tuple[int, int]] = []
             committed = 0
 

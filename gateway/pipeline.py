@@ -1,0 +1,361 @@
+"""The one path of a reading: take -> decode once -> rules at once, and commit -> ack.
+
+    paho's network thread --on_pending--> event loop: take, drop redeliveries, decode; the
+        rules evaluate the decoded batch at once (their commands leave before the commit)
+    event loop --> writer thread: one DuckDB transaction (batches waiting meanwhile merge)
+    writer thread --> event loop: ack to the broker, then the batch listeners (sinks, telemetry)
+
+Two thread hand-offs from the MQTT callback to the commit. The writer thread only talks to
+DuckDB: decoding, the redelivery bookkeeping and the acks stay on the event loop.
+
+Decoded batches wait for the commit until `max_batch` messages (or `max_batch_bytes`) wait,
+or `flush_interval` passed since the oldest, and while a commit is in flight. Beyond one
+waiting batch the pipeline takes nothing more: the ingest's pending list fills, paho stops
+reading, and the broker holds the rest (it keeps unacked QoS 1 messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import pyarrow as pa
+
+from gateway.config import BufferConfig
+from gateway.errors import BufferStoreError
+from gateway.ingest.redelivery import InflightEntry
+from gateway.model import IngestBatch, RawMessage
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BatchListener = Callable[[pa.Table], Awaitable[None]]
+"""Called after each commit with the committed readings (READINGS_SCHEMA, ids set), in order."""
+
+OnWriter = Callable[..., Awaitable[Any]]
+"""Runs a function on the thread that owns the buffer's write connection."""
+
+
+class MessageSource(Protocol):
+    """Where messages come from and where their acks go (gateway.ingest.mqtt.MqttIngest)."""
+
+    def take(self, max_count: int, max_bytes: int | None = None) -> list[RawMessage]: ...
+    def pending(self) -> int: ...
+    def acks_confirmed(self) -> int: ...
+    def ack(self, messages: list[RawMessage], batch: int) -> None: ...
+    def stop(self) -> None: ...
+
+
+class Redeliveries(Protocol):
+    """The redelivery bookkeeping (gateway.ingest.redelivery.RedeliveryFilter)."""
+
+    confirmed_upto: int
+
+    def remember(self, messages: list[RawMessage]) -> tuple[list[InflightEntry], int]: ...
+    def confirm(self, upto_batch: int) -> None: ...
+
+
+class Decoder(Protocol):
+    """Drops redeliveries and decodes (gateway.ingest.decoding.BatchDecoder)."""
+
+    def decode(self, messages: list[RawMessage]) -> IngestBatch: ...
+    def committed(self, batch: IngestBatch) -> None: ...
+
+
+class Committed(Protocol):
+    """What a commit wrote (gateway.buffer.store.CommitResult)."""
+
+    @property
+    def readings(self) -> pa.Table: ...  # READINGS_SCHEMA, ids set
+    @property
+    def quarantined(self) -> int: ...
+    @property
+    def copies(self) -> int: ...
+
+
+class BatchWriter(Protocol):
+    """Commits a batch in one transaction (gateway.buffer.store.BufferStore); on the writer."""
+
+    def append(
+        self, batch: IngestBatch, inflight: list[InflightEntry], forget_upto_batch: int = 0
+    ) -> Committed: ...
+
+
+class Evaluates(Protocol):
+    """Sees every decoded batch before its commit (gateway.rules.service.RulesService)."""
+
+    def evaluate(self, batch: IngestBatch) -> None: ...
+
+
+@dataclass
+class IngestStats:
+    """Figures for `status`, the API and metrics; updated after each commit."""
+
+    started_at: float = field(default_factory=time.time)
+    messages: int = 0
+    readings: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    batches: int = 0
+    commit_failures: int = 0
+    last_commit_at: float | None = None
+    recent: list[tuple[float, int]] = field(default_factory=list)  # (time, readings) per commit
+
+    def record(self, now: float, messages: int, committed: Committed, redeliveries: int) -> None:
+        readings = int(committed.readings.num_rows)
+        self.messages += messages
+        self.readings += readings
+        self.quarantined += committed.quarantined
+        self.duplicates += redeliveries + committed.copies
+        self.batches += 1
+        self.last_commit_at = now
+        self.recent.append((now, readings))
+        horizon = now - 10.0
+        while self.recent and self.recent[0][0] < horizon:
+            self.recent.pop(0)
+
+    def readings_per_second(self, now: float) -> float:
+        window = [n for t, n in self.recent if t >= now - 10.0]
+        span = min(10.0, max(now - self.started_at, 1e-3))
+        return sum(window) / span
+
+
+@dataclass
+class _Decoded:
+    """Messages taken together, decoded, waiting for their commit."""
+
+    messages: list[RawMessage]  # every one taken: all are acked after the commit
+    batch: IngestBatch
+    inflight: list[InflightEntry]
+    number: int  # the batch number in the redelivery bookkeeping
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(len(m.payload) for m in self.messages)
+
+
+def merge(parts: list[_Decoded]) -> _Decoded:
+    """Decoded batches that wait together, as one commit (their order kept)."""
+    if len(parts) == 1:
+        return parts[0]
+    retained: list[int] = []
+    offset = 0
+    for part in parts:
+        retained.extend(offset + row for row in part.batch.retained)
+        offset += part.batch.reading_count
+    batches = [p.batch for p in parts]
+    batch = IngestBatch(
+        readings=pa.concat_tables([b.readings for b in batches]),
+        quarantine=pa.concat_tables([b.quarantine for b in batches]),
+        messages=[m for b in batches for m in b.messages],
+        duplicates=sum(b.duplicates for b in batches),
+        retained=retained,
+        identities=[i for b in batches for i in b.identities],
+        reading_identities=[i for b in batches for i in b.reading_identities],
+        quarantine_identities=[i for b in batches for i in b.quarantine_identities],
+    )
+    return _Decoded(
+        messages=[m for p in parts for m in p.messages],
+        batch=batch,
+        inflight=[e for p in parts for e in p.inflight],
+        number=parts[-1].number,
+    )
+
+
+class Wakeup:
+    """Wakes the pipeline's event loop from paho's network thread, and only while it sleeps:
+    give `on_pending` to the ingest."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._armed = False
+
+    def on_pending(self) -> None:
+        """A message arrived while none was pending (network thread)."""
+        loop = self._loop
+        if self._armed and loop is not None:
+            self._armed = False
+            loop.call_soon_threadsafe(self._event.set)
+
+    def set(self) -> None:
+        """Wake from the event loop itself (a commit done, stop)."""
+        self._event.set()
+
+    def bind(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    def arm(self) -> None:
+        """Want the next `on_pending`: then check for work once more, then `sleep`."""
+        self._event.clear()
+        self._armed = True
+
+    async def sleep(self, seconds: float) -> None:
+        """Until woken, or `seconds` passed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
+        self._armed = False
+
+
+class Pipeline:
+    """`await pipeline.run(stop)`: moves messages from the source to the buffer until `stop`,
+    then commits what it has taken and what is pending, and returns."""
+
+    def __init__(
+        self,
+        *,
+        source: MessageSource,
+        redelivery: Redeliveries,
+        decoder: Decoder,
+        writer: BatchWriter,
+        on_writer: OnWriter,
+        config: BufferConfig,
+        stats: IngestStats,
+        wakeup: Wakeup,
+        rules: Evaluates | None = None,
+        listeners: Sequence[BatchListener] = (),
+        writer_waits: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`writer_waits` is called while a failed commit waits to be retried (liveness)."""
+        self._source = source
+        self._redelivery = redelivery
+        self._decoder = decoder
+        self._writer = writer
+        self._on_writer = on_writer
+        self._config = config
+        self._stats = stats
+        self._rules = rules
+        self._listeners = listeners  # the caller's: listeners added later are called too
+        self._writer_waits = writer_waits
+        self._wakeup = wakeup
+        self._waiting: list[_Decoded] = []
+        self._waiting_messages = 0
+        self._waiting_bytes = 0
+        self._waiting_since = 0.0  # monotonic time the oldest waiting batch was taken
+        self._commit: asyncio.Task[None] | None = None
+
+    # -- event loop -------------------------------------------------------------------------
+    def settled(self) -> bool:
+        """Everything taken is committed (and acked): nothing waits and no commit is running."""
+        return not self._waiting and self._commit is None and self._source.pending() == 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        wakeup = self._wakeup
+        wakeup.bind()
+        watch = asyncio.ensure_future(stop.wait())
+        watch.add_done_callback(lambda _: wakeup.set())
+        stopping = False
+        try:
+            while True:
+                self._raise_if_commit_failed()
+                if stop.is_set() and not stopping:
+                    stopping = True
+                    # Stop receiving first; what already arrived is committed below. Messages
+                    # committed after the disconnect stay unacked: the broker redelivers them
+                    # as DUPs and the redelivery filter recognises them.
+                    await asyncio.to_thread(self._source.stop)
+                room = self._room()
+                if room:
+                    budget = self._config.max_batch_bytes - self._waiting_bytes
+                    messages = self._source.take(room, budget)
+                    if messages:
+                        self._decode(messages)
+                self._commit_if_due(stopping)
+                if stopping and self._commit is None and not self._waiting:
+                    if self._source.pending() == 0:
+                        return
+                    continue
+                wakeup.arm()
+                if self._room() and self._source.pending():
+                    continue  # more to take right away (or it arrived while arming)
+                if self._commit is not None and self._commit.done():
+                    continue
+                if stop.is_set() and not stopping:
+                    continue
+                await wakeup.sleep(self._until_due())
+        finally:
+            watch.cancel()
+            if self._commit is not None:
+                await asyncio.gather(self._commit, return_exceptions=True)
+
+    def _room(self) -> int:
+        """How many more messages the waiting batch may take."""
+        if self._waiting_bytes >= self._config.max_batch_bytes:
+            return 0
+        return max(0, self._config.max_batch - self._waiting_messages)
+
+    def _decode(self, messages: list[RawMessage]) -> None:
+        batch = self._decoder.decode(messages)
+        inflight, number = self._redelivery.remember(batch.messages)
+        batch.number = number
+        if self._rules is not None:
+            self._rules.evaluate(batch)  # before the commit: a committed reading was evaluated
+        decoded = _Decoded(messages, batch, inflight, number)
+        if not self._waiting:
+            self._waiting_since = time.monotonic()
+        self._waiting.append(decoded)
+        self._waiting_messages += len(messages)
+        self._waiting_bytes += decoded.payload_bytes
+
+    def _until_due(self) -> float:
+        if self._waiting and self._commit is None:
+            age = time.monotonic() - self._waiting_since
+            return max(0.0, self._config.flush_interval - age)
+        return 1.0
+
+    def _commit_if_due(self, stopping: bool) -> None:
+        if self._commit is not None or not self._waiting:
+            return
+        due = (
+            stopping
+            or self._room() == 0
+            or time.monotonic() - self._waiting_since >= self._config.flush_interval
+        )
+        if not due:
+            return
+        decoded = merge(self._waiting)
+        self._waiting, self._waiting_messages, self._waiting_bytes = [], 0, 0
+        self._commit = asyncio.ensure_future(self._commit_one(decoded))
+        self._commit.add_done_callback(lambda _: self._wakeup.set())
+
+    def _raise_if_commit_failed(self) -> None:
+        commit = self._commit
+        if commit is not None and commit.done():
+            self._commit = None
+            commit.result()  # a failure here is a bug: it stops the gateway, loudly
+
+    async def _commit_one(self, decoded: _Decoded) -> None:
+        batch = decoded.batch
+        self._redelivery.confirm(self._source.acks_confirmed())
+        committed = await self._on_writer(
+            self._append, batch, decoded.inflight, self._redelivery.confirmed_upto
+        )
+        self._source.ack(decoded.messages, decoded.number)
+        self._decoder.committed(batch)
+        redeliveries = len(decoded.messages) - len(batch.messages)
+        self._stats.record(time.time(), len(decoded.messages), committed, redeliveries)
+        if committed.readings.num_rows:
+            for listener in self._listeners:
+                await listener(committed.readings)
+
+    def _append(
+        self, batch: IngestBatch, inflight: list[InflightEntry], forget_upto: int
+    ) -> Committed:
+        """On the writer thread: commit, retrying while the disk refuses. The broker keeps the
+        messages unacked meanwhile, so nothing is lost."""
+        delay = 0.1
+        while True:
+            try:
+                return self._writer.append(batch, inflight, forget_upto)
+            except BufferStoreError as exc:
+                self._stats.commit_failures += 1
+                logger.error("%s; retrying in %.1fs (messages stay unacked)", exc, delay)
+                self._writer_waits()  # waiting on the disk, not stuck
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
