@@ -18,10 +18,10 @@ import os
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.api.telemetry import Telemetry
+from gateway.apiclient import runtime_file
 from gateway.buffer.store import BufferStore
 from gateway.config import GatewayConfig
 from gateway.errors import BufferStoreError
@@ -36,11 +36,6 @@ from gateway.pipeline import BatchListener, IngestStats, Pipeline, Wakeup
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-def runtime_file(buffer_path: Path) -> Path:
-    """Where a running gateway writes its API address, for `edge-gateway sql` and `status`."""
-    return buffer_path.with_name(buffer_path.name + ".runtime.json")
 
 
 class Gateway:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,21 +13,17 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from gateway.apiclient import GatewayApi
 from gateway.buffer.store import connect
 from gateway.errors import BufferStoreError
-from gateway.sqlclient import running_api
 
 
 def fetch_status(buffer_path: Path, token: str | None = None) -> dict[str, Any]:
-    url = running_api(buffer_path)
-    if url is not None:
-        request = urllib.request.Request(f"{url}/api/status")  # noqa: S310 (loopback URL)
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
-            data: dict[str, Any] = json.loads(response.read())
-            data["running"] = True
-            return data
+    api = GatewayApi.find(buffer_path, token)
+    if api is not None:
+        data: dict[str, Any] = api.get_json("/api/status", timeout=5)
+        data["running"] = True
+        return data
     if not buffer_path.exists():
         raise BufferStoreError(f"buffer {buffer_path}: no such file (is the path right?)")
     con = connect(buffer_path, read_only=True)

@@ -1,9 +1,12 @@
-"""`edge-gateway status` and `export` against a running gateway: the compact view shows rules
-and alerts, the live view redraws, and export pages past the API's row limit."""
+"""`edge-gateway status`, `export` and `sql` against a running gateway: the compact view shows
+rules and alerts, the live view redraws, export pages past the API's row limit, and sql says
+when that limit cut its answer."""
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -106,3 +109,30 @@ def test_export_pages_past_the_api_row_limit(running: GatewayThread, tmp_path: P
     ids = table.column("id").to_pylist()
     assert ids == sorted(set(ids)) and len(ids) == READINGS
     assert table.column("device").to_pylist()[-1] == "attic"
+
+
+def csv_ids(stdout: str) -> list[int]:
+    return [int(row["id"]) for row in csv.DictReader(io.StringIO(stdout))]
+
+
+def test_sql_says_when_the_api_row_limit_cut_the_answer(running: GatewayThread) -> None:
+    buffer = str(running.gateway.config.buffer.path)
+    result = cli("sql", "--buffer", buffer, "-f", "csv", "SELECT id FROM readings ORDER BY id")
+    assert result.returncode == 3
+    assert csv_ids(result.stdout) == list(range(1, 101))  # what came is printed, in order
+    assert "cut at 100 rows" in result.stderr and "api.sql_row_limit" in result.stderr
+    assert "--limit 100" in result.stderr
+
+
+def test_sql_answers_within_the_limit_are_whole(running: GatewayThread) -> None:
+    buffer = str(running.gateway.config.buffer.path)
+    counted = cli("sql", "--buffer", buffer, "-f", "json", "SELECT count(*) AS n FROM readings")
+    assert counted.returncode == 0, counted.stderr
+    assert json.loads(counted.stdout) == [{"n": READINGS}]
+    below = cli("sql", "-b", buffer, "-f", "csv", "SELECT id FROM readings WHERE id < 100")
+    assert below.returncode == 0, below.stderr
+    assert len(csv_ids(below.stdout)) == 99 and below.stderr == ""
+    for limit in (40, 100):  # as many rows as asked for: nothing was cut
+        asked = cli("sql", "-b", buffer, "-f", "csv", "--limit", str(limit), "FROM readings")
+        assert asked.returncode == 0, asked.stderr
+        assert len(csv_ids(asked.stdout)) == limit and asked.stderr == ""

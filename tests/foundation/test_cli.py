@@ -133,3 +133,24 @@ def test_a_buffer_file_from_before_retained_readings_is_not_damaged(tmp_path: Pa
         assert con.execute("SELECT count(*) FROM retained_readings").fetchone() == (0,)
     finally:
         con.close()
+
+
+def test_bad_numbers_and_choices_are_refused_naming_the_option(tmp_path: Path) -> None:
+    path = str(filled_buffer(tmp_path / "b.duckdb", 1))
+    for args, named in (
+        (("sql", "-b", path, "--limit", "0", "SELECT 1"), "'--limit'"),
+        (("status", "-b", path, "--once", "--interval", "0"), "'--interval'"),
+        (("demo", "--sinks", "some", "--workdir", str(tmp_path / "demo")), "--sinks"),
+    ):
+        result = cli(*args)
+        assert result.returncode == 2, args
+        assert named in result.stderr, result.stderr
+    assert not (tmp_path / "demo").exists()  # refused before anything started
+
+
+def test_export_into_a_missing_directory_is_refused_before_reading(tmp_path: Path) -> None:
+    path = filled_buffer(tmp_path / "b.duckdb", 1)
+    out = tmp_path / "no" / "such" / "out.parquet"
+    result = cli("export", "--buffer", str(path), str(out))
+    assert result.returncode == 2
+    assert f"{out}: directory {out.parent} does not exist" in result.stderr

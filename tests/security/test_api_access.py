@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from gateway.app import runtime_file
+from gateway.apiclient import runtime_file
 from gateway.config import (
     ApiConfig,
     BufferConfig,
