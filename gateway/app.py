@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.api.telemetry import Telemetry
 from gateway.apiclient import runtime_file
@@ -32,6 +32,10 @@ from gateway.ingest.redelivery import RedeliveryFilter
 from gateway.ingest.routing import TopicRouter
 from gateway.liveness import Liveness
 from gateway.pipeline import BatchListener, IngestStats, Pipeline, Wakeup
+
+if TYPE_CHECKING:  # imported when configured: a gateway without sinks or rules loads neither
+    from gateway.rules.service import RulesService
+    from gateway.sinks.shipping import Shipping
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +54,8 @@ class Gateway:
         self.listeners: list[BatchListener] = []
         self.pipeline: Pipeline | None = None
         self.background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
-        self.shipping: Any = None  # gateway.sinks.shipping.Shipping when sinks are configured
-        self.rules: Any = None  # gateway.rules.service.RulesService when rule files are configured
+        self.shipping: Shipping | None = None  # when sinks are configured
+        self.rules: RulesService | None = None  # when rule files are configured
         self.telemetry = Telemetry(config.routes)  # per-route counts, devices, rule activity
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-writer")
         self.liveness = Liveness()  # /healthz and systemd's watchdog (gateway/liveness.py)

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 import gateway
 
 if TYPE_CHECKING:
-    from gateway.api.server import ApiServer
+    from gateway.api.parts import ApiView
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +37,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class GatewayCollector(Collector):
     """Builds every metric family from the running gateway on each scrape."""
 
-    def __init__(self, api: ApiServer) -> None:
+    def __init__(self, api: ApiView) -> None:
         self.api = api
 
     def collect(self) -> Iterator[Metric]:
-        gw = self.api.gateway
+        gw = self.api.parts
         stats = gw.stats
         yield _gauge(
             "info",
@@ -121,7 +121,7 @@ class GatewayCollector(Collector):
                 actions.add_metric([rule_id, kind], count)
         yield firings
         yield actions
-        rules = self.api.gateway.rules
+        rules = self.api.parts.rules
         failures = CounterMetricFamily(
             f"{PREFIX}_rule_action_failures",
             "Rule actions that failed: MQTT publish errors, webhooks failed or dropped.",
@@ -149,7 +149,7 @@ class GatewayCollector(Collector):
             "Lifetime totals the buffer keeps across restarts (purges, alerts, ...).",
             labels=["counter"],
         )
-        store = self.api.gateway.store
+        store = self.api.parts.store
         if store is not None:
             try:
                 with self.api.reader() as con:
@@ -227,7 +227,7 @@ class GatewayCollector(Collector):
             "Memory DuckDB holds for the buffer (its block cache and working memory), by tag.",
             labels=["tag"],
         )
-        if self.api.gateway.store is not None:
+        if self.api.parts.store is not None:
             try:
                 with self.api.reader() as con:
                     for tag, used in con.execute(
@@ -244,7 +244,7 @@ class GatewayCollector(Collector):
             "commits to give back DuckDB's memory (recycle), or after a fatal error (error).",
             labels=["reason"],
         )
-        store = self.api.gateway.store
+        store = self.api.parts.store
         if store is not None:
             reopens.add_metric(["recycle"], store.recycles)
             reopens.add_metric(["error"], store.reopens)
@@ -272,7 +272,7 @@ def _gauge(name: str, doc: str, value: float, **labels: str) -> GaugeMetricFamil
     return family
 
 
-def render_metrics(api: ApiServer) -> bytes:
+def render_metrics(api: ApiView) -> bytes:
     """The exposition text for one scrape."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(api))

@@ -40,7 +40,7 @@ from gateway.config import ApiConfig
 from gateway.errors import BufferStoreError, ConfigError, ReadOnlySqlError
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.api.parts import GatewayParts
 
 logger = logging.getLogger(__name__)
 
@@ -129,11 +129,10 @@ class SnapshotCache:
 
 
 class ApiServer:
-    def __init__(self, config: ApiConfig, gateway: Gateway) -> None:
+    def __init__(self, config: ApiConfig, parts: GatewayParts) -> None:
         self.config = config
-        self.gateway = gateway
-        telemetry = getattr(gateway, "telemetry", None)
-        self.telemetry: Telemetry = telemetry or Telemetry(gateway.config.routes)
+        self.parts = parts
+        self.telemetry: Telemetry = parts.telemetry
         self.seeded = False  # devices' latest values read from the buffer once after start
         self.closing = threading.Event()
         self.snapshots = SnapshotCache(lambda: views.snapshot(self), EVENT_INTERVAL)
@@ -173,14 +172,14 @@ class ApiServer:
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        store = self.gateway.store
+        store = self.parts.store
         if store is None:
             raise BufferStoreError("buffer is not open yet")
         with store.reading() as con:
             yield con
 
     def buffer_bytes(self) -> int:
-        path = self.gateway.config.buffer.path
+        path = self.parts.config.buffer.path
         try:
             size = path.stat().st_size
             wal = path.with_name(path.name + ".wal")
@@ -189,8 +188,8 @@ class ApiServer:
             return 0
 
     def sinks(self) -> list[dict[str, Any]]:
-        shipping = self.gateway.shipping
-        if shipping is None or self.gateway.store is None:
+        shipping = self.parts.shipping
+        if shipping is None or self.parts.store is None:
             return []
         entries: list[dict[str, Any]] = shipping.status()
         return entries
@@ -200,7 +199,7 @@ class ApiServer:
         return views.status(self)
 
     def sql(self, sql: str, limit: int | None) -> pa.Table:
-        store = self.gateway.store
+        store = self.parts.store
         if store is None:
             raise BufferStoreError("buffer is not open yet")
         cap = self.config.sql_row_limit
@@ -285,13 +284,12 @@ def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
         def _health(self) -> None:
             # Answered on this thread from the parts' beats: it needs neither the writer nor
             # the event loop, so it still answers when one of them is stuck.
-            liveness = getattr(api.gateway, "liveness", None)
-            report = {"status": "ok", "healthy": True} if liveness is None else liveness.report()
+            report = api.parts.liveness.report()
             healthy = report["healthy"]
             self._json(HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE, report)
 
         def _ready(self) -> None:
-            ingest = api.gateway.ingest
+            ingest = api.parts.ingest
             connected = bool(ingest and ingest.connected.is_set())
             writable = _buffer_writable(api)
             ready = connected and writable
@@ -357,10 +355,10 @@ def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
 
 def _buffer_writable(api: ApiServer) -> bool:
     """The buffer is open, its directory is writable and its disk has room for a batch."""
-    store = api.gateway.store
+    store = api.parts.store
     if store is None:
         return False
-    directory = api.gateway.config.buffer.path.parent
+    directory = api.parts.config.buffer.path.parent
     try:
         disk = os.statvfs(directory)
     except OSError:

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 if TYPE_CHECKING:
-    from gateway.api.server import ApiServer
+    from gateway.api.parts import ApiView
 
 SEED_ROWS = 100_000  # how far back a restarted gateway looks for devices' latest values
 
 
-def status(api: ApiServer) -> dict[str, Any]:
-    gw = api.gateway
+def status(api: ApiView) -> dict[str, Any]:
+    gw = api.parts
     now = api.now()
     stats = gw.stats
     ingest = gw.ingest
@@ -68,10 +68,10 @@ def status(api: ApiServer) -> dict[str, Any]:
     }
 
 
-def devices(api: ApiServer) -> list[dict[str, Any]]:
+def devices(api: ApiView) -> list[dict[str, Any]]:
     """Latest value, reading count and sparkline per device and metric."""
     telemetry = api.telemetry
-    if not telemetry.series and api.gateway.store is not None and not api.seeded:
+    if not telemetry.series and api.parts.store is not None and not api.seeded:
         api.seeded = True
         with api.reader() as con:
             rows = con.execute(
@@ -84,8 +84,8 @@ def devices(api: ApiServer) -> list[dict[str, Any]]:
     return telemetry.devices()
 
 
-def rules(api: ApiServer) -> dict[str, Any]:
-    service = api.gateway.rules
+def rules(api: ApiView) -> dict[str, Any]:
+    service = api.parts.rules
     activity = api.telemetry.rule_activity()
     items: list[dict[str, Any]] = []
     engine = service.engine if service is not None else None
@@ -114,9 +114,9 @@ def rules(api: ApiServer) -> dict[str, Any]:
     }
 
 
-def alerts(api: ApiServer, limit: int = 100) -> dict[str, Any]:
+def alerts(api: ApiView, limit: int = 100) -> dict[str, Any]:
     """Alerts raised and not cleared (from the alerts table), and the latest changes."""
-    if api.gateway.store is None:
+    if api.parts.store is None:
         return {"active": [], "recent": []}
     with api.reader() as con:
         active = _dicts(
@@ -138,9 +138,9 @@ def alerts(api: ApiServer, limit: int = 100) -> dict[str, Any]:
     return {"active": active, "recent": recent}
 
 
-def quarantine(api: ApiServer, limit: int = 50) -> dict[str, Any]:
+def quarantine(api: ApiView, limit: int = 50) -> dict[str, Any]:
     """The latest quarantined messages (payload head as text) and a count per reason."""
-    if api.gateway.store is None:
+    if api.parts.store is None:
         return {"recent": [], "reasons": []}
     with api.reader() as con:
         recent = _dicts(
@@ -162,7 +162,7 @@ def quarantine(api: ApiServer, limit: int = 50) -> dict[str, Any]:
     return {"recent": recent, "reasons": reasons}
 
 
-def snapshot(api: ApiServer) -> dict[str, Any]:
+def snapshot(api: ApiView) -> dict[str, Any]:
     """Everything the dashboard shows, in one message of the event stream."""
     rules_view = rules(api)
     return {

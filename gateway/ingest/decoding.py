@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -10,7 +12,7 @@ from gateway.ingest.content import content_identity
 from gateway.ingest.decoders import DECODERS
 from gateway.ingest.redelivery import RedeliveryFilter
 from gateway.ingest.routing import TopicRouter
-from gateway.ingest.stateful import MessageDecoder, TaggedDecoded, stateful_decoders
+from gateway.ingest.stateful import MessageDecoder, TaggedDecoded
 from gateway.model import (
     DECODED_QUARANTINE_SCHEMA,
     DECODED_READINGS_SCHEMA,
@@ -26,6 +28,14 @@ QUARANTINE_KEEP_BYTES = 4096  # how much of an oversized payload the quarantine 
 # time is impossible, not just wrong (1e20 would be stored as the year 290309 BC, 3e17 as a year
 # past 9999 that no sink can encode): the message is quarantined with the reason.
 PLAUSIBLE_TIMES = (0.0, 4_102_444_800.0)
+
+
+def stateful_decoders() -> dict[str, Callable[[], MessageDecoder]]:
+    """Factories by decoder name; imported on first use so a gateway without them loads nothing."""
+    from gateway.ingest.shelly import ShellyDecoder
+    from gateway.ingest.sparkplug import SparkplugDecoder
+
+    return {"shelly": ShellyDecoder, "sparkplug": SparkplugDecoder}
 
 
 def _impossible_time(decoded: list[Decoded]) -> str | None:

@@ -7,7 +7,6 @@ Sparkplug alias tables) also needs the topic and remembers what came before. It 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,11 +26,3 @@ class MessageDecoder(Protocol):
     """One instance per gateway; it is called from one thread, in message order."""
 
     def decode_message(self, msg: RawMessage, match: RouteMatch) -> list[Decoded]: ...
-
-
-def stateful_decoders() -> dict[str, Callable[[], MessageDecoder]]:
-    """Factories by decoder name; imported lazily so a gateway without them loads nothing."""
-    from gateway.ingest.shelly import ShellyDecoder
-    from gateway.ingest.sparkplug import SparkplugDecoder
-
-    return {"shelly": ShellyDecoder, "sparkplug": SparkplugDecoder}
