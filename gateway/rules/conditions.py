@@ -10,8 +10,22 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.rules.actions import Event
+from gateway.rules.expressions import compile_expression
 from gateway.rules.schema import Condition, StateCondition, SunCondition, TimeCondition
 from gateway.rules.sun import local_date, sun_times
+
+__all__ = [  # compile_expression moved to expressions.py; still importable from here
+    "UNKNOWN_STATES",
+    "Check",
+    "Env",
+    "Latest",
+    "compile_condition",
+    "compile_conditions",
+    "compile_expression",
+    "normalize_expected",
+    "normalize_state",
+    "uses_sun",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,29 +66,6 @@ def normalize_expected(value: str | bool | float) -> str:
     if isinstance(value, int | float):
         return normalize_state(float(value), None)
     return value.strip().lower()
-
-
-# CEL parses and evaluates recursively; a long enough chain (`1+1+...`) overflows the stack and
-# kills the process (measured: ~32k characters on the main thread, less on worker threads).
-MAX_EXPR_CHARS = 4096
-
-
-def compile_expression(source: str) -> Any:
-    """Compile CEL once; raises ValueError (a syntax error) or RuntimeError (CEL not installed)."""
-    try:
-        import cel
-    except ImportError:  # pragma: no cover - the rules extra pulls it in
-        raise ValueError(
-            "`expr` needs CEL: pip install 'edge-gateway[rules]' (common-expression-language)"
-        ) from None
-    if len(source) > MAX_EXPR_CHARS:
-        raise ValueError(
-            f"expr: {len(source)} characters; an expression may have at most {MAX_EXPR_CHARS}"
-        )
-    try:
-        return cel.compile(source)
-    except ValueError as exc:
-        raise ValueError(f"expr: {str(exc).splitlines()[0]}") from None
 
 
 def _state(spec: StateCondition) -> Check:
@@ -189,7 +180,8 @@ def _expr(source: str) -> Check:
             }
         try:
             return program.execute(ctx) is True
-        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        except (ArithmeticError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            # ArithmeticError: `value / 0` with a device's reading of 0 must not stop the rules
             env.expr_errors += 1
             logger.debug("rule %s: expr %r failed: %s", event.rule_id, source, exc)
             return False

@@ -276,7 +276,7 @@ class Condition(_Model):
                 + (f" (got {', '.join(given)})" if given else "")
             )
         if self.expr is not None:
-            from gateway.rules.conditions import compile_expression
+            from gateway.rules.expressions import compile_expression
 
             compile_expression(self.expr)  # raises ValueError with CEL's message
         return self

@@ -61,7 +61,9 @@ def running(tmp_path: Path, broker: Mosquitto) -> Iterator[GatewayThread]:
         client.disconnect()
         client.loop_stop()
         assert wait_until(lambda: gw.gateway.stats.readings == READINGS, 20)
-        assert wait_until(lambda: bool(gw.gateway.rules.engine.alerts), 10)
+        service = gw.gateway.rules
+        assert service is not None
+        assert wait_until(lambda: service.engine is not None and bool(service.engine.alerts), 10)
         yield gw
 
 

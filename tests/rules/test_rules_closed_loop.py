@@ -440,13 +440,14 @@ def test_every_reading_is_evaluated_before_its_commit(broker: Mosquitto, tmp_pat
         with GatewayThread(config) as gw:
             service = gw.gateway.rules
             assert service is not None and service.engine is not None
+            engine = service.engine
             evaluated_at_commit: list[tuple[int, int]] = []
             committed = 0
 
             async def check(readings: pa.Table) -> None:
                 nonlocal committed
                 committed += readings.num_rows
-                evaluated_at_commit.append((service.engine.stats.readings, committed))
+                evaluated_at_commit.append((engine.stats.readings, committed))
 
             gw.gateway.listeners.insert(0, check)
             values = [60, 40] * 10  # ten crossings above 50

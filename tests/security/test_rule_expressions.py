@@ -67,6 +67,15 @@ def test_python_internals_are_out_of_reach(expr: str, tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("expr", ["int(value) / 0 > 1", "1 / (int(value) - 1) > 0", "0 / 0 == 0"])
+def test_an_arithmetic_error_is_a_false_condition_not_a_crash(expr: str) -> None:
+    engine = engine_with(expr)
+    # A reading of 1.0: each raised ZeroDivisionError out of engine.process before.
+    out = engine.process(readings([R(1, "lamp", "state", 1.0, text="on")]), now=10)
+    assert not any(isinstance(o, Command) for o in out)
+    assert engine.counters()["expr_errors"] == 1
+
+
 def test_a_syntax_error_names_the_rule_and_the_field() -> None:
     with pytest.raises(RuleError) as raised:
         engine_with("value >")
@@ -112,5 +121,5 @@ def test_any_text_either_compiles_or_is_refused_with_a_clear_error(source: str) 
         assert str(exc).startswith("expr:")
         return
     # Failures here are counted by the engine as expr_errors and make the condition false.
-    with contextlib.suppress(ValueError, KeyError, TypeError, RuntimeError):
+    with contextlib.suppress(ArithmeticError, ValueError, KeyError, TypeError, RuntimeError):
         program.execute({"value": 1.0, "text": "on", "device": "lamp", "metric": "state"})
