@@ -5,7 +5,9 @@ Kafka ceiling: a bare confluent-kafka idempotent producer (acks=all, zstd) sendi
 JSON values, keys and event-id headers, already encoded. Snowflake ceiling: the bare connector
 doing PUT + COPY INTO of the same rows as Parquet files of the same batch size, already written.
 The gateway's figures run from the forwarder's start until its cursor reached the last reading,
-so they include reading the buffer, encoding, recording attempts and advancing the cursor.
+so they include reading the buffer, encoding, recording attempts and advancing the cursor. The
+forwarders are built as `edge-gateway run` builds them (gateway/app.py): by `Shipping`, each
+sink then wrapped by telemetry's send timing.
 
 Last line: `drain kafka_ev_per_s=<n> snowflake_ev_per_s=<n>`
 """
@@ -26,6 +28,7 @@ import pyarrow.parquet as pq
 import snowflake.connector
 from confluent_kafka import Producer
 
+from gateway.api.telemetry import Telemetry
 from gateway.buffer.store import BufferStore
 from gateway.model import DECODED_QUARANTINE_SCHEMA, DECODED_READINGS_SCHEMA, IngestBatch
 from gateway.services.fakesnow import FakeSnow
@@ -161,7 +164,11 @@ def drain(store: BufferStore, config: Any, total: int) -> float:
     async def on_writer(fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
+    # As gateway/app.py composes them, so the figure is that of the path the gateway runs.
+    telemetry = Telemetry([])
     shipping = Shipping([config], "bench", store, on_writer, lambda: store.next_reading_id - 1)
+    for forwarder in shipping.forwarders:
+        forwarder.sink = telemetry.timed(forwarder.sink)
 
     async def run() -> float:
         stop = asyncio.Event()
@@ -177,9 +184,13 @@ def drain(store: BufferStore, config: Any, total: int) -> float:
         return elapsed
 
     try:
-        return total / asyncio.run(run())
+        rate = total / asyncio.run(run())
     finally:
         pool.shutdown()
+    for (sink, stream), sends in telemetry.send_histograms().items():
+        mean = sends.total / sends.n if sends.n else 0.0
+        print(f"  {sink} {stream}: {sends.n} sends, {mean * 1000:.0f} ms each on average")
+    return rate
 
 
 def main() -> None:

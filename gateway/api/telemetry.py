@@ -13,13 +13,14 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from gateway.config import RouteConfig
 from gateway.ingest.routing import TopicRouter
+from gateway.sinks.base import Attempt, Sink, WriteResult
 
 logger = logging.getLogger(__name__)
 
@@ -74,25 +75,20 @@ class RuleActivity:
     last_fired_at: float | None = None
 
 
-class SinkLike(Protocol):
-    """The sink contract (gateway.sinks.base.Sink) as far as timing needs it."""
-
-    name: str
-
-    async def write_batch(self, batch: pa.Table, attempt: Any) -> Any: ...
-
-    async def aclose(self) -> None: ...
-
-
 class TimedSink:
-    """Wraps a sink and records how long each `write_batch` took, failed or not."""
+    """Wraps a sink and records how long each `write_batch` took, failed or not; every other
+    member of the sink contract is passed on as it is.
 
-    def __init__(self, inner: SinkLike, record: Callable[[str, float, bool], None]) -> None:
+    Not a subclass of `Sink` on purpose: the hooks' defaults would quietly stand in for one this
+    class forgot to pass on; as a structural `Sink`, mypy checks that it passes on all of them.
+    """
+
+    def __init__(self, inner: Sink, record: Callable[[str, float, bool], None]) -> None:
         self.inner = inner
         self.name = inner.name
         self._record = record
 
-    async def write_batch(self, batch: pa.Table, attempt: Any) -> Any:
+    async def write_batch(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
         started = time.monotonic()
         ok = False
         try:
@@ -100,10 +96,23 @@ class TimedSink:
             ok = True
             return result
         finally:
-            self._record(getattr(attempt, "stream", "readings"), time.monotonic() - started, ok)
+            self._record(attempt.stream, time.monotonic() - started, ok)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+    def prepare(self, stream: str, batch: pa.Table) -> None:
+        self.inner.prepare(stream, batch)
+
+    def marks(self, batch: pa.Table, attempt: Attempt) -> dict[str, Any]:
+        return self.inner.marks(batch, attempt)
+
+    def stop(self) -> None:
+        self.inner.stop()
+
+
+if TYPE_CHECKING:  # mypy: the wrapper implements (and so passes on) the whole sink contract
+    _TIMED_IS_A_SINK: type[Sink] = TimedSink
 
 
 class Telemetry:
@@ -279,7 +288,7 @@ class Telemetry:
             return list(self.firings)[-limit:][::-1]
 
     # -- sinks ------------------------------------------------------------------------------
-    def timed(self, sink: SinkLike) -> TimedSink:
+    def timed(self, sink: Sink) -> TimedSink:
         name = sink.name
 
         def record(stream: str, seconds: float, ok: bool) -> None:

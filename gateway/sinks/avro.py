@@ -117,7 +117,7 @@ class AvroEncoder:
         except (OSError, ValueError, KeyError) as exc:
             raise SinkError(
                 self.sink, f"schema registry {self.registry_url}: cannot register {subject}: {exc}"
-            ) from None
+            ) from exc
         self._ids[subject] = schema_id
         return schema_id
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,18 +43,14 @@ def _config(config: Path | None) -> Any:
 
 def sink_status(buffer_path: Path, config: Any, token: str | None = None) -> list[dict[str, Any]]:
     """From the running gateway's API, or else from the buffer file opened read-only."""
-    from gateway.sqlclient import running_api
+    from gateway.apiclient import GatewayApi
 
-    url = running_api(buffer_path)
-    if url is not None:
-        request = urllib.request.Request(f"{url}/api/sinks")  # noqa: S310 (loopback URL)
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            entries: list[dict[str, Any]] = json.loads(response.read())["sinks"]
-            for entry in entries:
-                entry["running"] = True
-            return entries
+    api = GatewayApi.find(buffer_path, token)
+    if api is not None:
+        entries: list[dict[str, Any]] = api.get_json("/api/sinks")["sinks"]
+        for entry in entries:
+            entry["running"] = True
+        return entries
     return _status_from_file(buffer_path, config)
 
 
@@ -177,7 +172,7 @@ def replay(
 
     from rich.progress import Progress
 
-    from gateway.errors import GatewayError
+    from gateway.errors import GatewayError, SinkBackpressureError
     from gateway.sinks.base import Attempt
     from gateway.sinks.registry import build_sink
     from gateway.sqlclient import query
@@ -242,7 +237,12 @@ def replay(
                     first = int(page["id"][0].as_py())
                     after = int(page["id"][-1].as_py())
                     attempt = Attempt(stream, first, after, int(cutoff * 1000), replay=True)
-                    await target.write_batch(page, attempt)
+                    while True:
+                        try:
+                            await target.write_batch(page, attempt)
+                            break
+                        except SinkBackpressureError as exc:  # the same page, once there is room
+                            await asyncio.sleep(exc.retry_after)
                     sent += page.num_rows
                     progress.update(task, advance=page.num_rows)
         finally:

@@ -4,8 +4,8 @@ them, and advances the cursor only after the sink confirmed.
 Order of a batch, written down so a crash anywhere repeats at most the send, never skips it:
 
 1. read rows `first..last` after the cursor (a reader cursor, off the writer thread);
-2. let the sink note what it needs before a first send (`MarksBeforeSend`: Kafka's end
-   offsets), retried like a send while the sink is unreachable;
+2. let the sink note what it needs before a first send (`Sink.marks`: Kafka's end offsets),
+   retried like a send while the sink is unreachable;
 3. record the attempt (`first`, `last`, first-try time, the sink's marks) in `state` (writer
    thread);
 4. send; the sink returns once the rows are confirmed upstream;
@@ -13,7 +13,11 @@ Order of a batch, written down so a crash anywhere repeats at most the send, nev
 
 On start a recorded attempt past the cursor is sent again with `resumed=True`, the same range
 and marks, so the sink's own idempotence (deterministic file names, read-back of event ids from
-the recorded offsets) applies.
+the recorded offsets) applies. A sink that asks to be retried later (`SinkBackpressureError`)
+gets the same attempt again after the time it asked for: no failure, no backoff.
+
+The forwarder calls every member of the sink contract on `self.sink` as it is at that moment:
+the gateway replaces it with telemetry's timing wrapper after construction.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gateway.errors import BufferStoreError, SinkBackpressureError, SinkError, SinkRejectedError
-from gateway.sinks.base import Attempt, Rejection, Sink, WriteResult
+from gateway.sinks.base import Attempt, BasicSink, Rejection, Sink, WriteResult, as_sink
 from gateway.sinks.config import BatchingConfig, RetryConfig
 from gateway.sinks.records import iso_times
 
@@ -74,6 +78,7 @@ class ForwarderStats:
     sent_bytes: int = 0
     dead_letters: int = 0
     failures: int = 0
+    backpressure: int = 0  # tries the sink asked to repeat later (not failures)
     last_error: str | None = None
     last_error_at: float | None = None
     last_sent_at: float | None = None
@@ -140,7 +145,7 @@ class Forwarder:
 
     def __init__(
         self,
-        sink: Sink,
+        sink: BasicSink,
         stream: str,
         store: SinkBuffer,
         on_writer: OnWriter,
@@ -152,13 +157,7 @@ class Forwarder:
         wake: asyncio.Event | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.sink = sink
-        # The sink's optional hooks, taken from the sink given here: the gateway wraps
-        # `self.sink` later (telemetry's timing), and the wrapper passes only write_batch.
-        self._prepare: Callable[[str, pa.Table], None] | None = getattr(sink, "prepare", None)
-        self._take_marks: Callable[[pa.Table, Attempt], dict[str, Any]] | None = getattr(
-            sink, "marks", None
-        )
+        self.sink: Sink = as_sink(sink)
         self.clock = clock  # wall clock: an attempt's first-try time
         self.stream = stream
         self.store = store
@@ -173,6 +172,7 @@ class Forwarder:
         self.wake = wake or asyncio.Event()
         self.started = asyncio.Event()
         self._read_failures = 0  # buffer reads failed in a row
+        self._waited = False  # the sink asked to be retried later since the last delivery
 
     @property
     def position(self) -> int:
@@ -384,14 +384,14 @@ class Forwarder:
     def _start_prefetch(self, after: int) -> None:
         """Read (and let the sink encode) the next full batch in a thread, overlapping the
         send of the current one; only reads, so a stop or a crash loses nothing."""
-        prepare = self._prepare
+        prepare = self.sink.prepare
 
         def read(con: duckdb.DuckDBPyConnection) -> pa.Table:
             return rows_after(con, self.stream, after, None, self.batching.max_rows)
 
         def fetch() -> tuple[int, pa.Table]:
             table = self._cap_bytes(self._read_now(read))
-            if prepare is not None and table.num_rows:
+            if table.num_rows:
                 prepare(self.stream, table)
             return after, table
 
@@ -411,6 +411,7 @@ class Forwarder:
         return batch.slice(0, rows)
 
     async def _idle(self, stop: asyncio.Event, seconds: float) -> None:
+        """Wait `seconds`, less when stopped or woken (new rows in the buffer)."""
         self.wake.clear()
         stopped = asyncio.ensure_future(stop.wait())
         woken = asyncio.ensure_future(self.wake.wait())
@@ -420,32 +421,22 @@ class Forwarder:
             stopped.cancel()
             woken.cancel()
 
+    async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
+        """Wait `seconds`, less only when stopped: new rows must not cut short a wait the sink
+        asked for."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
     async def _mark(self, batch: pa.Table, attempt: Attempt, stop: asyncio.Event) -> Attempt | None:
-        """The attempt with the sink's marks (empty for a sink that takes none), retried with
-        backoff while the sink cannot take them; None once stopped. Nothing is sent before, so
-        a failure here leaves the attempt a first try."""
-        take = self._take_marks
-        if take is None:
-            return replace(attempt, marks={})
+        """The attempt with the sink's marks, retried while the sink cannot take them; None once
+        stopped. Nothing is sent before, so a failure here leaves the attempt a first try."""
         failures = 0
         while not stop.is_set():
             await self._throttle(stop)
             try:
-                marks = await asyncio.to_thread(take, batch, attempt)
-            except SinkError as exc:
-                failures += 1
-                self._failed(exc)
-                delay = backoff_delay(failures, self.retry)
-                logger.warning(
-                    "%s; retry %d in %.1fs", exc, failures, delay, extra={"sink": self.sink.name}
-                )
-                await self._idle(stop, delay)
-                continue
+                marks = await asyncio.to_thread(self.sink.marks, batch, attempt)
             except Exception as exc:  # a sink bug must not stop ingest or the other sinks
-                failures += 1
-                logger.exception("sink %s: unexpected error", self.sink.name)
-                self._failed(SinkError(self.sink.name, f"unexpected error: {exc!r}"))
-                await self._idle(stop, backoff_delay(failures, self.retry))
+                failures = await self._wait_after(exc, failures, stop)
                 continue
             return replace(attempt, marks=marks)
         return None
@@ -462,27 +453,9 @@ class Forwarder:
                 result = await self.sink.write_batch(batch, replace(attempt, resumed=resumed))
             except SinkRejectedError as exc:
                 return await self._split(batch, replace(attempt, resumed=resumed), exc, stop)
-            except SinkBackpressureError as exc:
-                self._failed(exc)
-                await self._idle(stop, exc.retry_after)
-                resumed = True
-                continue
-            except SinkError as exc:
-                failures += 1
-                self._failed(exc)
-                delay = backoff_delay(failures, self.retry)
-                logger.warning(
-                    "%s; retry %d in %.1fs", exc, failures, delay, extra={"sink": self.sink.name}
-                )
-                await self._idle(stop, delay)
-                resumed = True  # part of the batch may have arrived before the error
-                continue
             except Exception as exc:  # a sink bug must not stop ingest or the other sinks
-                failures += 1
-                logger.exception("sink %s: unexpected error", self.sink.name)
-                self._failed(SinkError(self.sink.name, f"unexpected error: {exc!r}"))
-                await self._idle(stop, backoff_delay(failures, self.retry))
-                resumed = True
+                failures = await self._wait_after(exc, failures, stop)
+                resumed = True  # part of the batch may have arrived before the error
                 continue
             try:
                 await self._confirm(batch, attempt.last, result.rejected)
@@ -496,9 +469,41 @@ class Forwarder:
                 resumed = True  # delivered already: the resend is recognised upstream
                 continue
             self._sent(batch.num_rows - len(result.rejected), result)
-            if failures:
+            if failures or self._waited:
                 logger.info("sink %s: delivering %s again", self.sink.name, self.stream)
+                self._waited = False
             return True
+
+    async def _wait_after(self, exc: Exception, failures: int, stop: asyncio.Event) -> int:
+        """Wait before the next try after `exc`, a sink call's error; returns the failures in a
+        row so far. Backpressure waits what the sink asked for and is no failure; any other
+        error is counted, logged, and backed off from (capped exponential, full jitter)."""
+        if isinstance(exc, SinkBackpressureError):
+            self.stats.backpressure += 1
+            # Once per episode at info: a slow upstream asks again every few seconds.
+            level = logging.DEBUG if self._waited else logging.INFO
+            self._waited = True
+            logger.log(
+                level,
+                "%s; trying again in %.1fs",
+                exc,
+                exc.retry_after,
+                extra={"sink": self.sink.name},
+            )
+            await self._pause(stop, exc.retry_after)
+            return failures
+        failures += 1
+        delay = backoff_delay(failures, self.retry)
+        if isinstance(exc, SinkError):
+            self._failed(exc)
+            logger.warning(
+                "%s; retry %d in %.1fs", exc, failures, delay, extra={"sink": self.sink.name}
+            )
+        else:
+            self._failed(SinkError(self.sink.name, f"unexpected error: {exc!r}"))
+            logger.error("sink %s: unexpected error", self.sink.name, exc_info=exc)
+        await self._idle(stop, delay)
+        return failures
 
     async def _split(
         self, batch: pa.Table, attempt: Attempt, exc: SinkRejectedError, stop: asyncio.Event

@@ -10,24 +10,31 @@ start after what the first try delivered, and the read-back covers only what rea
 partitions since that first send, however long the gateway was away before it. A send that saw
 a connection loss is read back the same way before it is confirmed: "confirmed" then means
 "seen in Kafka", not "acked after a retry".
+
+When librdkafka's local queue stays full (Kafka takes messages slower than they come), the send
+stops with `SinkBackpressureError` and keeps its place; the forwarder's retry of the same
+attempt goes on from there in the same producer session, whose idempotence delivers each record
+it was handed once. Errors of confluent-kafka become sink errors in `kafka_errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gateway.errors import SinkError
-from gateway.sinks.base import Attempt, Rejection, WriteResult
+from gateway.errors import SinkBackpressureError, SinkError
+from gateway.sinks.base import Attempt, Rejection, Sink, WriteResult
 from gateway.sinks.config import KafkaSinkConfig
 from gateway.sinks.records import RecordEncoder, unencodable
 
@@ -64,6 +71,11 @@ READBACK_STALL = 30.0
 # An attempt recorded without offsets (by an older version) is read back from this long before
 # its first-try time, which is all it has.
 LEGACY_MARGIN_MS = 3_600_000
+# The local queue full for this long, every delivery report served meanwhile: Kafka is not
+# keeping up, and the send hands the wait to the forwarder (which a stop can cut short) and
+# goes on after QUEUE_FULL_RETRY_AFTER, librdkafka delivering what it holds in between.
+QUEUE_FULL_WAIT = 1.0
+QUEUE_FULL_RETRY_AFTER = 1.0
 # Errors that mean "this record will never be accepted": dead-letter it and move on.
 _PERMANENT = {
     KafkaError.MSG_SIZE_TOO_LARGE,
@@ -71,10 +83,73 @@ _PERMANENT = {
 }
 
 
-class KafkaSink:
+@contextlib.contextmanager
+def kafka_errors(
+    sink: str,
+    doing: str,
+    *,
+    reason: Callable[[], str | None] | None = None,
+    on_error: Callable[[], None] | None = None,
+) -> Iterator[None]:
+    """confluent-kafka's errors in the block as `SinkError(sink, "<doing>: <reason>")`, the
+    driver's exception chained. `reason()`, when it returns one, names the cause better than the
+    exception does (librdkafka's error events); `on_error` runs first (drop the producer)."""
+    try:
+        yield
+    except KafkaException as exc:
+        if on_error is not None:
+            on_error()
+        raise SinkError(sink, f"{doing}: {(reason and reason()) or _reason(exc)}") from exc
+
+
+def _reason(exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
+
+
+def _code(exc: KafkaException) -> Any:
+    error = exc.args[0] if exc.args else None
+    return error.code() if isinstance(error, KafkaError) else None
+
+
+@dataclass(eq=False)
+class _Send:
+    """One attempt's records on their way through one producer session, as lists (the produce
+    loop runs once per record). Kept while the local queue is full: the retry of the same
+    attempt goes on from `next` in the same session."""
+
+    key: tuple[str, int, int]  # stream, first, last
+    records: pa.Table  # what this send hands over: encodable, not upstream already
+    topics: list[str]  # the attempt's topics, for a read-back
+    values: list[Any]
+    headers: list[tuple[str, bytes]]  # extra headers of every message (Avro's schema)
+    rejected: list[Rejection]  # refused before the send, then by Kafka, for good
+    disruptions: int  # librdkafka error events seen when the send began
+    producer: Producer | None = None
+    next: int = 0  # records handed to the producer so far
+    nbytes: int = 0
+    failed: list[tuple[Any, KafkaError]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.positions: list[int] = self.records.column("id").to_pylist()
+        self.event_ids: list[str] = self.records.column("event_id").to_pylist()
+        self.keys: list[Any] = self.records.column("key").to_pylist()
+        self.destinations: list[str] = self.records.column("topic").to_pylist()
+
+    def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        # Only failures are reported (delivery.report.only.error); one shared callback keeps
+        # the per-message cost down, and the value (it holds the event id) finds the row.
+        if err is not None:
+            self.failed.append((msg.value(), err))
+
+
+class KafkaSink(Sink):
     """Sends batches with one idempotent producer; `write_batch` returns when all are acked."""
 
-    def __init__(self, config: KafkaSinkConfig, gateway_id: str) -> None:
+    def __init__(
+        self, config: KafkaSinkConfig, gateway_id: str, buffer_id: str | None = None
+    ) -> None:
+        """`buffer_id` is unused: every record carries its event id, which holds it."""
         self.name = config.name
         self.config = config
         self.gateway_id = gateway_id
@@ -95,6 +170,7 @@ class KafkaSink:
         self._brokers_down = False
         self._client_error: str | None = None
         self._disruptions = 0  # librdkafka error events so far (connections lost, ...)
+        self._paused: dict[str, _Send] = {}  # per stream: a send the full queue stopped
 
     # -- clients ----------------------------------------------------------------------------
     def client_config(self) -> dict[str, Any]:
@@ -145,8 +221,8 @@ class KafkaSink:
             if producer.flush(self.config.delivery_timeout) > 0:
                 producer.purge(in_queue=True, in_flight=True)
                 producer.flush(1.0)
-        except KafkaException as exc:
-            logger.debug("sink %s: dropping the producer: %s", self.name, exc)
+        except KafkaException as exc:  # the session is given up either way
+            logger.debug("sink %s: dropping the producer: %s", self.name, _reason(exc))
 
     # -- sending ----------------------------------------------------------------------------
     async def write_batch(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
@@ -179,35 +255,74 @@ class KafkaSink:
 
     def _write(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
         with self._lock:
-            records = self._records(attempt.stream, batch)
-            refused = unencodable(attempt.stream, batch, "kafka")
-            if refused:
-                records = _without(records, refused)
-            topics = sorted(set(records.column("topic").to_pylist()))
-            self._ensure_topics(topics)
-            if attempt.resumed or attempt.replay:
-                wanted = set(records.column("event_id").to_pylist())
-                present = self._present(topics, attempt, wanted)
-                if present:
-                    keep = [e not in present for e in records.column("event_id").to_pylist()]
-                    skipped = records.num_rows - sum(keep)
-                    records = records.filter(pa.array(keep))
-                    logger.info(
-                        "sink %s: %d of %s %d..%d already in Kafka, sending the other %d",
-                        self.name,
-                        skipped,
-                        attempt.stream,
-                        attempt.first,
-                        attempt.last,
-                        records.num_rows,
-                    )
-            disruptions = self._disruptions
-            result = self._produce(records, attempt.stream)
-            if self._disruptions != disruptions and records.num_rows:
-                self._verify(records, topics, attempt, result)
-            if refused:
-                return WriteResult(result.bytes_sent, refused + result.rejected)
-            return result
+            send, attempt = self._paused_send(attempt)
+            if send is None:
+                send = self._start(batch, attempt)
+            return self._send(send, attempt)
+
+    def _paused_send(self, attempt: Attempt) -> tuple[_Send | None, Attempt]:
+        """The send of this attempt that the full queue stopped, when it can go on: in the
+        same producer session, which delivers what it was handed once. Otherwise the attempt,
+        marked resumed if part of it went to a session that is gone."""
+        send = self._paused.pop(attempt.stream, None)
+        if send is None:
+            return None, attempt
+        same = send.key == (attempt.stream, attempt.first, attempt.last)
+        if same and send.producer is self._producer:
+            return send, attempt
+        if send.producer is self._producer:
+            # Another attempt of the stream comes first: let the stopped one's messages reach
+            # their outcome, so a read-back that later looks for them finds them.
+            self._drop_producer()
+        if not same:
+            return None, attempt
+        # Dropped after a failure (which let every message reach its outcome): the read-back
+        # finds what got through; a replay reads its topics afresh for it.
+        for topic in send.topics:
+            self._replay_seen.pop((topic, attempt.since_ms), None)
+        return None, replace(attempt, resumed=True)
+
+    def _start(self, batch: pa.Table, attempt: Attempt) -> _Send:
+        """The records of an attempt that are not upstream yet, encoded, ready to hand over."""
+        records = self._records(attempt.stream, batch)
+        refused = unencodable(attempt.stream, batch, "kafka")
+        if refused:
+            records = _without(records, refused)
+        topics = sorted(set(records.column("topic").to_pylist()))
+        self._ensure_topics(topics)
+        if attempt.resumed or attempt.replay:
+            wanted = set(records.column("event_id").to_pylist())
+            present = self._present(topics, attempt, wanted)
+            if present:
+                keep = [e not in present for e in records.column("event_id").to_pylist()]
+                skipped = records.num_rows - sum(keep)
+                records = records.filter(pa.array(keep))
+                logger.info(
+                    "sink %s: %d of %s %d..%d already in Kafka, sending the other %d",
+                    self.name,
+                    skipped,
+                    attempt.stream,
+                    attempt.first,
+                    attempt.last,
+                    records.num_rows,
+                )
+        values: list[Any] = []
+        headers: list[tuple[str, bytes]] = []
+        if records.num_rows:
+            values, headers, unfit = self._values(records, attempt.stream)
+            if unfit:
+                records = _without(records, unfit)
+                values = [v for v in values if v is not None]
+                refused = refused + unfit
+        return _Send(
+            (attempt.stream, attempt.first, attempt.last),
+            records,
+            topics,
+            values,
+            headers,
+            refused,
+            self._disruptions,
+        )
 
     def _verify(
         self, records: pa.Table, topics: list[str], attempt: Attempt, result: WriteResult
@@ -288,66 +403,19 @@ class KafkaSink:
         header = encoder.header()
         return values, [header] if header else [], refused
 
-    def _produce(self, records: pa.Table, stream: str) -> WriteResult:
-        if records.num_rows == 0:
-            return WriteResult(bytes_sent=0)
-        producer = self._producer_now()
-        values, extra_headers, refused = self._values(records, stream)
-        if refused:
-            records = _without(records, refused)
-            values = [v for v in values if v is not None]
-            if records.num_rows == 0:
-                return WriteResult(bytes_sent=0, rejected=refused)
-        failed: list[tuple[Any, KafkaError]] = []
-
-        def on_error(err: KafkaError | None, msg: Any) -> None:
-            # Only failures are reported (delivery.report.only.error); one shared callback keeps
-            # the per-message cost down, and the value (it holds the event id) finds the row.
-            if err is not None:
-                failed.append((msg.value(), err))
-
-        rejected: list[Rejection] = list(refused)
-        positions = records.column("id").to_pylist()
-        nbytes = 0
-        produce = producer.produce
-        for position, event_id, key, topic, value in zip(
-            positions,
-            records.column("event_id").to_pylist(),
-            records.column("key").to_pylist(),
-            records.column("topic").to_pylist(),
-            values,
-            strict=True,
-        ):
-            try:
-                produce(
-                    topic,
-                    value,
-                    key,
-                    headers=[(EVENT_ID_HEADER, event_id), *extra_headers],
-                    on_delivery=on_error,
-                )
-            except BufferError:  # local queue full: let deliveries drain, then try again
-                while True:
-                    producer.poll(0.05)
-                    try:
-                        produce(
-                            topic,
-                            value,
-                            key,
-                            headers=[(EVENT_ID_HEADER, event_id), *extra_headers],
-                            on_delivery=on_error,
-                        )
-                        break
-                    except BufferError:
-                        continue
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.code() in _PERMANENT:
-                    rejected.append(Rejection(position, f"kafka: {error.str()}"))
-                    continue
-                self._drop_producer()
-                raise SinkError(self.name, f"produce failed: {error.str()}") from None
-            nbytes += len(value)
+    def _send(self, send: _Send, attempt: Attempt) -> WriteResult:
+        """Hand the send's records to the producer from where it stopped, then wait for every
+        acknowledgement; a send that lived through a connection loss is read back."""
+        if not send.records.num_rows:
+            return WriteResult(bytes_sent=0, rejected=send.rejected)
+        if send.producer is None:
+            send.producer = self._producer_now()
+        producer = send.producer
+        try:
+            self._hand_over(send, producer, attempt)
+        except SinkBackpressureError:
+            self._paused[attempt.stream] = send
+            raise
         deadline = time.monotonic() + self.config.delivery_timeout + 5.0
         while producer.flush(1.0) > 0:
             if self._stopping.is_set():  # shutting down: the recorded attempt resends it
@@ -355,23 +423,98 @@ class KafkaSink:
             if time.monotonic() > deadline:
                 self._drop_producer()
                 raise SinkError(self.name, "delivery timed out")
-        if failed:
-            transient = [err for _value, err in failed if err.code() not in _PERMANENT]
+        if send.failed:
+            transient = [err for _value, err in send.failed if err.code() not in _PERMANENT]
             if transient:
                 self._drop_producer()
                 raise SinkError(
                     self.name,
-                    f"delivery of {len(transient)} {stream} messages failed: {transient[0].str()}",
+                    f"delivery of {len(transient)} {attempt.stream} messages failed: "
+                    f"{transient[0].str()}",
                 )
-            by_value = dict(zip(values, positions, strict=True))
-            for value, err in failed:
+            values = send.values
+            by_value = dict(zip(values, send.positions, strict=True))
+            for value, err in send.failed:
                 key = (
                     value.decode()
                     if isinstance(value, bytes) and isinstance(values[0], str)
                     else value
                 )
-                rejected.append(Rejection(by_value[key], f"kafka: {err.str()}"))
-        return WriteResult(bytes_sent=nbytes, rejected=rejected)
+                send.rejected.append(Rejection(by_value[key], f"kafka: {err.str()}"))
+        result = WriteResult(bytes_sent=send.nbytes, rejected=send.rejected)
+        if self._disruptions != send.disruptions:
+            self._verify(send.records, send.topics, attempt, result)
+        return result
+
+    def _hand_over(self, send: _Send, producer: Producer, attempt: Attempt) -> None:
+        """Produce the records from `send.next` on; SinkBackpressureError when the local queue
+        stays full, with `send` holding how far it got."""
+        start = send.next
+        at = start  # the record being handed over: where a retry goes on
+        nbytes = 0
+        produce = producer.produce
+        extra = send.headers
+        on_delivery = send.on_delivery
+        try:
+            with kafka_errors(self.name, "produce failed", on_error=self._drop_producer):
+                for at, (position, event_id, key, topic, value) in enumerate(
+                    zip(
+                        send.positions[start:],
+                        send.event_ids[start:],
+                        send.keys[start:],
+                        send.destinations[start:],
+                        send.values[start:],
+                        strict=True,
+                    ),
+                    start,
+                ):
+                    headers: list[tuple[str, str | bytes | None]] = [
+                        (EVENT_ID_HEADER, event_id),
+                        *extra,
+                    ]
+                    try:
+                        produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                    except BufferError as exc:
+                        if not self._produce_when_room(producer, topic, value, key, headers, send):
+                            raise SinkBackpressureError(
+                                self.name,
+                                f"the producer's local queue stayed full for "
+                                f"{QUEUE_FULL_WAIT:.0f}s ({len(producer)} messages not yet in "
+                                f"Kafka); {attempt.stream} {attempt.first}..{attempt.last} "
+                                f"goes on from its record {at + 1} of {len(send.values)}",
+                                retry_after=QUEUE_FULL_RETRY_AFTER,
+                            ) from exc
+                    except KafkaException as exc:
+                        if _code(exc) not in _PERMANENT:
+                            raise  # kafka_errors: the producer is dropped
+                        send.rejected.append(Rejection(position, f"kafka: {_reason(exc)}"))
+                        continue
+                    nbytes += len(value)
+                at = len(send.values)
+        finally:
+            send.next = at
+            send.nbytes += nbytes
+
+    def _produce_when_room(
+        self,
+        producer: Producer,
+        topic: str,
+        value: Any,
+        key: Any,
+        headers: list[tuple[str, str | bytes | None]],
+        send: _Send,
+    ) -> bool:
+        """Produce once deliveries make room in the local queue; False if none came within
+        QUEUE_FULL_WAIT (or the gateway is stopping)."""
+        deadline = time.monotonic() + QUEUE_FULL_WAIT
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            producer.poll(0.05)
+            try:
+                producer.produce(topic, value, key, headers=headers, on_delivery=send.on_delivery)
+            except BufferError:
+                continue
+            return True
+        return False
 
     # -- topics and read-back ---------------------------------------------------------------
     def _admin_now(self) -> AdminClient:
@@ -395,14 +538,14 @@ class KafkaSink:
                 operation_timeout=METADATA_TIMEOUT,
             )
             for topic, future in futures.items():
-                try:
-                    future.result(timeout=METADATA_TIMEOUT)
+                with kafka_errors(self.name, f"cannot create topic {topic}"):
+                    try:
+                        future.result(timeout=METADATA_TIMEOUT)
+                    except KafkaException as exc:
+                        if _code(exc) != KafkaError.TOPIC_ALREADY_EXISTS:
+                            raise
+                        continue  # another gateway, or an earlier try, made it
                     logger.info("sink %s: created topic %s", self.name, topic)
-                except KafkaException as exc:
-                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                        raise SinkError(
-                            self.name, f"cannot create topic {topic}: {exc.args[0].str()}"
-                        ) from None
         self._known_topics.update(missing)
 
     def _list_topics(self, admin: AdminClient) -> Any:
@@ -410,23 +553,24 @@ class KafkaSink:
         (refused, unresolvable, authentication failed) the send fails at once, naming the
         reason, rather than after METADATA_TIMEOUT as a bare "transport failure"."""
         deadline = time.monotonic() + METADATA_TIMEOUT
-        while True:
-            try:
-                metadata = admin.list_topics(
-                    timeout=max(0.1, min(METADATA_SLICE, deadline - time.monotonic()))
-                )
-            except KafkaException as exc:
-                # The admin client is not polled otherwise: this serves its error events (and
-                # log lines), which would pile up unread while Kafka is away.
+        # librdkafka's latest error event says why better than the timeout does.
+        with kafka_errors(self.name, "cannot reach Kafka", reason=lambda: self._client_error):
+            while True:
+                try:
+                    metadata = admin.list_topics(
+                        timeout=max(0.1, min(METADATA_SLICE, deadline - time.monotonic()))
+                    )
+                except KafkaException:
+                    # The admin client is not polled otherwise: this serves its error events
+                    # (and log lines), which would pile up unread while Kafka is away.
+                    admin.poll(0)
+                    if self._brokers_down or time.monotonic() >= deadline:
+                        raise
+                    continue
                 admin.poll(0)
-                if self._brokers_down or time.monotonic() >= deadline:
-                    reason = self._client_error or exc.args[0].str()
-                    raise SinkError(self.name, f"cannot reach Kafka: {reason}") from None
-                continue
-            admin.poll(0)
-            self._brokers_down = False
-            self._client_error = None
-            return metadata
+                self._brokers_down = False
+                self._client_error = None
+                return metadata
 
     def _end_offsets(self, topics: list[str]) -> list[list[Any]]:
         admin = self._admin_now()
@@ -443,14 +587,10 @@ class KafkaSink:
         futures = admin.list_offsets(specs, request_timeout=METADATA_TIMEOUT)
         ends: list[list[Any]] = []
         for tp, future in futures.items():
-            try:
+            with kafka_errors(
+                self.name, f"cannot read the end offset of {tp.topic} [{tp.partition}]"
+            ):
                 info = future.result(timeout=METADATA_TIMEOUT)
-            except KafkaException as exc:
-                raise SinkError(
-                    self.name,
-                    f"cannot read the end offset of {tp.topic} [{tp.partition}]: "
-                    f"{exc.args[0].str()}",
-                ) from None
             ends.append([tp.topic, tp.partition, int(info.offset)])
         return ends
 
@@ -479,7 +619,7 @@ class KafkaSink:
             return self._event_ids_since(topics, attempt.since_ms - LEGACY_MARGIN_MS, wanted)
         recorded = {(str(t), int(p)): int(o) for t, p, o in offsets}
         consumer = self._readback_consumer()
-        try:
+        with kafka_errors(self.name, "read-back failed"), contextlib.closing(consumer):
             starts: list[TopicPartition] = []
             for topic in topics:
                 meta = consumer.list_topics(topic, timeout=METADATA_TIMEOUT).topics[topic]
@@ -491,17 +631,13 @@ class KafkaSink:
                     for p in meta.partitions
                 ]
             return self._collect(consumer, starts, wanted)
-        except KafkaException as exc:
-            raise SinkError(self.name, f"read-back failed: {exc.args[0].str()}") from None
-        finally:
-            consumer.close()
 
     def _event_ids_since(
         self, topics: list[str], since_ms: int, wanted: set[str] | None
     ) -> set[str]:
         """Event ids present in `topics` in messages stamped at or after `since_ms`."""
         consumer = self._readback_consumer()
-        try:
+        with kafka_errors(self.name, "read-back failed"), contextlib.closing(consumer):
             starts: list[TopicPartition] = []
             for topic in topics:
                 meta = consumer.list_topics(topic, timeout=METADATA_TIMEOUT).topics[topic]
@@ -511,10 +647,6 @@ class KafkaSink:
                 found = consumer.offsets_for_times(asked, timeout=METADATA_TIMEOUT)
                 starts += [tp for tp in found if tp.offset >= 0]  # END: nothing that recent
             return self._collect(consumer, starts, wanted)
-        except KafkaException as exc:
-            raise SinkError(self.name, f"read-back failed: {exc.args[0].str()}") from None
-        finally:
-            consumer.close()
 
     def _readback_consumer(self) -> Consumer:
         cfg = self.client_config()
@@ -554,11 +686,11 @@ class KafkaSink:
                         present.add(event_id)
                 if missing is not None and not missing:
                     return present  # every one is there: the rest of the log cannot matter
-        except TimeoutError:
+        except TimeoutError as exc:
             raise SinkError(
                 self.name,
                 f"reading back what is already in Kafka made no progress for {READBACK_STALL:.0f}s",
-            ) from None
+            ) from exc
         if self._stopping.is_set():
             raise SinkError(self.name, "stopped while reading back what is already in Kafka")
         return present
@@ -570,6 +702,7 @@ class KafkaSink:
     async def aclose(self) -> None:
         def close() -> None:
             with self._lock:
+                self._paused.clear()  # the recorded attempts resend them on the next start
                 if self._producer is not None:
                     self._producer.flush(5.0)
                     self._producer = None

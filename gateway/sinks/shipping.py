@@ -81,9 +81,7 @@ class Shipping:
         async def tell_sinks() -> None:
             await stop.wait()  # a sink waiting long on its upstream may give up at once
             for sink in self.sinks.values():
-                stopper = getattr(sink, "stop", None)
-                if stopper is not None:
-                    stopper()
+                sink.stop()
 
         notifier = asyncio.create_task(tell_sinks())
         try:

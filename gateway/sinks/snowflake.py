@@ -8,6 +8,8 @@ so COPY INTO finds it in the table's load history and reports LOAD_SKIPPED inste
 twice. Snowflake forgets a load after 64 days, so a resend of an attempt first tried longer ago
 than `LOAD_HISTORY_HORIZON` (or one recorded under another name) loads into a scratch table and
 inserts only event ids the target does not hold yet, as `edge-gateway replay` always does.
+
+Errors of the connector become sink errors in `snowflake_errors`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +30,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gateway.errors import SinkError, SinkRejectedError
-from gateway.sinks.base import Attempt, Rejection, WriteResult
+from gateway.sinks.base import Attempt, Rejection, Sink, WriteResult
 from gateway.sinks.config import SnowflakeSinkConfig
 from gateway.sinks.records import RecordEncoder, unencodable
 
 try:
     import snowflake.connector
-    from snowflake.connector.errors import DatabaseError, Error, ProgrammingError
+    from snowflake.connector.errors import Error, ProgrammingError
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "the Snowflake sink needs snowflake-connector-python: pip install 'edge-gateway[snowflake]'"
@@ -77,6 +79,28 @@ _LOADED = {"LOADED", "LOAD_SKIPPED"}
 LOAD_HISTORY_HORIZON = 60 * 86400.0
 
 
+@contextlib.contextmanager
+def snowflake_errors(
+    sink: str, doing: str, on_error: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """The connector's errors in the block as sink errors, the driver's exception chained: a
+    data exception (SQLSTATE class 22) as `SinkRejectedError`, since those rows will never
+    load; any other (and OSError: PUT reads the file and talks to the network) as
+    `SinkError(sink, "<doing>: <error>")`, after `on_error` (drop the connection)."""
+    try:
+        yield
+    except ProgrammingError as exc:
+        if (exc.sqlstate or "").startswith("22"):
+            raise SinkRejectedError(sink, f"COPY refused the rows: {exc.msg}") from exc
+        if on_error is not None:
+            on_error()
+        raise SinkError(sink, f"{doing}: {exc.msg}") from exc
+    except (Error, OSError) as exc:
+        if on_error is not None:
+            on_error()
+        raise SinkError(sink, f"{doing}: {exc}") from exc
+
+
 def load_private_key(path: Path, passphrase: str | None) -> bytes:
     """The key-pair user's private key (PEM, PKCS#8, optionally encrypted) as DER bytes."""
     from cryptography.hazmat.primitives import serialization
@@ -86,11 +110,11 @@ def load_private_key(path: Path, passphrase: str | None) -> bytes:
             path.read_bytes(), password=passphrase.encode() if passphrase else None
         )
     except OSError as exc:
-        raise SinkError("snowflake", f"cannot read private key {path}: {exc.strerror}") from None
+        raise SinkError("snowflake", f"cannot read private key {path}: {exc.strerror}") from exc
     except (ValueError, TypeError) as exc:
         raise SinkError(
             "snowflake", f"private key {path}: {exc} (wrong or missing passphrase?)"
-        ) from None
+        ) from exc
     return key.private_bytes(
         encoding=serialization.Encoding.DER,
         format=serialization.PrivateFormat.PKCS8,
@@ -141,7 +165,7 @@ def file_name(
     return f"{sink}-{gateway_id}-{buffer_id}-{stream}-{first:019d}-{last:019d}.parquet"
 
 
-class SnowflakeSink:
+class SnowflakeSink(Sink):
     """Loads batches with PUT + COPY INTO; `write_batch` returns once COPY reported the file."""
 
     def __init__(
@@ -172,10 +196,8 @@ class SnowflakeSink:
     # -- connection -------------------------------------------------------------------------
     def _cursor(self) -> Any:
         if self._conn is None:
-            try:
+            with snowflake_errors(self.name, "cannot connect to Snowflake"):
                 self._conn = snowflake.connector.connect(**connection_args(self.config))
-            except Error as exc:
-                raise SinkError(self.name, f"cannot connect to Snowflake: {exc}") from None
             self._prepared.clear()
         return self._conn.cursor()
 
@@ -296,27 +318,21 @@ class SnowflakeSink:
                 name = f"replay-{uuid.uuid4().hex[:12]}-{name}"
             path = self._tmp / name
             pq.write_table(table, path, compression="zstd")
+            # The next try after a failure starts on a fresh connection (a data exception keeps
+            # it: the rows are at fault, not the session).
             try:
-                nbytes = path.stat().st_size
-                cur = self._cursor()
-                try:
-                    self._prepare(cur, attempt.stream)
-                    self._load(cur, attempt, path)
-                finally:
-                    cur.close()
-            except SinkError:
-                self._reset()
-                raise
-            except ProgrammingError as exc:
-                if (exc.sqlstate or "").startswith("22"):  # data exception: will never load
-                    raise SinkRejectedError(
-                        self.name, f"COPY refused the rows: {exc.msg}"
-                    ) from None
-                self._reset()
-                raise SinkError(self.name, f"{exc.msg}") from None
-            except (DatabaseError, Error, OSError) as exc:
-                self._reset()
-                raise SinkError(self.name, f"upload failed: {exc}") from None
+                with snowflake_errors(self.name, f"upload failed: {path.name}", self._reset):
+                    try:
+                        nbytes = path.stat().st_size
+                        cur = self._cursor()
+                        try:
+                            self._prepare(cur, attempt.stream)
+                            self._load(cur, attempt, path)
+                        finally:
+                            cur.close()
+                    except SinkError:  # the sink's own verdict (PUT, COPY status, connect)
+                        self._reset()
+                        raise
             finally:
                 path.unlink(missing_ok=True)
             return WriteResult(bytes_sent=nbytes, rejected=rejected)

@@ -26,8 +26,9 @@ from gateway.errors import SinkError, SinkRejectedError
 from gateway.model import DECODED_QUARANTINE_SCHEMA, DECODED_READINGS_SCHEMA, IngestBatch
 from gateway.services import free_port
 from gateway.services.fakesnow import FakeSnow
-from gateway.sinks.base import Attempt, WriteResult
+from gateway.sinks.base import Attempt, Sink, WriteResult
 from gateway.sinks.config import KafkaSinkConfig, SnowflakeSinkConfig
+from gateway.sinks.forwarder import Forwarder
 from gateway.sinks.kafka import partitions_from_start, read_to_end
 from gateway.sinks.shipping import Shipping
 
@@ -166,6 +167,32 @@ def ship(shipping: Shipping, store: BufferStore, timeout: float = 60.0) -> None:
     asyncio.run(run())
 
 
+def run_until(
+    forwarder: Forwarder, done: Callable[[], bool], seconds: float = 20.0, *, close: bool = False
+) -> None:
+    """Run one forwarder until `done()`, then stop it (and close its sink with `close`)."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(forwarder.run(stop))
+        deadline = time.monotonic() + seconds
+        try:
+            while not done():
+                if task.done():
+                    task.result()  # the forwarder died: show why
+                assert time.monotonic() < deadline, (
+                    f"timed out at {forwarder.position}: {forwarder.stats}"
+                )
+                await asyncio.sleep(0.01)
+        finally:
+            stop.set()
+            await task
+            if close:
+                await forwarder.sink.aclose()
+
+    asyncio.run(main())
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -242,9 +269,10 @@ class TcpProxy:
         self.start()
 
 
-class RecordingSink:
+class RecordingSink(Sink):
     """An in-memory sink for forwarder tests: keeps every batch it confirmed; can be told to
-    fail the next sends, or to refuse for good any batch holding given positions."""
+    fail the next sends, or to refuse for good any batch holding given positions. The hooks
+    keep their defaults."""
 
     def __init__(self, name: str = "memory") -> None:
         self.name = name

@@ -1,40 +1,25 @@
-"""The forwarder on its own (an in-memory sink): batching, retries, splitting around a record
-refused for good, and what retention may purge."""
+"""The forwarder on its own (an in-memory sink): batching, retries, backpressure, splitting
+around a record refused for good, and what retention may purge."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import time
 from collections.abc import Callable
 
 import pyarrow as pa
-from sinkhelpers import RecordingSink, WriterThread, fill, readings
+from sinkhelpers import RecordingSink, WriterThread, fill, readings, run_until
 
 from gateway.buffer.store import BufferStore
+from gateway.errors import SinkBackpressureError
 from gateway.sinks.base import Attempt, WriteResult
 from gateway.sinks.config import BatchingConfig, RetryConfig
 from gateway.sinks.forwarder import Forwarder, backoff_delay, rows_after
 from gateway.sinks.shipping import Shipping
 
 FAST_RETRY = RetryConfig(min_delay=0.01, max_delay=0.05)
-
-
-def run_until(forwarder: Forwarder, done: Callable[[], bool], seconds: float = 20.0) -> None:
-    async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(forwarder.run(stop))
-        deadline = time.monotonic() + seconds
-        try:
-            while not done():
-                assert time.monotonic() < deadline, f"timed out; stats {forwarder.stats}"
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
-        finally:
-            stop.set()
-            await task
-
-    asyncio.run(main())
 
 
 def forwarder(
@@ -241,3 +226,58 @@ def test_a_forwarder_carries_on_across_a_recycle_of_the_database(
     assert store.get_cursor("memory") == 900
     assert store.recycles == 1
     assert f.stats.failures == 0
+
+
+class BusySink(RecordingSink):
+    """Asks to be tried again later (backpressure) for its first `busy` tries."""
+
+    def __init__(self, busy: int, retry_after: float) -> None:
+        super().__init__()
+        self.busy = busy
+        self.retry_after = retry_after
+        self.tried_at: list[float] = []
+
+    async def write_batch(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
+        self.tried_at.append(time.monotonic())
+        if self.busy:
+            self.busy -= 1
+            self.attempts.append(attempt)
+            raise SinkBackpressureError(self.name, "upstream busy", retry_after=self.retry_after)
+        return await super().write_batch(batch, attempt)
+
+
+def test_backpressure_waits_as_asked_then_sends_the_same_attempt_and_is_no_failure(
+    store: BufferStore, on_writer: WriterThread
+) -> None:
+    """Three tries are pushed back for 0.3 s each while new rows keep waking the forwarder: it
+    waits the time asked for each (not the backoff, not until the next commit), then delivers
+    the same attempt once; no failure counted, nothing dead-lettered."""
+    fill(store, readings(500))
+    sink = BusySink(busy=3, retry_after=0.3)
+    f = forwarder(store, on_writer, sink)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(f.run(stop))
+        deadline = time.monotonic() + 20
+        try:
+            while f.position < 500:
+                if task.done():
+                    task.result()
+                assert time.monotonic() < deadline, f"timed out; stats {f.stats}"
+                f.wake.set()  # as every commit of new readings does
+                await asyncio.sleep(0.01)
+        finally:
+            stop.set()
+            await task
+
+    asyncio.run(main())
+    assert sink.batches == [(1, 500, 500)]
+    assert {(a.first, a.last, a.since_ms, json.dumps(a.marks)) for a in sink.attempts} == {
+        (1, 500, sink.attempts[0].since_ms, "{}")
+    }
+    waits = [later - earlier for earlier, later in itertools.pairwise(sink.tried_at)]
+    assert len(waits) == 3 and min(waits) >= 0.29, waits
+    assert f.stats.backpressure == 3
+    assert f.stats.failures == 0 and f.stats.last_error is None
+    assert store.query("SELECT count(*) AS n FROM dead_letters").to_pylist() == [{"n": 0}]

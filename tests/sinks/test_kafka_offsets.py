@@ -8,20 +8,28 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
-import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from sinkhelpers import WriterThread, event_id_of, fill, kafka_config, kafka_messages, readings
+from sinkhelpers import (
+    WriterThread,
+    event_id_of,
+    fill,
+    kafka_config,
+    kafka_messages,
+    readings,
+    run_until,
+)
 
 import gateway.sinks.kafka as kafka_module
 from gateway.api.telemetry import Telemetry
 from gateway.buffer.store import BufferStore
 from gateway.errors import SinkError
 from gateway.services.tansu import Tansu
-from gateway.sinks.base import WriteResult
+from gateway.sinks.base import Attempt, WriteResult
 from gateway.sinks.forwarder import Forwarder
 from gateway.sinks.kafka import KafkaSink
 
@@ -40,26 +48,33 @@ class JumpingClock:
 
 class Flaky(KafkaSink):
     """Unreachable while `down` (as librdkafka reports it), then its first send gets half its
-    records to the broker and fails as a lost connection does; `on_cut` runs at that moment."""
+    records to the broker and fails as a lost connection does; `on_cut` runs at that moment.
+    Notes each send's attempt."""
 
     def __init__(self, *args: Any, down: bool = False, on_cut: Callable[[], None] = lambda: None):
         super().__init__(*args)
         self.down = down
         self.cut = True
         self.on_cut = on_cut
+        self.sent: list[Attempt] = []
 
     def _ensure_topics(self, topics: list[str]) -> None:
         if self.down:
             raise SinkError(self.name, "cannot reach Kafka: Connection refused (test outage)")
         super()._ensure_topics(topics)
 
-    def _produce(self, records: pa.Table, stream: str) -> WriteResult:
-        if self.cut and records.num_rows > 1:
+    def _send(self, send: Any, attempt: Attempt) -> WriteResult:
+        self.sent.append(attempt)
+        half = send.records.num_rows // 2
+        if self.cut and half:
             self.cut = False
-            super()._produce(records.slice(0, records.num_rows // 2), stream)
+            super()._send(
+                replace(send, records=send.records.slice(0, half), values=send.values[:half]),
+                attempt,
+            )
             self.on_cut()
             raise SinkError(self.name, "connection lost midway (test)")
-        return super()._produce(records, stream)
+        return super()._send(send, attempt)
 
 
 @pytest.fixture
@@ -88,27 +103,6 @@ def others_write_after(seconds: float, bootstrap: str, topic: str) -> None:
     assert producer.flush(30) == 0
 
 
-def run_until(forwarder: Forwarder, position: int, timeout: float = 60.0) -> None:
-    async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(forwarder.run(stop))
-        deadline = time.monotonic() + timeout
-        try:
-            while forwarder.position < position:
-                if task.done():
-                    task.result()
-                assert time.monotonic() < deadline, (
-                    f"stuck at {forwarder.position}: {forwarder.stats.last_error}"
-                )
-                await asyncio.sleep(0.05)
-        finally:
-            stop.set()
-            await task
-            await forwarder.sink.aclose()
-
-    asyncio.run(main())
-
-
 def ours(bootstrap: str, prefix: str, store: BufferStore) -> Counter[str]:
     return Counter(
         e
@@ -117,13 +111,15 @@ def ours(bootstrap: str, prefix: str, store: BufferStore) -> Counter[str]:
     )
 
 
+@pytest.mark.parametrize("timed", [False, True], ids=["bare", "timed-as-the-gateway-does"])
 def test_a_resend_after_the_clock_stepped_back_is_not_doubled(
-    store: BufferStore, on_writer: WriterThread, tansu: Tansu
+    store: BufferStore, on_writer: WriterThread, tansu: Tansu, timed: bool
 ) -> None:
     """The box clock was seconds ahead of the broker's when the batch was first tried (the
     messages carry the broker's time, as with LogAppendTime), NTP set it right, and the resend
     comes a while later: a read-back from the attempt's own time would miss what the cut send
-    delivered."""
+    delivered. The same with the sink wrapped for send timing after the forwarder took it, as
+    the gateway does: the marks are still taken."""
     fill(store, readings(1000))
     config = kafka_config(tansu.bootstrap_servers, streams=["readings"])
     clock = JumpingClock(offset=AHEAD)
@@ -143,9 +139,13 @@ def test_a_resend_after_the_clock_stepped_back_is_not_doubled(
         retry=config.retry,
         clock=clock,
     )
-    run_until(forwarder, 1000)
+    if timed:
+        forwarder.sink = Telemetry([]).timed(forwarder.sink)  # as gateway/app.py does
+    run_until(forwarder, lambda: forwarder.position >= 1000, 60, close=True)
     seen = ours(tansu.bootstrap_servers, config.name, store)
     assert len(seen) == 1000 and max(seen.values()) == 1
+    assert not sink.cut, "the first send was cut"
+    assert len(sink.sent) >= 2 and all(a.marks and a.marks["offsets"] for a in sink.sent)
 
 
 def test_a_read_back_after_a_long_outage_reads_only_what_came_since_the_first_send(
@@ -205,36 +205,8 @@ def test_a_read_back_after_a_long_outage_reads_only_what_came_since_the_first_se
     asyncio.run(main())
     seen = ours(tansu.bootstrap_servers, config.name, store)
     assert len(seen) == 1000 and max(seen.values()) == 1
+    assert not sink.cut, "the first send was cut"
     assert read_back["messages"] > 0, "the cut send was read back"
     # Half the batch, and at most what Tansu's lagging end offsets add (its last produce batch
     # per partition): nothing like the backlog.
     assert read_back["messages"] < 2000
-
-
-def test_the_gateways_timing_wrapper_keeps_the_marks(
-    store: BufferStore, on_writer: WriterThread, tansu: Tansu
-) -> None:
-    """The gateway wraps each forwarder's sink to time its sends; the marks still get taken."""
-    fill(store, readings(400))
-    config = kafka_config(tansu.bootstrap_servers, streams=["readings"])
-    clock = JumpingClock(offset=AHEAD)
-
-    def stepped_back_and_away() -> None:
-        clock.offset = 0.0
-        topic = f"{config.name}.home.temperature"
-        others_write_after(AHEAD + 1, tansu.bootstrap_servers, topic)
-
-    sink = Flaky(config, "gw1", on_cut=stepped_back_and_away)
-    forwarder = Forwarder(
-        sink,
-        "readings",
-        store,
-        on_writer,
-        batching=config.batching,
-        retry=config.retry,
-        clock=clock,
-    )
-    forwarder.sink = Telemetry([]).timed(forwarder.sink)  # as Gateway does
-    run_until(forwarder, 400)
-    seen = ours(tansu.bootstrap_servers, config.name, store)
-    assert len(seen) == 400 and max(seen.values()) == 1

@@ -8,6 +8,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -26,26 +27,29 @@ from gateway.buffer.store import BufferStore
 from gateway.errors import SinkError
 from gateway.services import free_port
 from gateway.services.tansu import Tansu
-from gateway.sinks.base import Attempt, WriteResult
+from gateway.sinks.base import Attempt
 from gateway.sinks.kafka import KafkaSink
 from gateway.sinks.shipping import Shipping
 
 
 class ForgetfulBroker(KafkaSink):
     """Stands in for a broker that acknowledges a retried send after a reconnect without
-    storing it: the first send drops its last `lose` records and reports a connection loss."""
+    storing it: the first send hands every record over but its last `lose` never arrive, and
+    a connection loss is reported."""
 
     def __init__(self, *args: Any, lose: int) -> None:
         super().__init__(*args)
         self.lose = lose
 
-    def _produce(self, records: pa.Table, stream: str) -> WriteResult:
+    def _hand_over(self, send: Any, producer: Any, attempt: Attempt) -> None:
         if self.lose:
-            kept, self.lose = records.slice(0, records.num_rows - self.lose), 0
-            result = super()._produce(kept, stream)
+            kept, self.lose = len(send.values) - self.lose, 0
+            part = replace(send, records=send.records.slice(0, kept), values=send.values[:kept])
+            super()._hand_over(part, producer, attempt)
+            send.next, send.nbytes = len(send.values), part.nbytes  # "acknowledged", all
             self._disruptions += 1
-            return result
-        return super()._produce(records, stream)
+            return
+        super()._hand_over(send, producer, attempt)
 
 
 def test_records_a_broker_acknowledged_but_lost_are_found_missing_and_sent_again(
