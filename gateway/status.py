@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gateway.apiclient import GatewayApi
+from gateway.buffer import figures
 from gateway.buffer.store import connect
 from gateway.errors import BufferStoreError
 
@@ -28,9 +29,9 @@ def fetch_status(buffer_path: Path, token: str | None = None) -> dict[str, Any]:
         raise BufferStoreError(f"buffer {buffer_path}: no such file (is the path right?)")
     con = connect(buffer_path, read_only=True)
     try:
-        counters = {str(k): int(v) for k, v in con.execute("SELECT * FROM counters").fetchall()}
-        row = con.execute("SELECT count(*), max(ingest_time) FROM readings").fetchone()
-        q = con.execute("SELECT count(*) FROM quarantine").fetchone()
+        counters = figures.counters(con)
+        rows = figures.table_rows(con)
+        last_reading = figures.last_reading_time(con)
     finally:
         con.close()
     return {
@@ -38,9 +39,9 @@ def fetch_status(buffer_path: Path, token: str | None = None) -> dict[str, Any]:
         "buffer": {
             "path": str(buffer_path),
             "file_bytes": buffer_path.stat().st_size,
-            "rows": row[0] if row else 0,
-            "last_reading": str(row[1]) if row and row[1] else None,
-            "quarantine_rows": q[0] if q else 0,
+            "rows": rows["readings"],
+            "last_reading": last_reading,
+            "quarantine_rows": rows["quarantine"],
             "counters": counters,
         },
     }

@@ -24,6 +24,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 import gateway
+from gateway.buffer import figures
 
 if TYPE_CHECKING:
     from gateway.api.parts import ApiView
@@ -153,17 +154,10 @@ class GatewayCollector(Collector):
         if store is not None:
             try:
                 with self.api.reader() as con:
-                    for table, count in con.execute(
-                        "SELECT 'readings', count(*) FROM readings UNION ALL "
-                        "SELECT 'quarantine', count(*) FROM quarantine UNION ALL "
-                        "SELECT 'alerts', count(*) FROM alerts UNION ALL "
-                        "SELECT 'dead_letters', count(*) FROM dead_letters"
-                    ).fetchall():
-                        rows.add_metric([str(table)], int(count))
-                    for name, value in con.execute(
-                        "SELECT name, value FROM counters ORDER BY name"
-                    ).fetchall():
-                        totals.add_metric([str(name).removesuffix("_total")], int(value))
+                    for table, count in figures.table_rows(con).items():
+                        rows.add_metric([table], count)
+                    for name, value in figures.counters(con).items():
+                        totals.add_metric([name.removesuffix("_total")], value)
             except duckdb.Error as exc:
                 logger.warning("metrics: buffer figures unavailable: %s", exc)
         yield rows
@@ -230,11 +224,8 @@ class GatewayCollector(Collector):
         if self.api.parts.store is not None:
             try:
                 with self.api.reader() as con:
-                    for tag, used in con.execute(
-                        "SELECT tag, memory_usage_bytes FROM duckdb_memory() "
-                        "WHERE memory_usage_bytes > 0 ORDER BY tag"
-                    ).fetchall():
-                        tags.add_metric([str(tag).lower()], int(used))
+                    for tag, used in figures.memory_by_tag(con).items():
+                        tags.add_metric([tag], used)
             except duckdb.Error as exc:
                 logger.warning("metrics: buffer memory unavailable: %s", exc)
         yield tags

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import duckdb
+from gateway.buffer import figures
 
 if TYPE_CHECKING:
     from gateway.api.parts import ApiView
@@ -74,12 +74,7 @@ def devices(api: ApiView) -> list[dict[str, Any]]:
     if not telemetry.series and api.parts.store is not None and not api.seeded:
         api.seeded = True
         with api.reader() as con:
-            rows = con.execute(
-                "SELECT device, metric, arg_max(value, id), arg_max(text, id), "
-                "arg_max(unit, id), epoch_us(max(ingest_time)) / 1e6, count(*) FROM readings "
-                "WHERE id > (SELECT coalesce(max(id), 0) FROM readings) - ? GROUP BY ALL",
-                [SEED_ROWS],
-            ).fetchall()
+            rows = figures.latest_per_device(con, SEED_ROWS)
         telemetry.seed_series(rows)
     return telemetry.devices()
 
@@ -119,22 +114,8 @@ def alerts(api: ApiView, limit: int = 100) -> dict[str, Any]:
     if api.parts.store is None:
         return {"active": [], "recent": []}
     with api.reader() as con:
-        active = _dicts(
-            con.execute(
-                "SELECT rule_id, device, metric, arg_max(severity, id) AS severity, "
-                "arg_max(message, id) AS message, arg_max(value, id) AS value, "
-                "epoch_us(max(alert_time)) / 1e6 AS since, arg_max(state, id) AS state "
-                "FROM alerts GROUP BY rule_id, device, metric "
-                "HAVING arg_max(state, id) = 'raised' ORDER BY since DESC"
-            )
-        )
-        recent = _dicts(
-            con.execute(
-                "SELECT id, epoch_us(alert_time) / 1e6 AS time, rule_id, device, metric, "
-                "severity, state, message, value FROM alerts ORDER BY id DESC LIMIT ?",
-                [limit],
-            )
-        )
+        active = figures.active_alerts(con)
+        recent = figures.recent_alerts(con, limit)
     return {"active": active, "recent": recent}
 
 
@@ -143,19 +124,8 @@ def quarantine(api: ApiView, limit: int = 50) -> dict[str, Any]:
     if api.parts.store is None:
         return {"recent": [], "reasons": []}
     with api.reader() as con:
-        recent = _dicts(
-            con.execute(
-                "SELECT id, epoch_us(received_at) / 1e6 AS received_at, topic, reason, "
-                "payload_bytes, payload FROM quarantine ORDER BY id DESC LIMIT ?",
-                [limit],
-            )
-        )
-        reasons = _dicts(
-            con.execute(
-                "SELECT reason, count(*) AS messages, epoch_us(max(received_at)) / 1e6 AS last "
-                "FROM quarantine GROUP BY reason ORDER BY messages DESC LIMIT 20"
-            )
-        )
+        recent = figures.recent_quarantine(con, limit)
+        reasons = figures.quarantine_reasons(con)
     for row in recent:
         payload = row["payload"]
         row["payload"] = bytes(payload[:200]).decode("utf-8", errors="replace")
@@ -176,8 +146,3 @@ def snapshot(api: ApiView) -> dict[str, Any]:
         "sinks": api.sinks(),
         "quarantine": quarantine(api, limit=20),
     }
-
-
-def _dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    names = [d[0] for d in cursor.description or []]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
