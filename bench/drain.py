@@ -29,12 +29,12 @@ import snowflake.connector
 from confluent_kafka import Producer
 
 from gateway.api.telemetry import Telemetry
+from gateway.buffer.outbox import rows_after
 from gateway.buffer.store import BufferStore
 from gateway.model import DECODED_QUARANTINE_SCHEMA, DECODED_READINGS_SCHEMA, IngestBatch
 from gateway.services.fakesnow import FakeSnow
 from gateway.services.tansu import Tansu
 from gateway.sinks.config import KafkaSinkConfig, SnowflakeSinkConfig
-from gateway.sinks.forwarder import rows_after
 from gateway.sinks.records import RecordEncoder
 from gateway.sinks.shipping import Shipping
 from gateway.sinks.snowflake import SnowflakeSink

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from gateway.app import Gateway
+from gateway.buffer import queries
 from gateway.config import (
     ApiConfig,
     BufferConfig,
@@ -87,14 +88,7 @@ def run_demo(workdir: Path, duration: float | None, console: Console, sinks: str
                     await asyncio.sleep(min(5.0, duration or 5.0))
                     if gateway.store is None:
                         continue
-                    table = gateway.store.query(
-                        "SELECT device, metric, count(*) AS readings, "
-                        # text states too (a light's ON/OFF, a door's open/closed)
-                        "coalesce(last(text ORDER BY id), "
-                        "CAST(round(last(value ORDER BY id), 2) AS VARCHAR)) AS latest "
-                        "FROM readings "
-                        "GROUP BY ALL ORDER BY device, metric",
-                    )
+                    table = gateway.store.query(queries.LATEST_BY_DEVICE)
                     console.rule(f"{gateway.stats.readings} readings buffered")
                     render(table, "table", console)
                     await asyncio.to_thread(upstream.show, console)
@@ -105,10 +99,7 @@ def run_demo(workdir: Path, duration: float | None, console: Console, sinks: str
                             f"{figures['commands_published']} commands sent, "
                             f"{figures['active_alerts']} alerts open"
                         )
-                        alerts = gateway.store.query(
-                            "SELECT strftime(alert_time, '%H:%M:%S') AS at, rule_id, device, "
-                            "severity, state, message FROM alerts ORDER BY id DESC LIMIT 5",
-                        )
+                        alerts = gateway.store.query(queries.RECENT_ALERTS)
                         if alerts.num_rows:
                             render(alerts, "table", console)
             except asyncio.CancelledError:
@@ -123,8 +114,6 @@ def run_demo(workdir: Path, duration: float | None, console: Console, sinks: str
         console.print(
             "\nTry next (the buffer stays in "
             f"{workdir}):\n"
-            f"  edge-gateway sql --buffer {buffer} "
-            '"SELECT device, metric, avg(value) FROM readings GROUP BY ALL"\n'
-            f'  edge-gateway sql --buffer {buffer} "SELECT * FROM quarantine"\n'
-            f"  edge-gateway status --buffer {buffer}"
+            + "".join(f'  edge-gateway sql --buffer {buffer} "{q}"\n' for q in queries.EXAMPLES)
+            + f"  edge-gateway status --buffer {buffer}"
         )

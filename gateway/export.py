@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from gateway.buffer import queries
 from gateway.sqlclient import query
 
 PAGE_ROWS = 50_000
@@ -16,7 +17,7 @@ PAGE_ROWS = 50_000
 def count_since(buffer_path: Path, cutoff: float, token: str | None) -> int:
     table = query(
         buffer_path,
-        f"SELECT count(*) AS n FROM readings WHERE ingest_time >= to_timestamp({cutoff!r})",
+        queries.count_received_since(cutoff),
         token=token,
     )
     return int(table.column(0)[0].as_py())
@@ -40,8 +41,7 @@ def export_since(
             # Keyset paging on id: a page capped by the API's row limit still continues right.
             page = query(
                 buffer_path,
-                f"SELECT * FROM readings WHERE ingest_time >= to_timestamp({cutoff!r}) "
-                f"AND id > {after} ORDER BY id LIMIT {page_rows}",
+                queries.received_since_page(cutoff, after, page_rows),
                 token=token,
             )
             if writer is None:

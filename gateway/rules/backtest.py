@@ -22,26 +22,6 @@ PAGE = 10_000
 FetchPage = Callable[[int, int], pa.Table]
 """(after id, page size) -> readings with id > after, ordered by id."""
 
-# Readings with a `retained` flag: those decoded from retained messages prime the rules (known
-# state, not news), in a backtest or a restart's replay just as when they arrived.
-# A buffer file written before `retained_readings` existed (flagged=False) has none to flag.
-RETAINED_FLAG = "r.id IN (SELECT id FROM retained_readings)"
-
-# The query that tells whether a buffer has the table (one row, column n).
-HAS_RETAINED_SQL = (
-    "SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = 'retained_readings'"
-)
-
-
-def history_sql(after: int, page: int, since: float | None = None, flagged: bool = True) -> str:
-    """Readings with id > after (and event time >= since), in arrival order, flagged."""
-    flag = RETAINED_FLAG if flagged else "false"
-    period = f" AND r.event_time >= to_timestamp({float(since)!r})" if since is not None else ""
-    return (
-        f"SELECT r.*, {flag} AS retained FROM readings AS r "
-        f"WHERE r.id > {int(after)}{period} ORDER BY r.id LIMIT {int(page)}"
-    )
-
 
 def primed_runs(table: pa.Table) -> Iterator[tuple[pa.Table, bool]]:
     """A page of history as runs of retained readings (prime=True) and the rest, in order."""

@@ -91,16 +91,12 @@ def backtest(
     """Run rules over buffered readings and print what would have fired when (acts on nothing)."""
     import time
 
+    from gateway.buffer import queries
+    from gateway.buffer.history import HAS_RETAINED_SQL, history_sql
     from gateway.errors import GatewayError
     from gateway.output import render
     from gateway.progress import progress_bar
-    from gateway.rules.backtest import (
-        HAS_RETAINED_SQL,
-        history_pages,
-        history_sql,
-        outputs_table,
-        run_backtest,
-    )
+    from gateway.rules.backtest import history_pages, outputs_table, run_backtest
     from gateway.rules.service import build_engine
     from gateway.sqlclient import query
     from gateway.units import parse_duration
@@ -126,7 +122,7 @@ def backtest(
 
         total = query(
             path,
-            f"SELECT count(*) AS n FROM readings WHERE event_time >= to_timestamp({cutoff!r})",
+            queries.count_events_since(cutoff),
             token=token,
         )
         readings = int(total["n"][0].as_py())

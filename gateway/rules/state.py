@@ -9,9 +9,10 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from gateway.buffer import history
+from gateway.buffer.history import AlertKey
 from gateway.model import UTC_MICROS
 from gateway.rules.actions import AlertChange
-from gateway.rules.backtest import history_sql
 
 STATE_OWNER = "rules"
 STATE_KEY = "engine"
@@ -84,11 +85,7 @@ def save_alerts(store: StateStore, alerts: list[AlertChange]) -> int:
 
 def last_alert_id(store: StateStore) -> int:
     with store.reading() as con:
-        row = con.execute("SELECT coalesce(max(id), 0) FROM alerts").fetchone()
-    return int(row[0]) if row else 0
-
-
-AlertKey = tuple[str, str, str, str, int]  # rule, device, metric, state, time in microseconds
+        return history.last_alert_id(con)
 
 
 def alert_key(change: AlertChange) -> AlertKey:
@@ -98,16 +95,11 @@ def alert_key(change: AlertChange) -> AlertKey:
 def alerts_after(store: StateStore, after_id: int) -> set[AlertKey]:
     """Alert changes written after a snapshot was taken (a restart must not write them again)."""
     with store.reading() as con:
-        rows = con.execute(
-            "SELECT rule_id, device, coalesce(metric, ''), state, epoch_us(alert_time) "
-            "FROM alerts WHERE id > ?",
-            [after_id],
-        ).fetchall()
-    return {(str(r), str(d), str(m), str(s), int(t)) for r, d, m, s, t in rows}
+        return history.alert_keys_after(con, after_id)
 
 
 def readings_after(store: StateStore, after_id: int, limit: int) -> pa.Table:
     """Committed readings with id > after_id, in commit order (what a restart replays), with
     their `retained` flag."""
     with store.reading() as con:
-        return con.sql(history_sql(after_id, limit)).to_arrow_table()
+        return history.readings_after(con, after_id, limit)

@@ -55,24 +55,16 @@ def sink_status(buffer_path: Path, config: Any, token: str | None = None) -> lis
 
 
 def _status_from_file(buffer_path: Path, config: Any) -> list[dict[str, Any]]:
+    from gateway.buffer import outbox
     from gateway.buffer.store import connect
     from gateway.errors import BufferStoreError
-    from gateway.sinks.shipping import backlog
 
     if not buffer_path.exists():
         raise BufferStoreError(f"buffer {buffer_path}: no such file (is the path right?)")
     con = connect(buffer_path, read_only=True)
     try:
-        cursors = {
-            (str(s), str(t)): int(p)
-            for s, t, p in con.execute("SELECT sink, stream, position FROM sink_cursors").fetchall()
-        }
-        dead = {
-            (str(s), str(t)): int(n)
-            for s, t, n in con.execute(
-                "SELECT sink, stream, count(*) FROM dead_letters GROUP BY ALL"
-            ).fetchall()
-        }
+        cursors = outbox.cursors(con)
+        dead = outbox.dead_letter_counts(con)
         types = {c.name: c.type for c in config.sinks}
         places = {(c.name, stream) for c in config.sinks if c.enabled for stream in c.streams}
         now = time.time()
@@ -83,7 +75,7 @@ def _status_from_file(buffer_path: Path, config: Any) -> list[dict[str, Any]]:
                     "sink": sink,
                     "type": types.get(sink, "?"),
                     "stream": stream,
-                    **backlog(con, stream, cursors.get((sink, stream), 0), now),
+                    **outbox.backlog(con, stream, cursors.get((sink, stream), 0), now),
                     "dead_letters": dead.get((sink, stream), 0),
                     "rows_per_s": None,
                     "last_error": None,
@@ -172,6 +164,7 @@ def replay(
 
     from rich.progress import Progress
 
+    from gateway.buffer import queries
     from gateway.errors import GatewayError, SinkBackpressureError
     from gateway.sinks.base import Attempt
     from gateway.sinks.registry import build_sink
@@ -195,7 +188,6 @@ def replay(
     path = buffer or Path(cfg.buffer.path)
     console = Console()
     cutoff = time.time() - seconds
-    time_column = "ingest_time" if stream == "readings" else "alert_time"
     try:
         confirmed = {
             e["stream"]: int(e["position"])
@@ -205,19 +197,14 @@ def replay(
     except GatewayError as exc:
         raise _fail(str(exc)) from None
     upto = confirmed.get(stream, 0)
-    where = f"{time_column} >= to_timestamp({cutoff!r}) AND id <= {upto}"
 
     async def run() -> int:
-        buffer_id = str(
-            query(path, "SELECT value FROM meta WHERE key = 'buffer_uid'", token=token)["value"][
-                0
-            ].as_py()
-        )
+        buffer_id = str(query(path, queries.BUFFER_UID, token=token)["value"][0].as_py())
         target = build_sink(chosen, cfg.gateway_id, buffer_id)
         sent = 0
         try:
             total = int(
-                query(path, f"SELECT count(*) AS n FROM {stream} WHERE {where}", token=token)["n"][
+                query(path, queries.count_confirmed_since(stream, cutoff, upto), token=token)["n"][
                     0
                 ].as_py()
             )
@@ -227,8 +214,7 @@ def replay(
                 while True:
                     page = query(
                         path,
-                        f"SELECT * FROM {stream} WHERE {where} AND id > {after} "
-                        f"ORDER BY id LIMIT {PAGE_ROWS}",
+                        queries.confirmed_since_page(stream, cutoff, upto, after, PAGE_ROWS),
                         token=token,
                         limit=PAGE_ROWS,
                     )

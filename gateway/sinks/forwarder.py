@@ -36,6 +36,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gateway.buffer import outbox
 from gateway.errors import BufferStoreError, SinkBackpressureError, SinkError, SinkRejectedError
 from gateway.sinks.base import Attempt, BasicSink, Rejection, Sink, WriteResult, as_sink
 from gateway.sinks.config import BatchingConfig, RetryConfig
@@ -104,42 +105,6 @@ def backoff_delay(failures: int, retry: RetryConfig) -> float:
     return random.uniform(retry.min_delay / 2, max(ceiling, retry.min_delay / 2))
 
 
-def state_owner(sink: str, stream: str) -> str:
-    return f"sink:{sink}:{stream}"
-
-
-def head_sql(stream: str) -> str:
-    return f"SELECT coalesce(max(id), 0) FROM {stream}"
-
-
-def rows_after(
-    con: duckdb.DuckDBPyConnection, stream: str, after: int, upto: int | None, limit: int
-) -> pa.Table:
-    """Rows of `stream` with `after < id <= upto`, oldest first, as Arrow."""
-    sql = f"SELECT * FROM {stream} WHERE id > ?"
-    params: list[Any] = [after]
-    if upto is not None:
-        sql += " AND id <= ?"
-        params.append(upto)
-    sql += " ORDER BY id LIMIT ?"
-    params.append(limit)
-    return con.sql(sql, params=params).to_arrow_table()
-
-
-def load_attempt(con: duckdb.DuckDBPyConnection, sink: str, stream: str) -> dict[str, Any] | None:
-    rows = con.execute(
-        "SELECT value FROM state WHERE owner = ? AND key = 'attempt'", [state_owner(sink, stream)]
-    ).fetchall()
-    return dict(json.loads(rows[0][0])) if rows else None
-
-
-def load_cursor(con: duckdb.DuckDBPyConnection, sink: str, stream: str) -> int:
-    rows = con.execute(
-        "SELECT position FROM sink_cursors WHERE sink = ? AND stream = ?", [sink, stream]
-    ).fetchall()
-    return int(rows[0][0]) if rows else 0
-
-
 class Forwarder:
     """Ships one stream of the buffer to one sink; `run(stop)` until stop is set."""
 
@@ -183,11 +148,7 @@ class Forwarder:
         if self._head is not None:
             return self._head()
 
-        def query(con: duckdb.DuckDBPyConnection) -> int:
-            rows = con.execute(head_sql(self.stream)).fetchall()
-            return int(rows[0][0]) if rows else 0
-
-        return self._read_now(query)
+        return self._read_now(lambda con: outbox.head(con, self.stream))
 
     def _read_now(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         with self.store.reading() as con:
@@ -212,7 +173,7 @@ class Forwarder:
         self, stop: asyncio.Event, after: int, upto: int | None, limit: int
     ) -> pa.Table | None:
         return await self._reading(
-            stop, lambda con: rows_after(con, self.stream, after, upto, limit)
+            stop, lambda con: outbox.rows_after(con, self.stream, after, upto, limit)
         )
 
     async def _read_failed(self, exc: Exception, stop: asyncio.Event) -> None:
@@ -239,37 +200,21 @@ class Forwarder:
         await self.on_writer(self.store.write, fn)
 
     async def _record_attempt(self, attempt: Attempt) -> None:
-        value = json.dumps(
-            {
-                "first": attempt.first,
-                "last": attempt.last,
-                "since_ms": attempt.since_ms,
-                "marks": dict(attempt.marks or {}),
-            }
-        )
-        owner = state_owner(self.sink.name, self.stream)
-
-        def write(con: duckdb.DuckDBPyConnection) -> None:
-            con.execute(
-                "INSERT OR REPLACE INTO state VALUES (?, 'attempt', ?, now())", [owner, value]
-            )
-
-        await self._write(write)
+        recorded = {
+            "first": attempt.first,
+            "last": attempt.last,
+            "since_ms": attempt.since_ms,
+            "marks": dict(attempt.marks or {}),
+        }
+        sink, stream = self.sink.name, self.stream
+        await self._write(lambda con: outbox.record_attempt(con, sink, stream, recorded))
 
     async def _confirm(self, batch: pa.Table, last: int, rejected: list[Rejection]) -> None:
-        owner = state_owner(self.sink.name, self.stream)
         sink, stream = self.sink.name, self.stream
         dead = dead_letter_rows(sink, stream, batch, rejected) if rejected else None
 
         def write(con: duckdb.DuckDBPyConnection) -> None:
-            if dead is not None:
-                con.register("_dead_letters", dead)
-                con.execute("INSERT INTO dead_letters BY NAME SELECT * FROM _dead_letters")
-                con.unregister("_dead_letters")
-            con.execute(
-                "INSERT OR REPLACE INTO sink_cursors VALUES (?, ?, ?, now())", [sink, stream, last]
-            )
-            con.execute("DELETE FROM state WHERE owner = ? AND key = 'attempt'", [owner])
+            outbox.confirm(con, sink, stream, last, dead)
 
         await self._write(write)
         self.stats.position = last
@@ -294,7 +239,11 @@ class Forwarder:
     async def _run(self, stop: asyncio.Event) -> None:
         sink, stream = self.sink.name, self.stream
         loaded = await self._reading(
-            stop, lambda con: (load_cursor(con, sink, stream), load_attempt(con, sink, stream))
+            stop,
+            lambda con: (
+                outbox.load_cursor(con, sink, stream),
+                outbox.load_attempt(con, sink, stream),
+            ),
         )
         if loaded is None:
             return
@@ -387,7 +336,7 @@ class Forwarder:
         prepare = self.sink.prepare
 
         def read(con: duckdb.DuckDBPyConnection) -> pa.Table:
-            return rows_after(con, self.stream, after, None, self.batching.max_rows)
+            return outbox.rows_after(con, self.stream, after, None, self.batching.max_rows)
 
         def fetch() -> tuple[int, pa.Table]:
             table = self._cap_bytes(self._read_now(read))

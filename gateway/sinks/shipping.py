@@ -9,13 +9,13 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 
+from gateway.buffer import outbox
 from gateway.errors import ConfigError
 from gateway.sinks.base import Sink
 from gateway.sinks.config import KafkaSinkConfig, SnowflakeSinkConfig
-from gateway.sinks.forwarder import BUFFER_ERRORS, Forwarder, OnWriter, SinkBuffer, load_cursor
+from gateway.sinks.forwarder import BUFFER_ERRORS, Forwarder, OnWriter, SinkBuffer
 from gateway.sinks.registry import build_sink
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class Shipping:
             return []
         try:
             with self.store.reading() as con:
-                return [load_cursor(con, name, "readings") for name in names]
+                return [outbox.load_cursor(con, name, "readings") for name in names]
         except BUFFER_ERRORS as exc:
             logger.warning("retention: cannot read the cursors of disabled sinks: %s", exc)
             return None
@@ -146,7 +146,7 @@ class Shipping:
                         "sink": stats.sink,
                         "type": self.configs[stats.sink].type,
                         "stream": stats.stream,
-                        **backlog(con, stats.stream, stats.position, now),
+                        **outbox.backlog(con, stats.stream, stats.position, now),
                         "rows_per_s": round(stats.rows_per_second(now), 1),
                         "sent_rows": stats.sent_rows,
                         "sent_batches": stats.sent_batches,
@@ -159,22 +159,3 @@ class Shipping:
                     }
                 )
         return entries
-
-
-def backlog(
-    con: duckdb.DuckDBPyConnection, stream: str, position: int, now: float
-) -> dict[str, Any]:
-    """Cursor, head, rows not yet confirmed and the age of the oldest of them."""
-    time_column = "ingest_time" if stream == "readings" else "alert_time"
-    row = con.execute(
-        f"SELECT coalesce(max(id), 0), count(*) FILTER (WHERE id > ?), "
-        f"epoch_us(min({time_column}) FILTER (WHERE id > ?)) FROM {stream}",
-        [position, position],
-    ).fetchall()[0]
-    head, rows, oldest = int(row[0]), int(row[1]), row[2]
-    return {
-        "position": position,
-        "head": head,
-        "backlog_rows": rows,
-        "oldest_unsent_age_s": round(now - oldest / 1e6, 1) if oldest is not None else None,
-    }

@@ -12,11 +12,12 @@ from collections.abc import Callable
 import pyarrow as pa
 from sinkhelpers import RecordingSink, WriterThread, fill, readings, run_until
 
+from gateway.buffer.outbox import rows_after
 from gateway.buffer.store import BufferStore
 from gateway.errors import SinkBackpressureError
 from gateway.sinks.base import Attempt, WriteResult
 from gateway.sinks.config import BatchingConfig, RetryConfig
-from gateway.sinks.forwarder import Forwarder, backoff_delay, rows_after
+from gateway.sinks.forwarder import Forwarder, backoff_delay
 from gateway.sinks.shipping import Shipping
 
 FAST_RETRY = RetryConfig(min_delay=0.01, max_delay=0.05)

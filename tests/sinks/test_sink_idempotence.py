@@ -19,11 +19,12 @@ from sinkhelpers import (
     wait_until,
 )
 
+from gateway.buffer.outbox import rows_after
 from gateway.buffer.store import BufferStore
 from gateway.services.fakesnow import FakeSnow
 from gateway.services.tansu import Tansu
 from gateway.sinks.base import Attempt, Sink
-from gateway.sinks.forwarder import Forwarder, rows_after
+from gateway.sinks.forwarder import Forwarder
 from gateway.sinks.kafka import KafkaSink
 from gateway.sinks.snowflake import SnowflakeSink
 

@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 from sinkhelpers import WriterThread, fill, readings, ship, snowflake_config, snowflake_rows, unique
 
+from gateway.buffer.outbox import rows_after
 from gateway.buffer.store import BufferStore
 from gateway.errors import SinkError
 from gateway.services.fakesnow import FakeSnow
 from gateway.sinks.base import Attempt
 from gateway.sinks.config import SnowflakeSinkConfig
-from gateway.sinks.forwarder import rows_after
 from gateway.sinks.shipping import Shipping
 from gateway.sinks.snowflake import SnowflakeSink
 

@@ -19,12 +19,13 @@ from sinkhelpers import (
     snowflake_rows,
 )
 
+from gateway.buffer.outbox import rows_after
 from gateway.buffer.store import BufferStore
 from gateway.services.fakesnow import FakeSnow
 from gateway.services.tansu import Tansu
 from gateway.sinks.base import Rejection
 from gateway.sinks.config import KafkaSinkConfig, SnowflakeSinkConfig
-from gateway.sinks.forwarder import dead_letter_rows, rows_after
+from gateway.sinks.forwarder import dead_letter_rows
 from gateway.sinks.shipping import Shipping
 
 # `{"ts": 3e17}` (read as microseconds: the year 11476) and "9999-12-31T23:59:59-12:00"
