@@ -94,13 +94,10 @@ class Gateway:
                 self.on_writer,
                 lambda: store.next_reading_id - 1,
                 release=cfg.buffer.retention.release_disabled_sinks,
+                wrap_sink=self.telemetry.timed,  # send latency for /metrics
             )
             self.background.append(self.shipping.run)
-            for forwarder in self.shipping.forwarders:  # send latency for /metrics
-                forwarder.sink = self.telemetry.timed(forwarder.sink)
             self.listeners.append(self.shipping.on_commit)
-            self.protected_position = self.shipping.protected_position
-            self.released_position = self.shipping.released_position
         api_server = None
         try:
             if cfg.api.enabled:
@@ -119,9 +116,9 @@ class Gateway:
                     on_writer=self.on_writer,
                     publish=ingest.publish,
                     settled=lambda: self.pipeline is not None and self.pipeline.settled(),
+                    observers=[self.telemetry.observe_rule_outputs],
                 )
                 await self.rules.start()
-                self.rules.executor.observers.append(self.telemetry.observe_rule_outputs)
                 self.background.append(self.rules.run)
             self.listeners.append(self.telemetry.on_commit)
             self.pipeline = pipeline = Pipeline(
@@ -173,6 +170,7 @@ class Gateway:
 
     async def _retention_loop(self, stop: asyncio.Event, store: BufferStore) -> None:
         retention = self.config.buffer.retention
+        shipping = self.shipping  # retention keeps what the sinks lack (None: no sinks)
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=retention.check_interval)
@@ -185,15 +183,10 @@ class Gateway:
                         now=self.clock(),
                         max_age=retention.max_age,
                         max_bytes=retention.max_bytes,
-                        protected_after=self.protected_position(),
+                        protected_after=shipping.protected_position() if shipping else None,
                         drop_unsent=retention.on_full == "drop_oldest",
-                        released_after=self.released_position(),
+                        released_after=shipping.released_position() if shipping else None,
                     )
                 )
             except BufferStoreError as exc:
                 logger.error("%s", exc)
-
-    protected_position: Callable[[], int | None] = staticmethod(lambda: None)
-    """The last position every sink has confirmed (None: no sinks, nothing to protect)."""
-    released_position: Callable[[], int | None] = staticmethod(lambda: None)
-    """The last position every released disabled sink has confirmed (None: none released)."""

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +93,10 @@ class RulesService:
         publish: Publish | None,
         settled: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
+        observers: Sequence[Callable[[list[Output]], None]] = (),
     ) -> None:
-        """`settled`: true when every batch given to `evaluate` has been committed."""
+        """`settled`: true when every batch given to `evaluate` has been committed;
+        `observers` see every output after its commands left (the gateway's telemetry)."""
         self.config = config
         self.location = location
         self._store = store
@@ -103,6 +105,7 @@ class RulesService:
         self.executor = ActionExecutor(
             publish, queue_size=config.webhook_queue, retries=config.webhook_retries
         )
+        self.executor.observers.extend(observers)
         self.engine: RuleEngine | None = None
         self.files = list(config.files)
         self._fingerprint = _fingerprint(self.files)

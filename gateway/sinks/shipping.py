@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import pyarrow as pa
@@ -39,11 +39,14 @@ class Shipping:
         gateway_id: str,
         store: SinkBuffer,
         on_writer: OnWriter,
-        readings_head: Any = None,
+        readings_head: Callable[[], int] | None = None,
         release: Collection[str] = (),
+        wrap_sink: Callable[[Sink], Sink] = lambda sink: sink,
     ) -> None:
-        """`release`: disabled sinks whose unconfirmed readings retention may delete
-        (`buffer.retention.release_disabled_sinks`); every other sink's cursor is kept."""
+        """`readings_head`: the newest committed reading's position, known without a query;
+        `release`: disabled sinks whose unconfirmed readings retention may delete
+        (`buffer.retention.release_disabled_sinks`); every other sink's cursor is kept;
+        `wrap_sink`: what each forwarder sends through (the gateway's send-time metrics)."""
         check_names(configs)
         self.store = store
         self.configs = {c.name: c for c in configs if c.enabled}
@@ -66,7 +69,7 @@ class Shipping:
             for stream in config.streams:
                 self.forwarders.append(
                     Forwarder(
-                        self.sinks[name],
+                        wrap_sink(self.sinks[name]),
                         stream,
                         store,
                         on_writer,
