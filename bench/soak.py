@@ -46,7 +46,7 @@ import snowflake.connector
 import yaml
 from confluent_kafka import Consumer
 
-from gateway.buffer.store import connect
+from gateway.buffer.connection import connect
 from gateway.services import free_port
 from gateway.services.fakesnow import FakeSnow
 from gateway.services.mosquitto import Mosquitto

@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from gateway.apiclient import GatewayApi
+from gateway.buffer.connection import connect
 from gateway.buffer.sql import run_query
-from gateway.buffer.store import connect
 from gateway.errors import BufferStoreError
 
 

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from gateway.apiclient import GatewayApi
 from gateway.buffer import figures
-from gateway.buffer.store import connect
+from gateway.buffer.connection import connect
 from gateway.errors import BufferStoreError
 
 

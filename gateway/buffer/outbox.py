@@ -94,6 +94,12 @@ def backlog(
     }
 
 
+def set_cursor(con: duckdb.DuckDBPyConnection, sink: str, stream: str, position: int) -> None:
+    con.execute(
+        "INSERT OR REPLACE INTO sink_cursors VALUES (?, ?, ?, now())", [sink, stream, position]
+    )
+
+
 def record_attempt(
     con: duckdb.DuckDBPyConnection, sink: str, stream: str, attempt: dict[str, Any]
 ) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from gateway.buffer.connection import connect
 from gateway.buffer.schema import ADDED_LATER, COUNTERS
-from gateway.buffer.store import BufferStore, connect
+from gateway.buffer.store import BufferStore
 from gateway.errors import BufferStoreError
 
 logger = logging.getLogger(__name__)

@@ -21,6 +21,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gateway.buffer import outbox, retention
+from gateway.buffer.connection import add_counters, connect, scalar, used_bytes
 from gateway.buffer.fence import ReopenFence
 from gateway.buffer.schema import COUNTERS, DDL, SCHEMA_VERSION
 from gateway.buffer.sql import run_query
@@ -31,16 +33,6 @@ from gateway.model import IngestBatch
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# The gateway's own database never touches other files: users' SQL goes through it, so reading
-# files, ATTACH, COPY and extension downloads stay off for good (locked).
-SAFE_DUCKDB_CONFIG: dict[str, Any] = {
-    "enable_external_access": False,
-    "autoinstall_known_extensions": False,
-    "autoload_known_extensions": False,
-    "lock_configuration": True,
-}
-
 
 _HEADER_BYTES = 3 * 4096  # DuckDB's file header and its two database headers
 
@@ -67,55 +59,6 @@ class _FailedAppend:
     q_first: int
     quarantine_n: int
     readings: pa.Table
-
-
-@dataclass(frozen=True, slots=True)
-class PurgeResult:
-    readings: int
-    quarantine: int
-    unsent: int  # readings dropped before every sink had them (on_full: drop_oldest)
-    released: int = 0  # readings dropped that only released disabled sinks lacked
-
-
-def connect(path: Path, *, read_only: bool, lock_wait: float = 0.0) -> duckdb.DuckDBPyConnection:
-    """Open the buffer file with file access locked off; a clear error when it cannot be opened.
-
-    `lock_wait` seconds are spent retrying while another process holds the file (a CLI query
-    on a stopped gateway's buffer holds it for a moment).
-    """
-    deadline = time.monotonic() + lock_wait
-    while True:
-        try:
-            return _connect_once(path, read_only)
-        except _LockedError:
-            if time.monotonic() >= deadline:
-                raise BufferStoreError(
-                    f"buffer {path}: held by another process (a running gateway?); "
-                    f"query it through that gateway's API instead"
-                ) from None
-            time.sleep(0.1)
-
-
-class _LockedError(Exception):
-    pass
-
-
-def _connect_once(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    try:
-        return duckdb.connect(str(path), read_only=read_only, config=dict(SAFE_DUCKDB_CONFIG))
-    except duckdb.IOException as exc:
-        text = str(exc)
-        if "lock" in text.lower():
-            raise _LockedError from None
-        hint = ""
-        if "not a valid DuckDB database" in text or "checksum" in text.lower():
-            hint = f"; the file is damaged: run `edge-gateway buffer recover -b {path}`"
-        raise BufferStoreError(f"buffer {path}: cannot open: {text}{hint}") from None
-    except duckdb.Error as exc:
-        raise BufferStoreError(
-            f"buffer {path}: cannot open ({exc}); if the file is damaged, run "
-            f"`edge-gateway buffer recover -b {path}` (see 'Damaged buffer' in docs/operations.md)"
-        ) from None
 
 
 class BufferStore:
@@ -411,7 +354,8 @@ class BufferStore:
                 con.register("_batch_inflight", entries)
                 con.execute("INSERT INTO mqtt_inflight SELECT * FROM _batch_inflight")
                 con.unregister("_batch_inflight")
-            self._add_counters(
+            add_counters(
+                self._con,
                 readings_total=n,
                 quarantined_total=q.num_rows,
                 duplicates_dropped_total=batch.duplicates + copies,
@@ -492,14 +436,7 @@ class BufferStore:
         return CommitResult(failed.first, failed.readings, failed.quarantine_n)
 
     def _has_ids_from(self, table: str, first: int) -> bool:
-        return self._scalar(f"SELECT count(*) FROM {table} WHERE id >= ?", [first]) > 0
-
-    def _add_counters(self, **increments: int) -> None:
-        for name, amount in increments.items():
-            if amount:
-                self._con.execute(
-                    "UPDATE counters SET value = value + ? WHERE name = ?", [amount, name]
-                )
+        return scalar(self._con, f"SELECT count(*) FROM {table} WHERE id >= ?", [first]) > 0
 
     def append_alerts(self, alerts: pa.Table) -> int:
         """Append alert rows (ALERTS columns but `id` and `event_id`); returns the first id."""
@@ -515,7 +452,7 @@ class BufferStore:
             con.register("_batch_alerts", table)
             con.execute("INSERT INTO alerts BY NAME SELECT * FROM _batch_alerts")
             con.unregister("_batch_alerts")
-            self._add_counters(alerts_total=n)
+            add_counters(self._con, alerts_total=n)
 
         try:
             self.write(insert)
@@ -559,27 +496,17 @@ class BufferStore:
         return {key: json.loads(value) for key, value in rows}
 
     def get_cursor(self, sink: str, stream: str = "readings") -> int:
+        """On the writer thread (it reopens a database a failed recycle left closed)."""
         self._ensure_open()
-        row = self._con.execute(
-            "SELECT position FROM sink_cursors WHERE sink = ? AND stream = ?", [sink, stream]
-        ).fetchone()
-        return int(row[0]) if row else 0
+        return outbox.load_cursor(self._con, sink, stream)
 
     def set_cursor(self, sink: str, position: int, stream: str = "readings") -> None:
-        self._con.execute(
-            "INSERT OR REPLACE INTO sink_cursors VALUES (?, ?, ?, now())", [sink, stream, position]
-        )
+        """Inside `write` (the writer's transaction)."""
+        outbox.set_cursor(self._con, sink, stream, position)
 
     # -- retention ------------------------------------------------------------------------
     def used_bytes(self) -> int:
-        """Blocks in use plus the WAL: until a checkpoint, new readings live only in the WAL."""
-        row = self._con.execute("SELECT used_blocks * block_size FROM pragma_database_size()")
-        result = row.fetchone()
-        try:
-            wal = self.path.with_name(self.path.name + ".wal").stat().st_size
-        except FileNotFoundError:
-            wal = 0
-        return (int(result[0]) if result else 0) + wal
+        return used_bytes(self._con, self.path)
 
     def purge(
         self,
@@ -590,10 +517,15 @@ class BufferStore:
         protected_after: int | None,
         drop_unsent: bool,
         released_after: int | None = None,
-    ) -> PurgeResult:
-        """`_purge`, with any DuckDB error (a CHECKPOINT on a full disk) as a BufferStoreError."""
+    ) -> retention.PurgeResult:
+        """`retention.purge` on the writer's connection, with any DuckDB error (a CHECKPOINT on
+        a full disk) as a BufferStoreError."""
         try:
-            return self._purge(
+            self._ensure_open()
+            return retention.purge(
+                self._con,
+                self.path,
+                self._next_reading_id,
                 now=now,
                 max_age=max_age,
                 max_bytes=max_bytes,
@@ -606,129 +538,6 @@ class BufferStore:
                 self._con.rollback()
             self._note_failure(exc)
             raise BufferStoreError(f"buffer {self.path}: retention failed: {exc}") from exc
-
-    def _purge(
-        self,
-        *,
-        now: float,
-        max_age: float,
-        max_bytes: int,
-        protected_after: int | None,
-        drop_unsent: bool,
-        released_after: int | None,
-    ) -> PurgeResult:
-        """Delete readings older than max_age, then the oldest while the file is over max_bytes.
-
-        Readings with id > protected_after (not yet confirmed by every sink) are kept unless
-        drop_unsent; quarantine rows only follow the age limit and the size limit. Readings
-        deleted with id > released_after (not confirmed by a disabled sink the config released)
-        are counted in `purged_released_total`.
-        """
-        self._ensure_open()
-        con = self._con
-        limit = protected_after if protected_after is not None else self._next_reading_id
-        # Past `limit` deletions are counted as unsent already; count each reading once.
-        given_up = released_after if released_after is not None else limit
-        cutoff = now - max_age
-        purged = quarantine = unsent = released = 0
-        con.begin()
-        try:
-            if given_up < limit:
-                released += self._scalar(
-                    "SELECT count(*) FROM readings WHERE ingest_time < to_timestamp(?) "
-                    "AND id > ? AND id <= ?",
-                    [cutoff, given_up, limit],
-                )
-            purged += self._delete(
-                "DELETE FROM readings WHERE ingest_time < to_timestamp(?) AND id <= ?",
-                [cutoff, limit],
-            )
-            quarantine += self._delete(
-                "DELETE FROM quarantine WHERE received_at < to_timestamp(?)", [cutoff]
-            )
-            self._add_counters(purged_released_total=released)
-            con.commit()
-        except duckdb.Error as exc:
-            con.rollback()
-            raise BufferStoreError(f"buffer {self.path}: retention failed: {exc}") from exc
-        if purged or quarantine:
-            con.execute("CHECKPOINT")
-        # Over the size cap: drop the oldest tenth at a time until under it (or nothing left).
-        # DuckDB frees space a whole row group (122,880 rows) at a time; when a round freed
-        # nothing, stop until the next check rather than dropping everything now.
-        before: int | None = None
-        for _ in range(20):
-            used = self.used_bytes()
-            if used <= max_bytes or (before is not None and used >= before):
-                break
-            before = used
-            row = con.execute("SELECT min(id), max(id), count(*) FROM readings").fetchone()
-            if not row or not row[2]:
-                break
-            low, _high, count = int(row[0]), int(row[1]), int(row[2])
-            upto = low + max(count // 10, 1) - 1
-            if not drop_unsent:
-                upto = min(upto, limit)
-                if upto < low:
-                    logger.warning(
-                        "buffer %s is over max_bytes but every reading is still unsent; "
-                        "keeping them (retention.on_full: keep_unsent)",
-                        self.path,
-                    )
-                    break
-            con.begin()
-            # Count what is really there: earlier rounds (and age limits) left holes.
-            unsent_row = con.execute(
-                "SELECT count(*) FROM readings WHERE id > ? AND id <= ?", [limit, upto]
-            ).fetchone()
-            unsent_now = int(unsent_row[0]) if unsent_row else 0
-            released_now = 0
-            if given_up < limit:
-                released_now = self._scalar(
-                    "SELECT count(*) FROM readings WHERE id > ? AND id <= ?",
-                    [given_up, min(upto, limit)],
-                )
-            deleted = self._delete("DELETE FROM readings WHERE id <= ?", [upto])
-            q = self._delete(
-                "DELETE FROM quarantine WHERE id <= (SELECT coalesce(min(id), 0) + "
-                "count(*) // 10 FROM quarantine)",
-                [],
-            )
-            self._add_counters(purged_unsent_total=unsent_now, purged_released_total=released_now)
-            con.commit()
-            purged += deleted
-            quarantine += q
-            unsent += unsent_now
-            released += released_now
-            con.execute("CHECKPOINT")
-        if purged:
-            con.execute(
-                "DELETE FROM retained_readings "
-                "WHERE id < (SELECT coalesce(min(id), ?) FROM readings)",
-                [self._next_reading_id],
-            )
-        if purged or quarantine:
-            self._add_counters(purged_readings_total=purged, purged_quarantine_total=quarantine)
-            logger.info(
-                "retention purged %d readings (%d unsent) and %d quarantined messages",
-                purged,
-                unsent,
-                quarantine,
-            )
-        if released:
-            logger.warning(
-                "retention purged %d readings disabled sinks had not confirmed "
-                "(buffer.retention.release_disabled_sinks)",
-                released,
-            )
-        return PurgeResult(purged, quarantine, unsent, released)
-
-    def _scalar(self, sql: str, params: list[Any]) -> int:
-        """The one number a statement answers (a count; DELETE answers how many it deleted)."""
-        row = self._con.execute(sql, params).fetchone()
-        return int(row[0]) if row else 0
-
-    _delete = _scalar
 
     # -- figures --------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:

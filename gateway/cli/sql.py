@@ -68,8 +68,8 @@ def sql(
 
 def query_file(path: Path, sql: str, limit: int | None) -> pa.Table:
     """The statement on the buffer file opened read-only (no gateway holds it)."""
+    from gateway.buffer.connection import connect
     from gateway.buffer.sql import run_query
-    from gateway.buffer.store import connect
     from gateway.errors import BufferStoreError
 
     if not path.exists():

@@ -56,7 +56,7 @@ def sink_status(buffer_path: Path, config: Any, token: str | None = None) -> lis
 
 def _status_from_file(buffer_path: Path, config: Any) -> list[dict[str, Any]]:
     from gateway.buffer import outbox
-    from gateway.buffer.store import connect
+    from gateway.buffer.connection import connect
     from gateway.errors import BufferStoreError
 
     if not buffer_path.exists():

@@ -18,7 +18,7 @@ import snowflake.connector
 import yaml
 from confluent_kafka import Consumer
 
-from gateway.buffer.store import connect
+from gateway.buffer.connection import connect
 from gateway.services.fakesnow import FakeSnow
 from gateway.services.mosquitto import Mosquitto
 from gateway.sinks.kafka import partitions_from_start, read_to_end

@@ -12,8 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 from faulthelpers import gateway_ready
 
+from gateway.buffer.connection import connect
 from gateway.buffer.recovery import check_buffer
-from gateway.buffer.store import BufferStore, connect
+from gateway.buffer.store import BufferStore
 from gateway.model import DECODED_QUARANTINE_SCHEMA, DECODED_READINGS_SCHEMA, IngestBatch
 from gateway.services.mosquitto import Mosquitto
 from gateway.testing import publisher, wait_until

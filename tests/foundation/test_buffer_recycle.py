@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 import gateway.buffer.store as store_module
+from gateway.buffer import connection
 from gateway.buffer.fence import ReopenFence
 from gateway.buffer.store import BufferStore
 from gateway.errors import BufferStoreError
@@ -156,7 +157,7 @@ def test_new_readers_wait_while_a_recycle_is_waiting() -> None:
 def fail_next_open(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The store's next open of the file fails once (as when the process is out of file
     descriptors or memory); returns the list of the opens that failed."""
-    real = store_module.connect
+    real = connection.connect
     failed: list[Path] = []
 
     def connect(path: Path, *, read_only: bool, lock_wait: float = 0.0) -> Any:

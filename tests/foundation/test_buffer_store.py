@@ -291,7 +291,7 @@ def test_readonly_open_of_a_locked_buffer_says_who_holds_it(tmp_path: Path) -> N
     path = tmp_path / "b.duckdb"
     store = BufferStore(path)
     code = (
-        "from gateway.buffer.store import connect; from pathlib import Path;"
+        "from gateway.buffer.connection import connect; from pathlib import Path;"
         f"connect(Path({str(path)!r}), read_only=True)"
     )
     result = subprocess.run(

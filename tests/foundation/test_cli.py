@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from gateway.buffer.store import BufferStore, connect
+from gateway.buffer.connection import connect
+from gateway.buffer.store import BufferStore
 from gateway.config import RouteConfig
 from gateway.ingest.decoding import BatchDecoder
 from gateway.ingest.redelivery import RedeliveryFilter

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway.buffer.store import connect
+from gateway.buffer.connection import connect
 from gateway.config import (
     ApiConfig,
     BufferConfig,

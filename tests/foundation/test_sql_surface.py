@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.buffer.connection import connect
 from gateway.buffer.sql import run_query
-from gateway.buffer.store import BufferStore, connect
+from gateway.buffer.store import BufferStore
 from gateway.errors import BufferStoreError, ReadOnlySqlError
 
 

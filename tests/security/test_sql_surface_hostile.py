@@ -149,7 +149,7 @@ def test_no_statement_built_from_hostile_words_changes_anything(
 
 
 def test_read_only_file_connection_also_refuses(tmp_path: Path) -> None:
-    from gateway.buffer.store import connect
+    from gateway.buffer.connection import connect
 
     BufferStore(tmp_path / "b.duckdb").close()
     con = connect(tmp_path / "b.duckdb", read_only=True)
