@@ -17,7 +17,6 @@ reading, and the broker holds the rest (it keeps unacked QoS 1 messages).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +36,9 @@ T = TypeVar("T")
 
 BatchListener = Callable[[pa.Table], Awaitable[None]]
 """Called after each commit with the committed readings (READINGS_SCHEMA, ids set), in order."""
+
+CHUNK = 500  # messages: take at once when this many are pending
+CHUNK_WAIT = 0.005  # seconds: else take what waited this long (the rules' added latency)
 
 OnWriter = Callable[..., Awaitable[Any]]
 """Runs a function on the thread that owns the buffer's write connection."""
@@ -151,7 +153,8 @@ def merge(parts: list[_Decoded]) -> _Decoded:
         offset += part.batch.reading_count
     batches = [p.batch for p in parts]
     batch = IngestBatch(
-        readings=pa.concat_tables([b.readings for b in batches]),
+        # One chunk: the buffer's insert and the listeners then work on contiguous arrays.
+        readings=pa.concat_tables([b.readings for b in batches]).combine_chunks(),
         quarantine=pa.concat_tables([b.quarantine for b in batches]),
         messages=[m for b in batches for m in b.messages],
         duplicates=sum(b.duplicates for b in batches),
@@ -197,9 +200,11 @@ class Wakeup:
         self._armed = True
 
     async def sleep(self, seconds: float) -> None:
-        """Until woken, or `seconds` passed."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), seconds)
+        """Until woken, or `seconds` passed (a timer, not `wait_for`: no task per sleep)."""
+        assert self._loop is not None
+        timer = self._loop.call_later(seconds, self._event.set)
+        await self._event.wait()
+        timer.cancel()
         self._armed = False
 
 
@@ -239,6 +244,7 @@ class Pipeline:
         self._waiting_bytes = 0
         self._waiting_since = 0.0  # monotonic time the oldest waiting batch was taken
         self._commit: asyncio.Task[None] | None = None
+        self._pending_since: float | None = None  # monotonic time pending messages were seen
 
     # -- event loop -------------------------------------------------------------------------
     def settled(self) -> bool:
@@ -260,10 +266,10 @@ class Pipeline:
                     # committed after the disconnect stay unacked: the broker redelivers them
                     # as DUPs and the redelivery filter recognises them.
                     await asyncio.to_thread(self._source.stop)
-                room = self._room()
-                if room:
+                if self._chunk_ready(stopping):
                     budget = self._config.max_batch_bytes - self._waiting_bytes
-                    messages = self._source.take(room, budget)
+                    messages = self._source.take(self._room(), budget)
+                    self._pending_since = None
                     if messages:
                         self._decode(messages)
                 self._commit_if_due(stopping)
@@ -272,8 +278,8 @@ class Pipeline:
                         return
                     continue
                 wakeup.arm()
-                if self._room() and self._source.pending():
-                    continue  # more to take right away (or it arrived while arming)
+                if self._chunk_ready(stopping):
+                    continue  # a chunk to take right away (or it arrived while arming)
                 if self._commit is not None and self._commit.done():
                     continue
                 if stop.is_set() and not stopping:
@@ -283,6 +289,22 @@ class Pipeline:
             watch.cancel()
             if self._commit is not None:
                 await asyncio.gather(self._commit, return_exceptions=True)
+
+    def _chunk_ready(self, stopping: bool) -> bool:
+        """Whether to take what is pending now. Messages are taken in chunks (`CHUNK`, or
+        whatever waited `CHUNK_WAIT`): decoding a few at a time would keep the event loop busy
+        with per-call overhead and hold the GIL that paho's network thread needs to receive."""
+        room = self._room()
+        if not room:
+            return False
+        pending = self._source.pending()
+        if not pending:
+            self._pending_since = None
+            return False
+        now = time.monotonic()
+        if self._pending_since is None:
+            self._pending_since = now
+        return stopping or pending >= min(room, CHUNK) or now - self._pending_since >= CHUNK_WAIT
 
     def _room(self) -> int:
         """How many more messages the waiting batch may take."""
@@ -304,10 +326,14 @@ class Pipeline:
         self._waiting_bytes += decoded.payload_bytes
 
     def _until_due(self) -> float:
+        """How long to sleep: until the waiting batch is due, or the pending chunk."""
+        now = time.monotonic()
+        seconds = 1.0
         if self._waiting and self._commit is None:
-            age = time.monotonic() - self._waiting_since
-            return max(0.0, self._config.flush_interval - age)
-        return 1.0
+            seconds = self._config.flush_interval - (now - self._waiting_since)
+        if self._pending_since is not None and self._room():  # else the commit's end wakes us
+            seconds = min(seconds, CHUNK_WAIT - (now - self._pending_since))
+        return max(0.0, seconds)
 
     def _commit_if_due(self, stopping: bool) -> None:
         if self._commit is not None or not self._waiting:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import logging
 import random
 import socket
@@ -346,27 +345,28 @@ class MqttIngest:
             topic = message.topic
         except UnicodeDecodeError:  # MQTT requires UTF-8 topics; keep the message, quarantined
             topic = message._topic.decode("utf-8", errors="replace")
-        raw = RawMessage(
-            topic,
-            bytes(message.payload),
-            message.qos,
-            message.mid,
-            bool(message.dup),
-            bool(message.retain),
-            self._clock(),
-            self.connects,
-            self.session,
-        )
+        qos, mid = message.qos, message.mid
         with self._cond:
-            if raw.qos:
-                mid = raw.mid
+            held = 0
+            if qos:
                 held = self._in_flight.get(mid, 0)
                 self._in_flight[mid] = held + 1
                 # A broker sends a message once per connection, so a second one under an id
                 # it may still hold is another message.
                 if held:
-                    raw = dataclasses.replace(raw, id_reused=True)
                     self._id_reused()
+            raw = RawMessage(
+                topic,
+                bytes(message.payload),
+                qos,
+                mid,
+                bool(message.dup),
+                bool(message.retain),
+                self._clock(),
+                self.connects,
+                self.session,
+                bool(held),
+            )
             pending = self._pending
             pending.append(raw)
             self._pending_bytes += len(raw.payload)
