@@ -28,9 +28,14 @@ def query(
     api = GatewayApi.find(buffer_path, token)
     if api is not None:
         return api.sql(sql, limit)
-    if not buffer_path.exists():
-        raise BufferStoreError(f"buffer {buffer_path}: no such file (is the path right?)")
-    con = connect(buffer_path, read_only=True)
+    return query_file(buffer_path, sql, limit)
+
+
+def query_file(path: Path, sql: str, limit: int | None = None) -> pa.Table:
+    """The statement on the buffer file opened read-only (no gateway holds it)."""
+    if not path.exists():
+        raise BufferStoreError(f"buffer {path}: no such file (is the path right?)")
+    con = connect(path, read_only=True)
     try:
         return run_query(con, sql, limit)
     finally:

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
+
+from gateway.cli.options import BufferOption, ConfigOption
 
 app = typer.Typer(help="Check and recover the buffer file.", no_args_is_help=True)
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", envvar="EDGE_GATEWAY_CONFIG", help="Gateway config file (YAML)."
-    ),
-]
-BufferOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--buffer", "-b", envvar="EDGE_GATEWAY_BUFFER", help="Buffer file (default: from config)."
-    ),
-]
 
 
 def _path(config: Path | None, buffer: Path | None) -> Path:

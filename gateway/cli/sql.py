@@ -10,7 +10,6 @@ says so on stderr and exits with CUT_EXIT.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import typer
@@ -19,7 +18,7 @@ from gateway.cli.common import buffer_path, fail, out
 from gateway.cli.options import BufferOption, ConfigOption, TokenOption
 
 if TYPE_CHECKING:
-    import pyarrow as pa
+    pass
 
 FORMATS = ("table", "csv", "json")
 CUT_EXIT = 3  # not 1: the rows printed are right, only not all of them
@@ -41,6 +40,7 @@ def sql(
     from gateway.apiclient import GatewayApi
     from gateway.errors import GatewayError
     from gateway.output import render
+    from gateway.sqlclient import query_file
 
     if fmt not in FORMATS:
         raise fail(f"--format must be table, csv or json, not {fmt!r}", 2)
@@ -64,18 +64,3 @@ def sql(
             f"config, or pass --limit {rows} if {rows} rows are what you want",
             CUT_EXIT,
         )
-
-
-def query_file(path: Path, sql: str, limit: int | None) -> pa.Table:
-    """The statement on the buffer file opened read-only (no gateway holds it)."""
-    from gateway.buffer.connection import connect
-    from gateway.buffer.sql import run_query
-    from gateway.errors import BufferStoreError
-
-    if not path.exists():
-        raise BufferStoreError(f"buffer {path}: no such file (is the path right?)")
-    con = connect(path, read_only=True)
-    try:
-        return run_query(con, sql, limit)
-    finally:
-        con.close()

@@ -12,21 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gateway.cli.options import BufferOption, ConfigOption, TokenOption
+
 err = Console(stderr=True)
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", envvar="EDGE_GATEWAY_CONFIG", help="Gateway config file (YAML)."
-    ),
-]
-BufferOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--buffer", "-b", envvar="EDGE_GATEWAY_BUFFER", help="Buffer file (default: from config)."
-    ),
-]
-TokenOption = Annotated[str | None, typer.Option(envvar="EDGE_GATEWAY_TOKEN", help="API token.")]
 PAGE_ROWS = 10_000
 
 
