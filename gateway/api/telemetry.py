@@ -1,7 +1,10 @@
 """Telemetry: figures the API, the dashboard and /metrics show that no other part keeps.
 
 Everything here is updated once per batch (a committed readings table, one rules output list,
-one sink write), never once per message, so it stays off the ingest profile.
+one sink write), never once per message, so it stays off the ingest profile. The latest values
+and the counts by route are folded in at most once a second (`FOLD_EVERY`), or when a reader
+asks: a batch's cost there grows with the devices in it, not with its readings, so folding each
+small commit on the event loop would cost more than the commit itself.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ THROUGHPUT_SECONDS = 300  # how much per-second history a freshly opened dashboa
 RECENT_FIRINGS = 100
 SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 NO_ROUTE = "(none)"
+FOLD_EVERY = 1.0  # seconds: committed readings wait at most this long to be folded in
+_FOLDED_COLUMNS = ["topic", "device", "metric", "value", "text", "unit", "ingest_time"]
 
 
 @dataclass(slots=True)
@@ -123,6 +128,9 @@ class Telemetry:
         self._router = TopicRouter(list(routes))
         self._route_names = [r.pattern for r in routes]
         self._clock = clock
+        # Lock order: _fold_lock (one fold at a time, so "last" stays the last), then _lock (the
+        # figures); neither is held while calling out of this module.
+        self._fold_lock = threading.Lock()
         self._lock = threading.Lock()
         self.readings_by_route: Counter[str] = Counter()
         self.series: dict[tuple[str, str], Series] = {}
@@ -133,6 +141,8 @@ class Telemetry:
         self.send_times: dict[tuple[str, str], Histogram] = {}
         self.send_failures: Counter[tuple[str, str]] = Counter()
         self._failed = False
+        self._unfolded: list[pa.Table] = []  # committed readings not in the figures yet
+        self._folded_at = float("-inf")
 
     # -- ingest -----------------------------------------------------------------------------
     async def on_commit(self, readings: pa.Table) -> None:
@@ -152,27 +162,47 @@ class Telemetry:
         if n == 0:
             return
         now = self._clock()
-        by_topic = pc.value_counts(readings.column("topic")).to_pylist()
-        grouped = readings.group_by(["device", "metric"], use_threads=False).aggregate(
-            [
-                ("value", "last"),
-                ("text", "last"),
-                ("unit", "last"),
-                ("ingest_time", "max"),
-                ("device", "count"),
-            ]
-        )
         second = int(now)
         with self._lock:
-            for item in by_topic:
-                match = self._router.route(item["values"])
-                name = self._route_names[match.route_index] if match else NO_ROUTE
-                self.readings_by_route[name] += int(item["counts"])
             if self.throughput and self.throughput[-1][0] == second:
                 self.throughput[-1] = (second, self.throughput[-1][1] + n)
             else:
                 self.throughput.append((second, n))
-            self._update_series(grouped, second)
+            self._unfolded.append(readings.select(_FOLDED_COLUMNS))
+            due = now - self._folded_at >= FOLD_EVERY
+        if due:
+            self._fold(wait=False)  # a reader folding right now does it for us
+
+    def _fold(self, wait: bool = True) -> None:
+        """Counts by route and the latest value per series, from the readings not folded yet."""
+        if not self._fold_lock.acquire(blocking=wait):
+            return
+        try:
+            with self._lock:
+                now = self._clock()
+                self._folded_at = now
+                unfolded, self._unfolded = self._unfolded, []
+            if not unfolded:
+                return
+            readings = pa.concat_tables(unfolded)
+            by_topic = pc.value_counts(readings.column("topic")).to_pylist()
+            grouped = readings.group_by(["device", "metric"], use_threads=False).aggregate(
+                [
+                    ("value", "last"),
+                    ("text", "last"),
+                    ("unit", "last"),
+                    ("ingest_time", "max"),
+                    ("device", "count"),
+                ]
+            )
+            with self._lock:
+                for item in by_topic:
+                    match = self._router.route(item["values"])
+                    name = self._route_names[match.route_index] if match else NO_ROUTE
+                    self.readings_by_route[name] += int(item["counts"])
+                self._update_series(grouped, int(now))
+        finally:
+            self._fold_lock.release()
 
     def _update_series(self, grouped: pa.Table, second: int) -> None:
         # Timestamps as integer microseconds: datetime objects would cost most of the time here.
@@ -193,10 +223,11 @@ class Telemetry:
             series.count += int(count)
             if value is not None:
                 spark = series.spark
-                if spark and spark[-1][0] == second:
-                    spark[-1] = (second, value)
+                point = int(series.at)  # the second it arrived, not the fold's
+                if spark and spark[-1][0] == point:
+                    spark[-1] = (point, value)
                 else:
-                    spark.append((second, value))
+                    spark.append((point, value))
 
     def seed_series(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """Fill latest values from the buffer after a restart (device, metric, value, text,
@@ -209,11 +240,18 @@ class Telemetry:
                         series.spark.append((int(at), value))
                     self.series[(device, metric)] = series
 
+    def has_series(self) -> bool:
+        self._fold()
+        with self._lock:
+            return bool(self.series)
+
     def route_counts(self) -> dict[str, int]:
+        self._fold()
         with self._lock:
             return dict(self.readings_by_route)
 
     def devices(self) -> list[dict[str, Any]]:
+        self._fold()
         with self._lock:
             items = sorted(self.series.values(), key=lambda s: (s.device, s.metric))
             return [

@@ -71,7 +71,7 @@ def status(api: ApiView) -> dict[str, Any]:
 def devices(api: ApiView) -> list[dict[str, Any]]:
     """Latest value, reading count and sparkline per device and metric."""
     telemetry = api.telemetry
-    if not telemetry.series and api.parts.store is not None and not api.seeded:
+    if not telemetry.has_series() and api.parts.store is not None and not api.seeded:
         api.seeded = True
         with api.reader() as con:
             rows = figures.latest_per_device(con, SEED_ROWS)

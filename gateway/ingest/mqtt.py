@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 
 _PUBACK_HEADER = bytes([PUBACK, 2])
+_READ_SIZE = 256 * 1024  # bytes asked of the socket at once (see _IngestClient._sock_recv)
+_READ_BURST = 2000  # packets read from the buffer per network-loop turn, before acks go out
 
 
 class _IngestClient(paho.Client):
@@ -69,6 +71,9 @@ class _IngestClient(paho.Client):
     backoff_max = 30.0
     _attempt = 0
     heartbeat: Callable[[], None] | None = None  # network thread's sign of life (liveness.py)
+    # Bytes received from the socket and not yet read by paho: _read[_read_at:].
+    _read = b""
+    _read_at = 0
 
     def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:
         # Every turn of the network loop passes here, and waits at most `timeout` (1 s) in
@@ -76,7 +81,42 @@ class _IngestClient(paho.Client):
         heartbeat = self.heartbeat
         if heartbeat is not None:
             heartbeat()
-        return super()._loop(timeout)
+        if self._read_at < len(self._read):
+            timeout = 0.0  # packets wait in the read buffer, where select cannot see them
+        rc = super()._loop(timeout)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._read_at < len(self._read):
+            rc = self.loop_read()
+        return rc
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        # paho asks for each packet in two or three small reads (type, length, rest), and each
+        # is a system call that drops the GIL: with the pipeline's thread wanting it, paho
+        # then waits to get it back, three times a message. One large read serves hundreds of
+        # packets from memory instead.
+        data, at = self._read, self._read_at
+        if at >= len(data):
+            data, at = super()._sock_recv(_READ_SIZE), 0  # b"": the broker closed
+            if len(data) <= bufsize:
+                self._read, self._read_at = b"", 0
+                return data
+            self._read = data
+        chunk = data[at : at + bufsize]
+        self._read_at = at + len(chunk)
+        return chunk
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        # paho reads one packet per select; read on while the buffer holds more (bounded, so
+        # acks and pings are written in between).
+        rc = super().loop_read(max_packets)
+        for _ in range(_READ_BURST):
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._read_at >= len(self._read):
+                break
+            rc = super().loop_read(1)
+        return rc
+
+    def _sock_close(self) -> None:
+        self._read, self._read_at = b"", 0  # what the old connection sent means nothing now
+        super()._sock_close()
 
     def _handle_on_message(self, message: paho.MQTTMessage) -> None:
         # paho matches every topic against its (empty) table of per-filter callbacks before
