@@ -4,40 +4,38 @@
 Kafka ceiling: a bare confluent-kafka idempotent producer (acks=all, zstd) sending the same
 JSON values, keys and event-id headers, already encoded. Snowflake ceiling: the bare connector
 doing PUT + COPY INTO of the same rows as Parquet files of the same batch size, already written.
-The gateway's figures run from the forwarder's start until its cursor reached the last reading,
-so they include reading the buffer, encoding, recording attempts and advancing the cursor. The
-forwarders are built as `edge-gateway run` builds them (gateway/app.py): by `Shipping`, each
-sink then wrapped by telemetry's send timing.
+The gateway's figures come from a whole gateway (gateway/app.py's `Gateway`, what `edge-gateway
+run` starts, connected to a private Mosquitto) opened on the filled buffer with one sink: from
+the moment it is up until the sink's cursor reached the last reading, so they include reading
+the buffer, encoding, recording attempts, advancing the cursor and telemetry's send timing.
 
-Last line: `drain kafka_ev_per_s=<n> snowflake_ev_per_s=<n>`
+Last line: `drain kafka_ev_per_s=<n> kafka_ratio=<x> snowflake_ev_per_s=<n> snowflake_ratio=<x>`
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import snowflake.connector
 from confluent_kafka import Producer
 
-from gateway.api.telemetry import Telemetry
 from gateway.buffer.outbox import rows_after
 from gateway.buffer.store import BufferStore
+from gateway.config import ApiConfig, BufferConfig, GatewayConfig, MqttConfig
 from gateway.model import DECODED_QUARANTINE_SCHEMA, DECODED_READINGS_SCHEMA, IngestBatch
 from gateway.services.fakesnow import FakeSnow
+from gateway.services.mosquitto import Mosquitto
 from gateway.services.tansu import Tansu
 from gateway.sinks.config import KafkaSinkConfig, SnowflakeSinkConfig
 from gateway.sinks.records import RecordEncoder
-from gateway.sinks.shipping import Shipping
 from gateway.sinks.snowflake import SnowflakeSink
+from gateway.testing import GatewayThread, wait_until
 
 BATCH_ROWS = 50_000
 
@@ -157,39 +155,30 @@ def snowflake_config(snow: FakeSnow, schema: str) -> SnowflakeSinkConfig:
     )
 
 
-def drain(store: BufferStore, config: Any, total: int) -> float:
-    """Time the gateway's forwarder from start until its cursor reached the last reading."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-writer")
-
-    async def on_writer(fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-
-    # As gateway/app.py composes them, so the figure is that of the path the gateway runs.
-    telemetry = Telemetry([])
-    shipping = Shipping([config], "bench", store, on_writer, lambda: store.next_reading_id - 1)
-    for forwarder in shipping.forwarders:
-        forwarder.sink = telemetry.timed(forwarder.sink)
-
-    async def run() -> float:
-        stop = asyncio.Event()
-        started = time.perf_counter()
-        task = asyncio.create_task(shipping.run(stop))
-        while shipping.forwarders[0].position < total:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        elapsed = time.perf_counter() - started
-        stop.set()
-        await task
-        return elapsed
-
-    try:
-        rate = total / asyncio.run(run())
-    finally:
-        pool.shutdown()
-    for (sink, stream), sends in telemetry.send_histograms().items():
-        mean = sends.total / sends.n if sends.n else 0.0
-        print(f"  {sink} {stream}: {sends.n} sends, {mean * 1000:.0f} ms each on average")
+def drain(
+    buffer: Path, broker: Mosquitto, sink: KafkaSinkConfig | SnowflakeSinkConfig, total: int
+) -> float:
+    """A gateway on the filled buffer with this one sink: readings per second its cursor moved
+    from the gateway being up until it reached the last reading."""
+    config = GatewayConfig(
+        gateway_id="bench",
+        mqtt=MqttConfig(host="127.0.0.1", port=broker.port, client_id=f"drain-{sink.name}"),
+        buffer=BufferConfig(path=buffer),
+        sinks=[sink],
+        api=ApiConfig(enabled=False),
+        log_level="warning",
+    )
+    with GatewayThread(config) as gw:
+        assert gw.gateway.shipping is not None
+        forwarder = gw.gateway.shipping.forwarders[0]
+        wait_until(forwarder.started.is_set, timeout=60, interval=0.005)
+        started, start = time.perf_counter(), forwarder.position
+        if not wait_until(lambda: forwarder.position >= total, timeout=600, interval=0.005):
+            raise TimeoutError(f"{sink.name} shipped {forwarder.position} of {total}")
+        rate = (total - start) / (time.perf_counter() - started)
+        for (name, stream), sends in gw.gateway.telemetry.send_histograms().items():
+            mean = sends.total / sends.n if sends.n else 0.0
+            print(f"  {name} {stream}: {sends.n} sends, {mean * 1000:.0f} ms each on average")
     return rate
 
 
@@ -201,18 +190,23 @@ def main() -> None:
     total = args.readings
     with (
         tempfile.TemporaryDirectory(prefix="drain-bench-") as tmp,
+        Mosquitto(workdir=Path(tmp) / "broker") as broker,
         Tansu() as kafka,
         FakeSnow() as snow,
     ):
         workdir = Path(tmp)
         snow.create_database("BENCH")
-        store = BufferStore(workdir / "buffer.duckdb")
+        buffer = workdir / "buffer.duckdb"
+        store = BufferStore(buffer)
         started = time.perf_counter()
         fill(store, total, args.devices)
         print(f"buffered {total:,} readings in {time.perf_counter() - started:.1f}s")
-
         kafka_max = kafka_ceiling(store, kafka.bootstrap_servers, total)
         print(f"kafka ceiling (bare idempotent producer, zstd): {kafka_max:,.0f} ev/s")
+        snow_max = snowflake_ceiling(store, snow, total, workdir)
+        print(f"snowflake ceiling (bare PUT + COPY of ready Parquet): {snow_max:,.0f} ev/s")
+        store.close()  # the gateways below open the buffer themselves
+
         kafka_config = KafkaSinkConfig.model_validate(
             {
                 "type": "kafka",
@@ -223,20 +217,19 @@ def main() -> None:
                 "batching": {"max_rows": BATCH_ROWS},
             }
         )
-        kafka_rate = drain(store, kafka_config, total)
+        kafka_rate = drain(buffer, broker, kafka_config, total)
         print(
             f"kafka gateway drain: {kafka_rate:,.0f} ev/s ({kafka_rate / kafka_max:.2f} of ceiling)"
         )
-
-        snow_max = snowflake_ceiling(store, snow, total, workdir)
-        print(f"snowflake ceiling (bare PUT + COPY of ready Parquet): {snow_max:,.0f} ev/s")
-        snow_rate = drain(store, snowflake_config(snow, "GATEWAY"), total)
+        snow_rate = drain(buffer, broker, snowflake_config(snow, "GATEWAY"), total)
         print(
             f"snowflake gateway drain: {snow_rate:,.0f} ev/s "
             f"({snow_rate / snow_max:.2f} of ceiling)"
         )
-        store.close()
-    print(f"drain kafka_ev_per_s={kafka_rate:.0f} snowflake_ev_per_s={snow_rate:.0f}")
+    print(
+        f"drain kafka_ev_per_s={kafka_rate:.0f} kafka_ratio={kafka_rate / kafka_max:.2f} "
+        f"snowflake_ev_per_s={snow_rate:.0f} snowflake_ratio={snow_rate / snow_max:.2f}"
+    )
 
 
 if __name__ == "__main__":

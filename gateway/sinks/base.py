@@ -34,6 +34,13 @@ class Attempt:
     marks: Mapping[str, Any] | None = None
 
 
+def span(batch: pa.Table) -> tuple[int, int, int]:
+    """A batch's first and last buffer position and its row count: which rows it holds, since
+    buffer rows never change (a key for work a sink did ahead, in `Sink.prepare`)."""
+    ids = batch.column("id")
+    return int(ids[0].as_py()), int(ids[-1].as_py()), batch.num_rows
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """A record the sink refused for good; it goes to the dead-letter table."""

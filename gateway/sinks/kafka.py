@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gateway.errors import SinkBackpressureError, SinkError
-from gateway.sinks.base import Attempt, Rejection, Sink, WriteResult
+from gateway.sinks.base import Attempt, Rejection, Sink, WriteResult, span
 from gateway.sinks.config import KafkaSinkConfig
 from gateway.sinks.records import RecordEncoder, unencodable
 
@@ -234,13 +234,13 @@ class KafkaSink(Sink):
 
     def _keep(self, stream: str, batch: pa.Table, records: pa.Table) -> None:
         with self._prepared_lock:
-            self._prepared[(stream, _span(batch))] = records
+            self._prepared[(stream, span(batch))] = records
             while len(self._prepared) > 2:  # the batch being sent and the one read ahead
                 del self._prepared[next(iter(self._prepared))]
 
     def _records(self, stream: str, batch: pa.Table) -> pa.Table:
         with self._prepared_lock:
-            records = self._prepared.pop((stream, _span(batch)), None)
+            records = self._prepared.pop((stream, span(batch)), None)
         return self._encoder.encode(stream, batch) if records is None else records
 
     def marks(self, batch: pa.Table, attempt: Attempt) -> dict[str, Any]:
@@ -760,11 +760,6 @@ def partitions_from_start(consumer: Consumer, topic_prefix: str) -> list[TopicPa
 def _without(records: pa.Table, rejected: list[Rejection]) -> pa.Table:
     positions = pa.array([r.position for r in rejected], pa.int64())
     return records.filter(pc.invert(pc.is_in(records.column("id"), positions)))
-
-
-def _span(batch: pa.Table) -> tuple[int, int, int]:
-    ids = batch.column("id")
-    return int(ids[0].as_py()), int(ids[-1].as_py()), batch.num_rows
 
 
 class _LibrdkafkaLog:

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gateway.errors import SinkError, SinkRejectedError
-from gateway.sinks.base import Attempt, Rejection, Sink, WriteResult
+from gateway.sinks.base import Attempt, Rejection, Sink, WriteResult, span
 from gateway.sinks.config import SnowflakeSinkConfig
 from gateway.sinks.records import RecordEncoder, unencodable
 
@@ -165,6 +166,18 @@ def file_name(
     return f"{sink}-{gateway_id}-{buffer_id}-{stream}-{first:019d}-{last:019d}.parquet"
 
 
+@dataclass(slots=True)
+class _Encoded:
+    """A batch made ready to stage: its Parquet file (None: every row was rejected)."""
+
+    path: Path | None
+    rejected: list[Rejection]
+
+    def discard(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
 class SnowflakeSink(Sink):
     """Loads batches with PUT + COPY INTO; `write_batch` returns once COPY reported the file."""
 
@@ -182,7 +195,13 @@ class SnowflakeSink(Sink):
         self.buffer_id = buffer_id  # the buffer's `buffer_uid`; needed to name staged files
         self._clock = clock  # wall clock, to judge an attempt's age against the load history
         self._encoder = RecordEncoder(gateway_id)
+        # Lock order: _lock (the connection and the upload), then _encode_lock (the encoder's
+        # DuckDB connection), then _ready_lock (files written ahead). `prepare` runs on the
+        # forwarder's read-ahead thread and takes only the last two.
         self._lock = threading.Lock()
+        self._encode_lock = threading.Lock()
+        self._ready_lock = threading.Lock()
+        self._ready: dict[tuple[str, tuple[int, int, int]], _Encoded] = {}  # up to 2
         self._conn: Any = None
         self._prepared: set[str] = set()
         self._tmp = Path(tempfile.mkdtemp(prefix=f"edge-gateway-{config.name}-"))
@@ -301,23 +320,45 @@ class SnowflakeSink(Sink):
     async def write_batch(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
         return await asyncio.to_thread(self._write, batch, attempt)
 
+    def prepare(self, stream: str, batch: pa.Table) -> None:
+        """Write a batch's Parquet file ahead of its send: the forwarder calls this while the
+        batch before is loading, so shaping and compressing overlap PUT and COPY."""
+        encoded = self._encode(stream, batch)
+        with self._ready_lock:
+            self._ready[(stream, span(batch))] = encoded
+            while len(self._ready) > 2:  # the batch being sent and the one read ahead
+                self._ready.pop(next(iter(self._ready))).discard()
+
+    def _encode(self, stream: str, batch: pa.Table) -> _Encoded:
+        """The batch as a Parquet file in the sink's scratch folder, without the rows no
+        Snowflake column can take (returned as rejections)."""
+        with self._encode_lock:
+            table = self.parquet_table(stream, batch)
+        rejected = unencodable(stream, batch, "snowflake")
+        refused = {r.position for r in rejected}
+        rejected += [r for r in self._oversized(table, batch) if r.position not in refused]
+        if rejected:
+            bad = {r.position for r in rejected}
+            keep = pa.array([p not in bad for p in batch.column("id").to_pylist()])
+            table = table.filter(keep)
+        if table.num_rows == 0:
+            return _Encoded(None, rejected)
+        path = self._tmp / f"encoded-{uuid.uuid4().hex}.parquet"
+        pq.write_table(table, path, compression="zstd")
+        return _Encoded(path, rejected)
+
     def _write(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
+        with self._ready_lock:
+            encoded = self._ready.pop((attempt.stream, span(batch)), None)
+        if encoded is None:
+            encoded = self._encode(attempt.stream, batch)
+        if encoded.path is None:
+            return WriteResult(bytes_sent=0, rejected=encoded.rejected)
         with self._lock:
-            table = self.parquet_table(attempt.stream, batch)
-            rejected = unencodable(attempt.stream, batch, "snowflake")
-            refused = {r.position for r in rejected}
-            rejected += [r for r in self._oversized(table, batch) if r.position not in refused]
-            if rejected:
-                bad = {r.position for r in rejected}
-                keep = pa.array([p not in bad for p in batch.column("id").to_pylist()])
-                table = table.filter(keep)
-            if table.num_rows == 0:
-                return WriteResult(bytes_sent=0, rejected=rejected)
             name = self.staged_name(attempt)
             if attempt.replay:
                 name = f"replay-{uuid.uuid4().hex[:12]}-{name}"
-            path = self._tmp / name
-            pq.write_table(table, path, compression="zstd")
+            path = encoded.path.rename(self._tmp / name)  # COPY finds the file by this name
             # The next try after a failure starts on a fresh connection (a data exception keeps
             # it: the rows are at fault, not the session).
             try:
@@ -335,7 +376,7 @@ class SnowflakeSink(Sink):
                         raise
             finally:
                 path.unlink(missing_ok=True)
-            return WriteResult(bytes_sent=nbytes, rejected=rejected)
+            return WriteResult(bytes_sent=nbytes, rejected=encoded.rejected)
 
     def _load(self, cur: Any, attempt: Attempt, path: Path) -> None:
         cfg = self.config
@@ -428,9 +469,11 @@ class SnowflakeSink(Sink):
 
     async def aclose(self) -> None:
         def close() -> None:
-            with self._lock:
+            with self._lock, self._encode_lock:
                 self._reset()
                 self._encoder.close()
+                with self._ready_lock:
+                    self._ready.clear()  # their files go with the folder below
                 for leftover in self._tmp.glob("*"):
                     leftover.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):

@@ -14,6 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.buffer.outbox import rows_after
 from gateway.buffer.store import BufferStore
 from gateway.config import MqttConfig, RouteConfig
 from gateway.errors import BufferStoreError
@@ -322,4 +323,23 @@ def test_content_identities_are_found_after_a_purge_left_a_result_open(tmp_path:
     store.purge(now=now, max_age=86400, max_bytes=10**12, protected_after=None, drop_unsent=False)
     assert store.known_identities([42, 43], now) == {42}
     assert store.known_identities([42], now + 61.0) == set()  # expired
+    store.close()
+
+
+def test_reads_after_a_position_find_the_rows_past_a_gap(tmp_path: Path) -> None:
+    """A sink reads the next rows by position range first (positions are dense); where
+    retention left a gap wider than a batch, the rows past it are still found, in order."""
+    store = BufferStore(tmp_path / "b.duckdb")
+    now = time.time()
+    old = [message("sensors/h/d/m", str(i).encode(), at=now - 86400 * 10) for i in range(6)]
+    store.append(decoder().decode(old), [])
+    fresh = [message("sensors/h/d/m", str(i).encode(), at=now) for i in range(6, 10)]
+    store.append(decoder().decode(fresh), [])
+    store.purge(now=now, max_age=86400, max_bytes=10**12, protected_after=6, drop_unsent=False)
+    with store.reading() as con:
+        assert rows_after(con, "readings", 0, None, 3)["id"].to_pylist() == [7, 8, 9]
+        assert rows_after(con, "readings", 0, 8, 3)["id"].to_pylist() == [7, 8]
+        assert rows_after(con, "readings", 7, None, 2)["id"].to_pylist() == [8, 9]
+        assert rows_after(con, "readings", 9, None, 5)["id"].to_pylist() == [10]
+        assert rows_after(con, "readings", 10, None, 5).num_rows == 0
     store.close()
