@@ -173,3 +173,53 @@ def test_a_put_that_skipped_the_upload_is_not_taken_for_a_delivery(
     asyncio.run(send())
     loaded = snowflake_rows(fakesnow, config, "SELECT event_id FROM readings")
     assert sorted(e for (e,) in loaded) == sorted(f"{store.buffer_uid}-{i}" for i in range(1, 301))
+
+
+def test_files_written_ahead_load_under_their_batch_name_and_none_is_left_behind(
+    store: BufferStore, fakesnow: FakeSnow
+) -> None:
+    """`prepare` writes a batch's file while the batch before loads (the forwarder's
+    read-ahead). The send of that batch stages the file under the batch's own name; a rejected
+    row stays out; files written ahead for batches never sent go when the sink closes."""
+    fill(store, readings(900))
+    config = snowflake_config(fakesnow)
+    sink = SnowflakeSink(config, "gw1", store.buffer_uid)
+    since = int(time.time() * 1000)
+    first, second, third = (
+        batch_of(store, 1, 300),
+        batch_of(store, 301, 600),
+        batch_of(store, 601, 900),
+    )
+    bad = second.set_column(
+        second.column_names.index("metric"),
+        "metric",
+        pa.array(["x" * (config.max_record_bytes + 1), *second["metric"].to_pylist()[1:]]),
+    )
+
+    async def send() -> list[int]:
+        sink.prepare("readings", first)
+        sink.prepare("readings", bad)
+        await sink.write_batch(first, Attempt("readings", 1, 300, since))
+        result = await sink.write_batch(bad, Attempt("readings", 301, 600, since))
+        sink.prepare("readings", third)  # never sent
+        assert len(list(sink._tmp.glob("*.parquet"))) == 1
+        await sink.aclose()
+        return [r.position for r in result.rejected]
+
+    assert asyncio.run(send()) == [301]
+    assert not sink._tmp.exists()
+    loaded = snowflake_rows(fakesnow, config, "SELECT event_id FROM readings")
+    assert sorted(e for (e,) in loaded) == sorted(
+        f"{store.buffer_uid}-{i}" for i in range(1, 601) if i != 301
+    )
+    history = snowflake_rows(
+        fakesnow,
+        config,
+        "SELECT FILE_NAME FROM _fs_information_schema._fs_load_history "
+        f"WHERE SCHEMA_NAME = '{config.schema_}'",
+    )
+    names = sorted(str(row[0]).rsplit("/", 1)[-1] for row in history)
+    assert names == [
+        sink.staged_name(Attempt("readings", 1, 300, since)),
+        sink.staged_name(Attempt("readings", 301, 600, since)),
+    ]
