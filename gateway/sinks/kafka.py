@@ -163,7 +163,11 @@ class KafkaSink(Sink):
         self._admin: AdminClient | None = None
         self._replay_seen: dict[tuple[str, int], set[str]] = {}
         self._stopping = threading.Event()
-        self._prepared: dict[tuple[str, tuple[int, int, int]], pa.Table] = {}  # up to 2
+        # Sends encoded ahead (`prepare`), by stream and span: the one being sent and the one
+        # read ahead. Lock order: _lock, then _encode_lock, then _prepared_lock; `prepare`
+        # (the forwarder's read-ahead thread) takes only the last two.
+        self._prepared: dict[tuple[str, tuple[int, int, int]], _Send] = {}
+        self._encode_lock = threading.Lock()
         self._prepared_lock = threading.Lock()
         # From librdkafka's error events (served when a client is polled): every broker is
         # down, and the latest reason (connection refused, authentication failed, ...).
@@ -229,27 +233,59 @@ class KafkaSink(Sink):
         return await asyncio.to_thread(self._write, batch, attempt)
 
     def prepare(self, stream: str, batch: pa.Table) -> None:
-        """Encode a batch ahead of its send (the forwarder calls this while draining)."""
-        self._keep(stream, batch, self._encoder.encode(stream, batch))
+        """Encode a batch ahead of its send (the forwarder calls this while draining): the
+        records, their values and the lists the produce loop runs over are ready before the
+        batch before it is acknowledged. Only a head start: when it fails (the schema
+        registry is down), the send encodes again and reports why."""
+        try:
+            send = self._encode(stream, batch)
+        except SinkError as exc:
+            logger.debug("sink %s: encoding ahead failed: %s", self.name, exc)
+            return
+        self._keep(stream, batch, send)
 
-    def _keep(self, stream: str, batch: pa.Table, records: pa.Table) -> None:
+    def _keep(self, stream: str, batch: pa.Table, send: _Send) -> None:
         with self._prepared_lock:
-            self._prepared[(stream, span(batch))] = records
+            self._prepared[(stream, span(batch))] = send
             while len(self._prepared) > 2:  # the batch being sent and the one read ahead
                 del self._prepared[next(iter(self._prepared))]
 
-    def _records(self, stream: str, batch: pa.Table) -> pa.Table:
+    def _encoded(self, stream: str, batch: pa.Table) -> _Send:
+        """The batch's send, encoded ahead or now."""
         with self._prepared_lock:
-            records = self._prepared.pop((stream, span(batch)), None)
-        return self._encoder.encode(stream, batch) if records is None else records
+            send = self._prepared.pop((stream, span(batch)), None)
+        return self._encode(stream, batch) if send is None else send
+
+    def _encode(self, stream: str, batch: pa.Table) -> _Send:
+        """The batch as records, without those no record can carry (rejected)."""
+        with self._encode_lock:
+            records = self._encoder.encode(stream, batch)
+            refused = unencodable(stream, batch, "kafka")
+            if refused:
+                records = _without(records, refused)
+            values: list[Any] = []
+            headers: list[tuple[str, bytes]] = []
+            if records.num_rows:
+                values, headers, unfit = self._values(records, stream)
+                if unfit:
+                    records = _without(records, unfit)
+                    values = [v for v in values if v is not None]
+                    refused = refused + unfit
+        topics = sorted(set(records.column("topic").to_pylist()))
+        first, last, _ = span(batch)
+        return _Send((stream, first, last), records, topics, values, headers, refused, 0)
 
     def marks(self, batch: pa.Table, attempt: Attempt) -> dict[str, Any]:
         """Before the first send: the end offset of every partition of the batch's topics
         (created first if missing), as `[topic, partition, offset]`."""
         with self._lock:
-            records = self._records(attempt.stream, batch)
-            self._keep(attempt.stream, batch, records)  # for the send that follows
-            topics = sorted(set(records.column("topic").to_pylist()))
+            with self._prepared_lock:
+                send = self._prepared.get((attempt.stream, span(batch)))
+            if send is not None:
+                topics = send.topics
+            else:  # the records' topics only: their values may need the schema registry
+                records = self._encoder.encode(attempt.stream, batch)
+                topics = sorted(set(records.column("topic").to_pylist()))
             self._ensure_topics(topics)
             return {"offsets": self._end_offsets(topics)}
 
@@ -284,45 +320,30 @@ class KafkaSink(Sink):
 
     def _start(self, batch: pa.Table, attempt: Attempt) -> _Send:
         """The records of an attempt that are not upstream yet, encoded, ready to hand over."""
-        records = self._records(attempt.stream, batch)
-        refused = unencodable(attempt.stream, batch, "kafka")
-        if refused:
-            records = _without(records, refused)
-        topics = sorted(set(records.column("topic").to_pylist()))
-        self._ensure_topics(topics)
+        send = self._encoded(attempt.stream, batch)
+        key = (attempt.stream, attempt.first, attempt.last)
+        self._ensure_topics(send.topics)
         if attempt.resumed or attempt.replay:
+            records = send.records
             wanted = set(records.column("event_id").to_pylist())
-            present = self._present(topics, attempt, wanted)
+            present = self._present(send.topics, attempt, wanted)
             if present:
                 keep = [e not in present for e in records.column("event_id").to_pylist()]
-                skipped = records.num_rows - sum(keep)
-                records = records.filter(pa.array(keep))
                 logger.info(
                     "sink %s: %d of %s %d..%d already in Kafka, sending the other %d",
                     self.name,
-                    skipped,
+                    records.num_rows - sum(keep),
                     attempt.stream,
                     attempt.first,
                     attempt.last,
-                    records.num_rows,
+                    sum(keep),
                 )
-        values: list[Any] = []
-        headers: list[tuple[str, bytes]] = []
-        if records.num_rows:
-            values, headers, unfit = self._values(records, attempt.stream)
-            if unfit:
-                records = _without(records, unfit)
-                values = [v for v in values if v is not None]
-                refused = refused + unfit
-        return _Send(
-            (attempt.stream, attempt.first, attempt.last),
-            records,
-            topics,
-            values,
-            headers,
-            refused,
-            self._disruptions,
-        )
+                values = [v for v, kept in zip(send.values, keep, strict=True) if kept]
+                records = records.filter(pa.array(keep))
+                topics, headers, rejected = send.topics, send.headers, send.rejected
+                return _Send(key, records, topics, values, headers, rejected, self._disruptions)
+        send.key, send.disruptions = key, self._disruptions
+        return send
 
     def _verify(
         self, records: pa.Table, topics: list[str], attempt: Attempt, result: WriteResult

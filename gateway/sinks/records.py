@@ -140,7 +140,7 @@ class RecordEncoder:
         topic = self._topics.get(stream, "NULL")
         sql = (
             f"SELECT id, event_id, device AS key, {topic} AS topic, "
-            f"{self.record_sql(stream)} AS value FROM _batch ORDER BY id"
+            f"{self.record_sql(stream)} AS value FROM _batch"
         )
         return self._query(sql, batch)
 
@@ -154,11 +154,14 @@ class RecordEncoder:
         )
         sql = (
             f"SELECT {metadata} AS RECORD_METADATA, {self.record_sql(stream)} AS RECORD_CONTENT "
-            "FROM _batch ORDER BY id"
+            "FROM _batch"
         )
         return self._query(sql, batch, source=source)
 
     def _query(self, sql: str, batch: pa.Table, **params: str) -> pa.Table:
+        """`sql` over `batch` (as `_batch`); rows come out in the batch's order, which is the
+        buffer's: DuckDB keeps insertion order without ORDER BY (`preserve_insertion_order`, on
+        by default), and sorting rows already in order cost a quarter of the encoding."""
         with self._lock:
             self._con.register("_batch", batch)
             try:

@@ -266,8 +266,7 @@ class SnowflakeSink(Sink):
     def _encoder_tags(self, batch: pa.Table) -> pa.ChunkedArray:
         """Tags as a Parquet MAP, which COPY turns into an OBJECT in the VARIANT column."""
         table = self._encoder._query(
-            "SELECT CAST(json(coalesce(tags, '{}')) AS MAP(VARCHAR, VARCHAR)) AS t FROM _batch "
-            "ORDER BY id",
+            "SELECT CAST(json(coalesce(tags, '{}')) AS MAP(VARCHAR, VARCHAR)) AS t FROM _batch",
             batch.select(["id", "tags"]),
         )
         return table.column("t")

@@ -24,6 +24,7 @@ from gateway.buffer.store import BufferStore
 from gateway.services.fakesnow import FakeSnow
 from gateway.services.tansu import Tansu
 from gateway.sinks.avro import SCHEMA_HEADER, SCHEMAS, decode
+from gateway.sinks.records import RecordEncoder
 from gateway.sinks.shipping import Shipping
 from gateway.sinks.snowflake import TYPED_COLUMNS
 
@@ -178,4 +179,36 @@ def test_a_row_snowflake_refuses_is_found_by_splitting_and_dead_lettered(
     assert "COPY refused the rows" in dead[0]["reason"]
     assert snowflake_rows(fakesnow, snow, "SELECT count(*), max(value) FROM readings") == [
         (99, 9.0)
+    ]
+
+
+def test_records_keep_the_batch_order_across_many_row_groups() -> None:
+    """The encoder relies on DuckDB keeping insertion order (no ORDER BY): a batch large enough
+    to be scanned by several threads comes out row for row in its own order."""
+    n = 300_000
+    now = int(time.time() * 1e6)
+    ids = list(range(n, 0, -1))  # descending: an ORDER BY id would reverse it
+    batch = pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "event_id": [f"e{i}" for i in ids],
+            "event_time": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+            "ingest_time": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+            "device": [f"dev{i % 7}" for i in ids],
+            "metric": ["m"] * n,
+            "value": [float(i) for i in ids],
+            "text": pa.nulls(n, pa.string()),
+            "unit": pa.nulls(n, pa.string()),
+            "topic": ["t"] * n,
+            "tags": pa.nulls(n, pa.string()),
+        }
+    )
+    encoder = RecordEncoder("gw")
+    try:
+        records = encoder.encode("readings", batch)
+    finally:
+        encoder.close()
+    assert records.column("id").to_pylist() == ids
+    assert [json.loads(v)["value"] for v in records.column("value").to_pylist()[::997]] == [
+        float(i) for i in ids[::997]
     ]
