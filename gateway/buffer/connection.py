@@ -17,6 +17,9 @@ SAFE_DUCKDB_CONFIG: dict[str, Any] = {
     "enable_external_access": False,
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
+    # DuckDB starts 8 threads for asynchronous I/O per database by default, more than a small
+    # box's cores; the buffer is one local file.
+    "async_threads": 2,
     "lock_configuration": True,
 }
 

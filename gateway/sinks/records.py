@@ -2,8 +2,8 @@
 
 The work runs in an in-memory DuckDB (not the buffer), so a batch of 50,000 readings becomes
 JSON in tens of milliseconds instead of a Python loop over rows. Every encoder has its own
-connection to one in-memory database per process: each DuckDB database starts a pool of about
-nine threads, and one per sink would add a pool for every sink configured.
+connection to one in-memory database per process: each DuckDB database starts its own pool of
+threads, and one per sink would add a pool for every sink configured.
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ class _EncodingDatabase:
         """A new connection (a cursor: its own registered tables) to the database."""
         with cls._lock:
             if cls._database is None:
-                cls._database = duckdb.connect()
+                # No file I/O here: one thread for DuckDB's asynchronous I/O, not its 8.
+                cls._database = duckdb.connect(config={"async_threads": 1})
             return cls._database.cursor()
 
 
