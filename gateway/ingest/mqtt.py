@@ -54,6 +54,10 @@ from gateway.model import RawMessage
 
 logger = logging.getLogger(__name__)
 
+# Jitter from a generator of its own: drawing from the global `random` would move the state that
+# the code around the gateway (a seeded simulation, a property-based test) relies on.
+_JITTER = random.Random()
+
 
 _PUBACK_HEADER = bytes([PUBACK, 2])
 _READ_SIZE = 256 * 1024  # bytes asked of the socket at once (see _IngestClient._sock_recv)
@@ -174,7 +178,7 @@ class _IngestClient(paho.Client):
     def _reconnect_wait(self) -> None:
         ceiling = min(self.backoff_max, self.backoff_min * (2**self._attempt))
         self._attempt += 1
-        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        delay = ceiling / 2 + _JITTER.uniform(0, ceiling / 2)
         deadline = time.monotonic() + delay
         while not self._thread_terminate and time.monotonic() < deadline:
             if self.heartbeat is not None:

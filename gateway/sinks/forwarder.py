@@ -44,6 +44,10 @@ from gateway.sinks.records import iso_times
 
 logger = logging.getLogger(__name__)
 
+# Jitter from a generator of its own: drawing from the global `random` would move the state that
+# the code around the gateway (a seeded simulation, a property-based test) relies on.
+_JITTER = random.Random()
+
 T = TypeVar("T")
 OnWriter = Callable[..., Awaitable[Any]]
 POLL_INTERVAL = 0.05
@@ -102,7 +106,7 @@ class ForwarderStats:
 def backoff_delay(failures: int, retry: RetryConfig) -> float:
     """Capped exponential backoff with full jitter (AWS architecture blog's 'full jitter')."""
     ceiling = min(retry.max_delay, retry.min_delay * 2 ** min(failures - 1, 30))
-    return random.uniform(retry.min_delay / 2, max(ceiling, retry.min_delay / 2))
+    return _JITTER.uniform(retry.min_delay / 2, max(ceiling, retry.min_delay / 2))
 
 
 class Forwarder:
