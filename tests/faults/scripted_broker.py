@@ -11,7 +11,17 @@ import queue
 import socket
 import struct
 import threading
+from pathlib import Path
 
+from gateway.config import (
+    ApiConfig,
+    BufferConfig,
+    GatewayConfig,
+    MqttConfig,
+    ReconnectConfig,
+    RouteConfig,
+    Subscription,
+)
 from gateway.testing import wait_until
 
 CONNECT, PUBLISH, PUBACK, SUBSCRIBE, PINGREQ = 1, 3, 4, 8, 12
@@ -135,3 +145,21 @@ class ScriptedBroker:
 
     def close(self) -> None:
         self._server.close()
+
+
+def gateway_config(broker: ScriptedBroker, buffer: Path, client_id: str) -> GatewayConfig:
+    """A gateway on the scripted broker: MQTT 3.1.1, quick reconnects, commits every 10 ms,
+    one route without a dedup window."""
+    return GatewayConfig(
+        mqtt=MqttConfig(
+            host=broker.host,
+            port=broker.port,
+            protocol="3.1.1",
+            client_id=client_id,
+            subscriptions=[Subscription(topic="sensors/#", qos=1)],
+            reconnect=ReconnectConfig(min_delay=0.1, max_delay=0.5),
+        ),
+        buffer=BufferConfig(path=buffer, flush_interval=0.01),
+        routes=[RouteConfig(pattern="sensors/{site}/{device}/{metric}")],  # no dedup_window
+        api=ApiConfig(enabled=False),
+    )

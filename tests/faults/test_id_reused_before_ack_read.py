@@ -14,50 +14,20 @@ twice. An id now counts as in flight until a barrier confirms the broker read th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from faulthelpers import buffer_values
-from scripted_broker import ScriptedBroker
+from scripted_broker import ScriptedBroker, gateway_config
 
-from gateway.config import (
-    ApiConfig,
-    BufferConfig,
-    GatewayConfig,
-    MqttConfig,
-    ReconnectConfig,
-    RouteConfig,
-    Subscription,
-)
 from gateway.testing import GatewayThread
 
 TOPIC = "sensors/plant/dev1/seq"
 
 
-@pytest.fixture
-def scripted() -> Iterator[ScriptedBroker]:
-    broker = ScriptedBroker()
-    yield broker
-    broker.close()
-
-
 def test_an_id_reused_before_the_broker_read_our_ack_does_not_double_the_earlier_message(
     scripted: ScriptedBroker, tmp_path: Path
 ) -> None:
-    config = GatewayConfig(
-        mqtt=MqttConfig(
-            host=scripted.host,
-            port=scripted.port,
-            protocol="3.1.1",
-            client_id="gw-scripted",
-            subscriptions=[Subscription(topic="sensors/#", qos=1)],
-            reconnect=ReconnectConfig(min_delay=0.1, max_delay=0.5),
-        ),
-        buffer=BufferConfig(path=tmp_path / "buffer.duckdb", flush_interval=0.01),
-        routes=[RouteConfig(pattern="sensors/{site}/{device}/{metric}")],  # no dedup_window
-        api=ApiConfig(enabled=False),
-    )
+    config = gateway_config(scripted, tmp_path / "buffer.duckdb", "gw-scripted")
     gw = GatewayThread(config).start()
     try:
         first_connection = scripted.connection()

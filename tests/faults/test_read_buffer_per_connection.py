@@ -13,22 +13,11 @@ each once, and 2 not at all (this broker never sends it again)."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from faulthelpers import buffer_values
-from scripted_broker import ScriptedBroker, packet, utf8
+from scripted_broker import ScriptedBroker, gateway_config, packet, utf8
 
-from gateway.config import (
-    ApiConfig,
-    BufferConfig,
-    GatewayConfig,
-    MqttConfig,
-    ReconnectConfig,
-    RouteConfig,
-    Subscription,
-)
 from gateway.testing import GatewayThread, wait_until
 
 TOPIC = "sensors/plant/dev1/seq"
@@ -38,29 +27,10 @@ def qos1_publish(mid: int, payload: bytes) -> bytes:
     return packet(0x32, utf8(TOPIC) + struct.pack("!H", mid) + payload)
 
 
-@pytest.fixture
-def scripted() -> Iterator[ScriptedBroker]:
-    broker = ScriptedBroker()
-    yield broker
-    broker.close()
-
-
 def test_packets_read_ahead_of_a_dropped_connection_are_discarded(
     scripted: ScriptedBroker, tmp_path: Path
 ) -> None:
-    config = GatewayConfig(
-        mqtt=MqttConfig(
-            host=scripted.host,
-            port=scripted.port,
-            protocol="3.1.1",
-            client_id="gw-read-ahead",
-            subscriptions=[Subscription(topic="sensors/#", qos=1)],
-            reconnect=ReconnectConfig(min_delay=0.1, max_delay=0.5),
-        ),
-        buffer=BufferConfig(path=tmp_path / "buffer.duckdb", flush_interval=0.01),
-        routes=[RouteConfig(pattern="sensors/{site}/{device}/{metric}")],
-        api=ApiConfig(enabled=False),
-    )
+    config = gateway_config(scripted, tmp_path / "buffer.duckdb", "gw-read-ahead")
     gw = GatewayThread(config).start()
     try:
         first = scripted.connection()
