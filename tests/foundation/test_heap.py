@@ -1,12 +1,16 @@
 """Memory a thread frees goes back to the system, even after a large block raised glibc's
-thresholds: the creep the soak found (docs/benchmarks.md, "Memory")."""
+thresholds (the creep the soak found), and so do the buffers of an Arrow table a thread built
+and dropped (docs/benchmarks.md, "Memory")."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
+
+from gateway.heap import ARROW_POOL
 
 # In a fresh process (malloc's settings are per process): one thread frees a large block (as a
 # catch-up batch does), then allocates 40 blocks of 256 KiB, touches them, frees them and prints
@@ -59,3 +63,71 @@ def held_after_free(mode: str) -> float:
 def test_freed_memory_goes_back_to_the_system_after_a_large_block() -> None:
     assert held_after_free("default") >= 9.0  # glibc alone keeps the 10 MiB the thread freed
     assert held_after_free("fixed") <= 1.0
+
+
+# In a fresh process: a thread builds a 2-million-row table (a catch-up batch is a few of these)
+# and drops it; prints the MiB its RSS still holds.
+ARROW_PROBE = """
+import sys, threading
+from pathlib import Path
+import pyarrow as pa
+from gateway.heap import return_freed_memory
+
+def rss_kb():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+
+if sys.argv[1] == "fixed":
+    assert return_freed_memory()
+numbers = list(range(2_000_000))
+texts = [str(i) for i in numbers]
+before = rss_kb()
+
+def work():
+    table = pa.table({"n": numbers, "text": texts})
+    assert table.nbytes > 40 << 20
+    del table
+
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+print(round((rss_kb() - before) / 1024, 1))
+"""
+
+
+def arrow_held_after_free(mode: str, pool: str | None = None) -> float:
+    env = {k: v for k, v in os.environ.items() if k != ARROW_POOL}
+    if pool is not None:
+        env[ARROW_POOL] = pool
+    run = subprocess.run(
+        [sys.executable, "-c", ARROW_PROBE, mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    return float(run.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_an_arrow_table_a_thread_dropped_goes_back_to_the_system() -> None:
+    assert arrow_held_after_free("default") >= 30.0  # Arrow's bundled allocator keeps it
+    assert arrow_held_after_free("fixed") <= 10.0  # a gateway inside another program
+    assert arrow_held_after_free("default", pool="system") <= 10.0  # the command line's choice
+
+
+def test_importing_the_gateway_chooses_malloc_for_arrow() -> None:
+    probe = "import gateway.app, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+    env = {k: v for k, v in os.environ.items() if k != ARROW_POOL}
+    run = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "system"
+    with_choice = {**env, ARROW_POOL: "mimalloc"}  # the user's own choice stays
+    run = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=with_choice
+    )
+    assert run.stdout.strip() == "mimalloc", run.stderr
