@@ -94,7 +94,10 @@ class Sink(BasicSink, Protocol):
         """What to note upstream before the first send of an attempt (JSON values; Kafka: each
         partition's end offset), so that a resend can find what earlier tries delivered. The
         forwarder calls it once per attempt, in a thread, before recording the attempt, and
-        retries it like a send. Default: nothing to note."""
+        retries it like a send. While a backlog drains it calls it on the read-ahead thread,
+        while the batch before is still being sent: what it notes must hold for a first send
+        that comes later (an end offset taken earlier is a lower bound). Default: nothing to
+        note."""
         return {}
 
     def stop(self) -> None:

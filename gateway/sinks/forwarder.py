@@ -5,7 +5,9 @@ Order of a batch, written down so a crash anywhere repeats at most the send, nev
 
 1. read rows `first..last` after the cursor (a reader cursor, off the writer thread);
 2. let the sink note what it needs before a first send (`Sink.marks`: Kafka's end offsets),
-   retried like a send while the sink is unreachable;
+   retried like a send while the sink is unreachable; while a backlog drains, the read-ahead
+   thread reads the next batch, lets the sink encode it (`Sink.prepare`) and takes its marks
+   while the batch before is still being sent, so no round trip upstream lies between sends;
 3. record the attempt (`first`, `last`, first-try time, the sink's marks) in `state` (writer
    thread);
 4. send; the sink returns once the rows are confirmed upstream;
@@ -137,7 +139,7 @@ class Forwarder:
         self._head = head
         self.stats = ForwarderStats(sink=sink.name, stream=stream)
         self._next_send_at = 0.0  # bandwidth cap: monotonic time the next batch may leave
-        self._prefetch: asyncio.Future[tuple[int, pa.Table]] | None = None
+        self._prefetch: asyncio.Future[_ReadAhead] | None = None
         self.wake = wake or asyncio.Event()
         self.started = asyncio.Event()
         self._read_failures = 0  # buffer reads failed in a row
@@ -292,9 +294,10 @@ class Forwarder:
             if available < self.batching.max_rows and now - waiting_since < self.batching.max_age:
                 await self._idle(stop, min(POLL_INTERVAL, self.batching.max_age))
                 continue
-            batch = await self._next_batch(stop)
-            if batch is None:
+            ahead = await self._next_batch(stop)
+            if ahead is None:
                 break
+            batch, marked = ahead.batch, ahead.marked
             if batch.num_rows == 0:  # purged under us (retention on_full: drop_oldest)
                 self.stats.position = head  # not a later head: rows may have come since
                 continue
@@ -303,11 +306,12 @@ class Forwarder:
             with contextlib.suppress(*BUFFER_ERRORS):  # only a read-ahead; the next read retries
                 if self.head() - last >= self.batching.max_rows:
                     self._start_prefetch(last)  # draining a backlog: read on while this sends
-            marked = await self._mark(
-                batch, Attempt(self.stream, first, last, int(self.clock() * 1000)), stop
-            )
             if marked is None:
-                return
+                marked = await self._mark(
+                    batch, Attempt(self.stream, first, last, int(self.clock() * 1000)), stop
+                )
+                if marked is None:
+                    return
             attempt = marked
             try:
                 await self._record_attempt(attempt)
@@ -322,31 +326,40 @@ class Forwarder:
                 return
         self._drop_prefetch()
 
-    async def _next_batch(self, stop: asyncio.Event) -> pa.Table | None:
+    async def _next_batch(self, stop: asyncio.Event) -> _ReadAhead | None:
         """The rows after the cursor: the prefetched batch when it starts there, else read;
         None once stopped."""
         task, self._prefetch = self._prefetch, None
         if task is not None:
             with contextlib.suppress(*BUFFER_ERRORS):  # the read-ahead failed: read afresh below
-                after, table = await task
-                if after == self.stats.position:
-                    return table
+                ahead = await task
+                if ahead.after == self.stats.position:
+                    return ahead
         table = await self._read(stop, self.stats.position, None, self.batching.max_rows)
-        return None if table is None else self._cap_bytes(table)
+        return None if table is None else _ReadAhead(self.stats.position, self._cap_bytes(table))
 
     def _start_prefetch(self, after: int) -> None:
-        """Read (and let the sink encode) the next full batch in a thread, overlapping the
-        send of the current one; only reads, so a stop or a crash loses nothing."""
+        """Read the next full batch in a thread, let the sink encode it and take its marks,
+        overlapping the send of the current one. Nothing is sent or recorded, so a stop or a
+        crash loses nothing; marks taken now hold for the later first send (Sink.marks)."""
         prepare = self.sink.prepare
 
         def read(con: duckdb.DuckDBPyConnection) -> pa.Table:
             return outbox.rows_after(con, self.stream, after, None, self.batching.max_rows)
 
-        def fetch() -> tuple[int, pa.Table]:
+        def fetch() -> _ReadAhead:
             table = self._cap_bytes(self._read_now(read))
-            if table.num_rows:
-                prepare(self.stream, table)
-            return after, table
+            if not table.num_rows:
+                return _ReadAhead(after, table)
+            prepare(self.stream, table)
+            first, last = _bounds(table)
+            attempt = Attempt(self.stream, first, last, int(self.clock() * 1000))
+            try:
+                marks = self.sink.marks(table, attempt)
+            except Exception as exc:  # only a head start: the loop takes them, with retries
+                logger.debug("sink %s: marks ahead failed: %s", self.sink.name, exc)
+                return _ReadAhead(after, table)
+            return _ReadAhead(after, table, replace(attempt, marks=marks))
 
         self._drop_prefetch()
         self._prefetch = asyncio.ensure_future(asyncio.to_thread(fetch))
@@ -492,6 +505,16 @@ class Forwarder:
         self.stats.failures += 1
         self.stats.last_error = str(exc)
         self.stats.last_error_at = time.time()
+
+
+@dataclass(frozen=True)
+class _ReadAhead:
+    """A batch read after position `after`; with its first attempt, marked, when the read-ahead
+    took the sink's marks."""
+
+    after: int
+    batch: pa.Table
+    marked: Attempt | None = None
 
 
 def _bounds(batch: pa.Table) -> tuple[int, int]:

@@ -15,6 +15,11 @@ When librdkafka's local queue stays full (Kafka takes messages slower than they 
 stops with `SinkBackpressureError` and keeps its place; the forwarder's retry of the same
 attempt goes on from there in the same producer session, whose idempotence delivers each record
 it was handed once. Errors of confluent-kafka become sink errors in `kafka_errors`.
+
+Locks, in the order they are taken: `_lock` (a send, from start to acknowledgement), then
+`_clients_lock` (only while a client is made or dropped), `_encode_lock`, `_prepared_lock`, then
+the encoder's own. The forwarder's read-ahead thread (`prepare`, `marks`) runs beside a send
+and takes none but the last four. librdkafka's own locks come after all of them.
 """
 
 from __future__ import annotations
@@ -164,11 +169,11 @@ class KafkaSink(Sink):
         self._replay_seen: dict[tuple[str, int], set[str]] = {}
         self._stopping = threading.Event()
         # Sends encoded ahead (`prepare`), by stream and span: the one being sent and the one
-        # read ahead. Lock order: _lock, then _encode_lock, then _prepared_lock; `prepare`
-        # (the forwarder's read-ahead thread) takes only the last two.
+        # read ahead. Lock order in the module docstring.
         self._prepared: dict[tuple[str, tuple[int, int, int]], _Send] = {}
         self._encode_lock = threading.Lock()
         self._prepared_lock = threading.Lock()
+        self._clients_lock = threading.Lock()
         # From librdkafka's error events (served when a client is polled): every broker is
         # down, and the latest reason (connection refused, authentication failed, ...).
         self._brokers_down = False
@@ -210,15 +215,17 @@ class KafkaSink(Sink):
         return cfg
 
     def _producer_now(self) -> Producer:
-        if self._producer is None:
-            self._producer = Producer(self.producer_config())
-        return self._producer
+        with self._clients_lock:  # a send and the read-ahead's marks may both ask first
+            if self._producer is None:
+                self._producer = Producer(self.producer_config())
+            return self._producer
 
     def _drop_producer(self) -> None:
         """After a failed batch: let every message still out reach its final outcome (each has
         one within message.timeout.ms), so none can land after the retry's read-back; then
         start a fresh producer session."""
-        producer, self._producer = self._producer, None
+        with self._clients_lock:
+            producer, self._producer = self._producer, None
         if producer is None:
             return
         try:
@@ -277,17 +284,24 @@ class KafkaSink(Sink):
 
     def marks(self, batch: pa.Table, attempt: Attempt) -> dict[str, Any]:
         """Before the first send: the end offset of every partition of the batch's topics
-        (created first if missing), as `[topic, partition, offset]`."""
-        with self._lock:
-            with self._prepared_lock:
-                send = self._prepared.get((attempt.stream, span(batch)))
-            if send is not None:
-                topics = send.topics
-            else:  # the records' topics only: their values may need the schema registry
-                records = self._encoder.encode(attempt.stream, batch)
-                topics = sorted(set(records.column("topic").to_pylist()))
-            self._ensure_topics(topics)
-            return {"offsets": self._end_offsets(topics)}
+        (created first if missing), as `[topic, partition, offset]`. Offsets only grow, so
+        offsets taken while the batch before is in flight (the forwarder's read-ahead) are a
+        lower bound for this batch's messages; this runs beside that send and takes none of
+        its locks (librdkafka's clients are thread-safe)."""
+        if self._stopping.is_set():
+            raise SinkError(self.name, "stopping")
+        # The idempotent producer's session starts now: its handshake (about half a second
+        # on Tansu) runs while the attempt is recorded, not in the first send.
+        self._producer_now()
+        with self._prepared_lock:
+            send = self._prepared.get((attempt.stream, span(batch)))
+        if send is not None:
+            topics = send.topics
+        else:  # the records' topics only: their values may need the schema registry
+            records = self._encoder.encode(attempt.stream, batch)
+            topics = sorted(set(records.column("topic").to_pylist()))
+        self._ensure_topics(topics)
+        return {"offsets": self._end_offsets(topics)}
 
     def _write(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
         with self._lock:
@@ -539,9 +553,10 @@ class KafkaSink(Sink):
 
     # -- topics and read-back ---------------------------------------------------------------
     def _admin_now(self) -> AdminClient:
-        if self._admin is None:
-            self._admin = AdminClient(self.client_config())
-        return self._admin
+        with self._clients_lock:  # a send and the read-ahead's marks may both ask first
+            if self._admin is None:
+                self._admin = AdminClient(self.client_config())
+            return self._admin
 
     def _ensure_topics(self, topics: list[str]) -> None:
         missing = [t for t in topics if t not in self._known_topics]

@@ -282,3 +282,44 @@ def test_backpressure_waits_as_asked_then_sends_the_same_attempt_and_is_no_failu
     assert f.stats.backpressure == 3
     assert f.stats.failures == 0 and f.stats.last_error is None
     assert store.query("SELECT count(*) AS n FROM dead_letters").to_pylist() == [{"n": 0}]
+
+
+class MarkedAheadSink(RecordingSink):
+    """Each send waits (up to a second) for the next batch's marks: taken ahead, they come
+    while this send is still out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marked: list[tuple[int, int]] = []
+        self.during_send: list[bool] = []  # per send but the last: the next one's marks came
+
+    def marks(self, batch: pa.Table, attempt: Attempt) -> dict[str, object]:
+        self.marked.append((attempt.first, attempt.last))
+        return {"taken_at": time.monotonic()}
+
+    async def write_batch(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
+        if attempt.last < 3000:
+            deadline = time.monotonic() + 1.0
+            while (attempt.last + 1, attempt.last + 1000) not in self.marked:
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.005)
+            self.during_send.append((attempt.last + 1, attempt.last + 1000) in self.marked)
+        return await super().write_batch(batch, attempt)
+
+
+def test_the_next_batchs_marks_are_taken_while_the_batch_before_is_sent(
+    store: BufferStore, on_writer: WriterThread
+) -> None:
+    """Draining a backlog, no round trip to the upstream lies between two sends: the marks of
+    the next batch (Kafka's end offsets) come with its read-ahead, and its attempt is recorded
+    with them."""
+    fill(store, readings(3000))
+    sink = MarkedAheadSink()
+    f = forwarder(store, on_writer, sink)
+    run_until(f, lambda: f.position == 3000)
+    assert sink.positions == list(range(1, 3001))
+    assert sink.during_send == [True, True]
+    assert sink.marked == [(1, 1000), (1001, 2000), (2001, 3000)]  # once per attempt
+    taken = [a.marks["taken_at"] for a in sink.attempts if a.marks]
+    assert len(taken) == 3 and taken == sorted(taken)
