@@ -295,11 +295,17 @@ class KafkaSink(Sink):
         self._producer_now()
         with self._prepared_lock:
             send = self._prepared.get((attempt.stream, span(batch)))
+        if send is None:  # not read ahead: encoded now, once, for the send as well
+            try:
+                send = self._encode(attempt.stream, batch)
+            except SinkError as exc:  # values need the schema registry: topics come first
+                logger.debug("sink %s: encoding for the marks failed: %s", self.name, exc)
+                records = self._encoder.encode(attempt.stream, batch)
+                topics = sorted(set(records.column("topic").to_pylist()))
+            else:
+                self._keep(attempt.stream, batch, send)
         if send is not None:
             topics = send.topics
-        else:  # the records' topics only: their values may need the schema registry
-            records = self._encoder.encode(attempt.stream, batch)
-            topics = sorted(set(records.column("topic").to_pylist()))
         self._ensure_topics(topics)
         return {"offsets": self._end_offsets(topics)}
 

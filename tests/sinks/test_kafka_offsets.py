@@ -210,3 +210,35 @@ def test_a_read_back_after_a_long_outage_reads_only_what_came_since_the_first_se
     # Half the batch, and at most what Tansu's lagging end offsets add (its last produce batch
     # per partition): nothing like the backlog.
     assert read_back["messages"] < 2000
+
+
+class CountingEncodes(KafkaSink):
+    """Counts the batches its record encoder turns into records."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.encodes = 0
+        encode = self._encoder.encode
+
+        def counted(stream: str, batch: Any) -> Any:
+            self.encodes += 1
+            return encode(stream, batch)
+
+        self._encoder.encode = counted  # type: ignore[method-assign]
+
+
+def test_a_batch_not_read_ahead_is_encoded_once_for_its_marks_and_its_send(
+    store: BufferStore, on_writer: WriterThread, tansu: Tansu
+) -> None:
+    """A live stream (no backlog, so no read-ahead): the marks need the batch's topics, and
+    the records they were found in are the ones sent, not encoded a second time."""
+    fill(store, readings(1000))
+    config = kafka_config(tansu.bootstrap_servers, streams=["readings"])
+    sink = CountingEncodes(config, "gw1")
+    forwarder = Forwarder(
+        sink, "readings", store, on_writer, batching=config.batching, retry=config.retry
+    )
+    run_until(forwarder, lambda: forwarder.position >= 1000, 60, close=True)
+    seen = ours(tansu.bootstrap_servers, config.name, store)
+    assert len(seen) == 1000 and max(seen.values()) == 1
+    assert sink.encodes == 1
