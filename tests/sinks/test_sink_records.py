@@ -4,6 +4,8 @@ records refused for good landing in the dead-letter table."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -183,8 +185,8 @@ def test_a_row_snowflake_refuses_is_found_by_splitting_and_dead_lettered(
 
 
 def test_records_keep_the_batch_order_across_many_row_groups() -> None:
-    """The encoder relies on DuckDB keeping insertion order (no ORDER BY): a batch large enough
-    to be scanned by several threads comes out row for row in its own order."""
+    """The encoder relies on DuckDB keeping insertion order (no ORDER BY): a batch of several
+    row groups comes out row for row in its own order."""
     n = 300_000
     now = int(time.time() * 1e6)
     ids = list(range(n, 0, -1))  # descending: an ORDER BY id would reverse it
@@ -212,3 +214,39 @@ def test_records_keep_the_batch_order_across_many_row_groups() -> None:
     assert [json.loads(v)["value"] for v in records.column("value").to_pylist()[::997]] == [
         float(i) for i in ids[::997]
     ]
+
+
+ENCODER_THREADS_PROBE = """
+import os, time
+import pyarrow as pa
+from gateway.sinks.records import RecordEncoder
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+now = int(time.time() * 1e6)
+n = 200_000
+batch = pa.table({
+    "id": pa.array(range(n), pa.int64()), "event_id": [f"e{i}" for i in range(n)],
+    "event_time": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+    "ingest_time": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+    "device": ["d"] * n, "metric": ["m"] * n, "value": [1.0] * n,
+    "text": pa.nulls(n, pa.string()), "unit": pa.nulls(n, pa.string()), "topic": ["t"] * n,
+    "tags": pa.nulls(n, pa.string()),
+})
+before = threads()
+encoders = [RecordEncoder("gw"), RecordEncoder("gw", {"readings": "x.{metric}"})]
+for encoder in encoders:
+    assert encoder.encode("readings", batch).num_rows == n
+print(threads() - before)
+"""
+
+
+def test_the_encoders_start_no_threads_of_their_own() -> None:
+    """A small box counts threads: the encoders' in-memory database runs its queries on the
+    calling thread (the sink's), whatever the number of sinks."""
+    run = subprocess.run(
+        [sys.executable, "-c", ENCODER_THREADS_PROBE], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) == 0
