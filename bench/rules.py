@@ -4,10 +4,14 @@ latency from a reading published to Mosquitto to the command the gateway publish
 Ceilings measured in the same run:
 - engine: a bare Python loop over the same columns doing one dict lookup and one comparison
   per (reading, rule) pair: what evaluating a threshold can at best cost in Python;
-- latency: the broker round trip alone (publish -> subscriber receives), under the same load.
+- latency: the broker round trip alone (publish -> subscriber receives), under the same load;
+- peer: Node-RED 4 (bench/nodered.py; npm installs it into .bench/ on first use) on the same
+  rule (a reading above 30 -> an MQTT command carrying its value), against its own private
+  Mosquitto, under the same background load (QoS 0, 100 devices).
 
-Last line: `rules evals_per_s=<n> kb_per_rule=<n> p50_ms=<x> p99_ms=<x>` (evals_per_s with
-100 rules; kb_per_rule with state for 100 devices per rule).
+Last line: `rules evals_per_s=<n> kb_per_rule=<n> p50_ms=<x> p99_ms=<x> nodered_p50_ms=<x>
+nodered_p99_ms=<x> broker_p99_ms=<x>` (evals_per_s with 100 rules; kb_per_rule with state for
+100 devices per rule; latencies at `--load` msg/s with the gateway's 100 rules loaded).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import multiprocessing as mp
+import os
 import random
 import statistics
 import tempfile
@@ -27,6 +32,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pyarrow as pa
 import yaml
+from nodered import NodeRed, installed_version
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import (
@@ -128,13 +134,15 @@ def memory_per_rule(rule_count: int, tables: list[pa.Table]) -> tuple[float, flo
     return compiled / rule_count / 1024, with_state / rule_count / 1024
 
 
-LATENCY_RULES = """
+PROBE_TOPIC = "sensors/home/probe/level"
+COMMAND_TOPIC = "commands/bench/probe"
+LATENCY_RULES = f"""
 rules:
   - id: probe
-    select: {device: probe, metric: seq}
-    trigger: {type: state}
+    select: {{device: probe, metric: level}}
+    trigger: {{type: threshold, above: 30}}
     actions:
-      - mqtt: {topic: "commands/bench/probe", payload: "{state}", qos: 0}
+      - mqtt: {{topic: "{COMMAND_TOPIC}", payload: "{{value}}", qos: 0}}
 """
 
 
@@ -148,10 +156,13 @@ def _client(port: int, client_id: str) -> paho.Client:
 
 
 class Probe:
-    """Publishes numbered probes and times their echo on `reply` (a command, or itself)."""
+    """Publishes numbered hot readings, each after a cold one (so each is a crossing of the
+    probe rule's `above: 30`), and times the command carrying the value back on `reply`. The
+    value tells the probes apart: probe i is 31 + i / 1000 (the gateway's `{value}` keeps 3
+    decimals); warm-up probes start at 32, so keep `--probes` below 1000."""
 
     def __init__(self, port: int, reply: str) -> None:
-        self.sent: dict[str, float] = {}
+        self.sent: dict[int, float] = {}
         self.latencies: list[float] = []
         self._lock = threading.Lock()
         subscribed = threading.Event()
@@ -166,20 +177,44 @@ class Probe:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         now = time.perf_counter()
-        key = msg.payload.decode()
+        try:
+            key = round(float(msg.payload) * 1000)
+        except ValueError:
+            return
         with self._lock:
             sent = self.sent.pop(key, None)
             if sent is not None:
                 self.latencies.append((now - sent) * 1000)
 
-    def run(self, topic: str, count: int, rate: float) -> None:
+    def _send(self, topic: str, i: int, cold: bool, gap: float) -> None:
+        if cold:
+            self.pub.publish(topic, "29", qos=0)
+            time.sleep(gap)
+        value = 31 + i / 1000
+        with self._lock:
+            self.sent[round(value * 1000)] = time.perf_counter()
+        self.pub.publish(topic, f"{value:.3f}", qos=0)
+
+    def warm_up(self, topic: str, cold: bool, timeout: float = 60.0) -> None:
+        """Probe until one comes back (the peer is subscribed and its rule armed)."""
+        deadline = time.monotonic() + timeout
+        i = 1000  # values from 32 on: apart from the measured probes
+        while not self.latencies:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no probe came back on {self.sub} within {timeout:.0f}s")
+            self._send(topic, i, cold, 0.01)
+            i += 1
+            time.sleep(0.1)
+        time.sleep(0.5)
+        with self._lock:
+            self.sent.clear()
+            self.latencies.clear()
+
+    def run(self, topic: str, count: int, rate: float, *, cold: bool) -> None:
         gap = 1.0 / rate
         for i in range(count):
-            key = f"p{i}"
-            with self._lock:
-                self.sent[key] = time.perf_counter()
-            self.pub.publish(topic, key, qos=1)
-            time.sleep(gap)
+            self._send(topic, i, cold, gap / 2)
+            time.sleep(gap / 2 if cold else gap)
         wait_until(lambda: not self.sent, timeout=10)
 
     def close(self) -> None:
@@ -199,7 +234,7 @@ def background_load(port: int, rate: float, stop: Any) -> None:
             due = int((time.perf_counter() - start) * rate)
             while i < due:
                 client.publish(
-                    f"sensors/home/dev{i % DEVICES}/temperature", f"{18 + i % 7 / 10:.1f}", qos=1
+                    f"sensors/home/dev{i % DEVICES}/temperature", f"{18 + i % 7 / 10:.1f}", qos=0
                 )
                 i += 1
             time.sleep(0.01)
@@ -224,7 +259,23 @@ def run_load(port: int, rate: float, stop: Any) -> None:
     background_load(port, rate, stop)
 
 
+def measure(port: int, probes: int, rate: float, reply: str) -> tuple[list[float], list[float]]:
+    """Latencies of the peer's commands and, on the same broker under the same load, of the
+    broker's round trip alone."""
+    raw = Probe(port, "bench/raw")
+    raw.warm_up("bench/raw", cold=False)
+    raw.run("bench/raw", probes, rate, cold=False)
+    raw.close()
+    peer = Probe(port, reply)
+    peer.warm_up(PROBE_TOPIC, cold=True)
+    peer.run(PROBE_TOPIC, probes, rate, cold=True)
+    peer.close()
+    return peer.latencies, raw.latencies
+
+
 def live_latency(probes: int, rate: float, load: float) -> tuple[list[float], list[float]]:
+    """The gateway (built as `edge-gateway run` builds it, in its own process) with the probe
+    rule and the 100 benchmark rules, every reading buffered."""
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(workdir=Path(tmp) / "mq") as broker:
         rules = Path(tmp) / "rules.yaml"
         # the probe rule plus the 100 benchmark rules, which evaluate every background reading
@@ -252,18 +303,29 @@ def live_latency(probes: int, rate: float, load: float) -> tuple[list[float], li
                 raise RuntimeError("the gateway did not start")
             loader.start()
             time.sleep(2.0)  # let the load settle
-            # ceiling: the broker round trip alone, under the same load
-            raw = Probe(broker.port, "bench/raw")
-            raw.run("bench/raw", probes, rate)
-            raw.close()
-            gateway = Probe(broker.port, "commands/bench/probe")
-            gateway.run("sensors/home/probe/seq", probes, rate)
-            gateway.close()
+            return measure(broker.port, probes, rate, COMMAND_TOPIC)
         finally:
             stop.set()
             loader.join(30)
             gateway_process.join(60)
-        return gateway.latencies, raw.latencies
+
+
+def nodered_latency(probes: int, rate: float, load: float) -> tuple[list[float], list[float]]:
+    """Node-RED 4 on the same rule, against its own private Mosquitto, under the same load."""
+    with tempfile.TemporaryDirectory() as tmp, Mosquitto(workdir=Path(tmp) / "mq") as broker:
+        ctx = mp.get_context("spawn")
+        stop = ctx.Event()
+        loader = ctx.Process(target=run_load, args=(broker.port, load, stop))
+        with NodeRed(Path(tmp) / "node-red", broker.port, PROBE_TOPIC, COMMAND_TOPIC) as red:
+            try:
+                loader.start()
+                time.sleep(2.0)
+                if not red.running():
+                    raise RuntimeError(f"Node-RED stopped:\n{red.log()}")
+                return measure(broker.port, probes, rate, COMMAND_TOPIC)
+            finally:
+                stop.set()
+                loader.join(30)
 
 
 def main() -> None:
@@ -274,6 +336,8 @@ def main() -> None:
     parser.add_argument("--probe-rate", type=float, default=50.0, help="probes per second")
     parser.add_argument("--load", type=float, default=1000.0, help="background msg/s")
     args = parser.parse_args()
+    if not 0 < args.probes < 1000:
+        parser.error("--probes: 1 to 999 (each probe's value names it, to 3 decimals)")
 
     tables = workload(args.batches, args.batch_size)
     print(f"engine over {DEVICES} devices, {args.batch_size}-reading batches:")
@@ -295,18 +359,29 @@ def main() -> None:
 
     latencies, raw = live_latency(args.probes, args.probe_rate, args.load)
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    raw_p99 = percentile(raw, 0.99)
     print(
-        f"live: reading -> command via Mosquitto at {args.load:.0f} msg/s background "
-        f"({len(latencies)}/{args.probes} probes): p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
-        f"mean {statistics.fmean(latencies):.2f} ms"
+        f"live: reading -> command via Mosquitto at {args.load:.0f} msg/s background, 100 rules "
+        f"and the probe rule, every reading buffered ({len(latencies)}/{args.probes} probes): "
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, mean {statistics.fmean(latencies):.2f} ms"
     )
     print(
-        f"ceiling: broker round trip alone: p50 {percentile(raw, 0.5):.2f} ms, "
-        f"p99 {percentile(raw, 0.99):.2f} ms"
+        f"ceiling: broker round trip alone: p50 {percentile(raw, 0.5):.2f} ms, p99 {raw_p99:.2f} ms"
+        f"  (gateway p99 / round trip p99: {p99 / raw_p99:.2f})"
     )
+    red, red_raw = nodered_latency(args.probes, args.probe_rate, args.load)
+    red_p50, red_p99 = percentile(red, 0.5), percentile(red, 0.99)
+    print(
+        f"peer: Node-RED {installed_version()} on the probe rule (mqtt in -> switch -> switch -> "
+        f"mqtt out), its own Mosquitto, the same load ({len(red)}/{args.probes} probes): "
+        f"p50 {red_p50:.2f} ms, p99 {red_p99:.2f} ms; its broker's round trip "
+        f"p50 {percentile(red_raw, 0.5):.2f} ms, p99 {percentile(red_raw, 0.99):.2f} ms"
+    )
+    print(f"load average {os.getloadavg()[0]:.2f}")
     print(
         f"rules evals_per_s={rates[100]:.0f} kb_per_rule={state_kb:.1f} "
-        f"p50_ms={p50:.2f} p99_ms={p99:.2f}"
+        f"p50_ms={p50:.2f} p99_ms={p99:.2f} nodered_p50_ms={red_p50:.2f} "
+        f"nodered_p99_ms={red_p99:.2f} broker_p99_ms={raw_p99:.2f}"
     )
 
 
