@@ -37,7 +37,6 @@ T = TypeVar("T")
 BatchListener = Callable[[pa.Table], Awaitable[None]]
 """Called after each commit with the committed readings (READINGS_SCHEMA, ids set), in order."""
 
-
 OnWriter = Callable[..., Awaitable[Any]]
 """Runs a function on the thread that owns the buffer's write connection."""
 

@@ -295,19 +295,22 @@ class KafkaSink(Sink):
         self._producer_now()
         with self._prepared_lock:
             send = self._prepared.get((attempt.stream, span(batch)))
-        if send is None:  # not read ahead: encoded now, once, for the send as well
-            try:
-                send = self._encode(attempt.stream, batch)
-            except SinkError as exc:  # values need the schema registry: topics come first
-                logger.debug("sink %s: encoding for the marks failed: %s", self.name, exc)
-                records = self._encoder.encode(attempt.stream, batch)
-                topics = sorted(set(records.column("topic").to_pylist()))
-            else:
-                self._keep(attempt.stream, batch, send)
-        if send is not None:
-            topics = send.topics
+        topics = send.topics if send is not None else self._topics_now(attempt.stream, batch)
         self._ensure_topics(topics)
         return {"offsets": self._end_offsets(topics)}
+
+    def _topics_now(self, stream: str, batch: pa.Table) -> list[str]:
+        """The topics of a batch not read ahead, from its send encoded now and kept for the
+        send (encoded once); from the records alone when the values need the schema registry
+        and it fails (the send reports that)."""
+        try:
+            send = self._encode(stream, batch)
+        except SinkError as exc:
+            logger.debug("sink %s: encoding for the marks failed: %s", self.name, exc)
+            records = self._encoder.encode(stream, batch)
+            return sorted(set(records.column("topic").to_pylist()))
+        self._keep(stream, batch, send)
+        return send.topics
 
     def _write(self, batch: pa.Table, attempt: Attempt) -> WriteResult:
         with self._lock:

@@ -12,14 +12,9 @@ import pytest
 
 from gateway.heap import ARROW_POOL
 
-# In a fresh process (malloc's settings are per process): one thread frees a large block (as a
-# catch-up batch does), then allocates 40 blocks of 256 KiB, touches them, frees them and prints
-# how many MiB more its RSS holds than before them.
-PROBE = """
-import ctypes, sys, threading
-from pathlib import Path
-from gateway.heap import return_freed_memory
-
+# Each probe runs in a fresh process (malloc's settings and Arrow's pool are per process), with
+# `fixed` or `default` as its argument, and prints how many MiB its RSS still holds.
+PROBE_SETUP = """
 def rss_kb():
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -27,7 +22,32 @@ def rss_kb():
 
 if sys.argv[1] == "fixed":
     assert return_freed_memory()
-libc = ctypes.CDLL(None)
+"""
+
+
+def run_probe(probe: str, *args: str, pool: str | None = None) -> str:
+    """The probe's output, run with Arrow's pool left to pyarrow or set to `pool`."""
+    env = {k: v for k, v in os.environ.items() if k != ARROW_POOL}
+    if pool is not None:
+        env[ARROW_POOL] = pool
+    run = subprocess.run(
+        [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
+# One thread frees a large block (as a catch-up batch does), then allocates 40 blocks of 256 KiB,
+# touches them, frees them and prints how many MiB more its RSS holds than before them.
+PROBE = (
+    """
+import ctypes, sys, threading
+from pathlib import Path
+from gateway.heap import return_freed_memory
+
+"""
+    + PROBE_SETUP
+    + """libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 held = []
@@ -49,14 +69,11 @@ thread.start()
 thread.join()
 print(round(held[0], 1))
 """
+)
 
 
 def held_after_free(mode: str) -> float:
-    run = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=60
-    )
-    assert run.returncode == 0, run.stderr
-    return float(run.stdout)
+    return float(run_probe(PROBE, mode))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
@@ -65,22 +82,18 @@ def test_freed_memory_goes_back_to_the_system_after_a_large_block() -> None:
     assert held_after_free("fixed") <= 1.0
 
 
-# In a fresh process: a thread builds a 2-million-row table (a catch-up batch is a few of these)
+# A thread builds a 2-million-row table (a catch-up batch is a few of these)
 # and drops it; prints the MiB its RSS still holds.
-ARROW_PROBE = """
+ARROW_PROBE = (
+    """
 import sys, threading
 from pathlib import Path
 import pyarrow as pa
 from gateway.heap import return_freed_memory
 
-def rss_kb():
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-
-if sys.argv[1] == "fixed":
-    assert return_freed_memory()
-numbers = list(range(2_000_000))
+"""
+    + PROBE_SETUP
+    + """numbers = list(range(2_000_000))
 texts = [str(i) for i in numbers]
 before = rss_kb()
 
@@ -94,21 +107,11 @@ thread.start()
 thread.join()
 print(round((rss_kb() - before) / 1024, 1))
 """
+)
 
 
 def arrow_held_after_free(mode: str, pool: str | None = None) -> float:
-    env = {k: v for k, v in os.environ.items() if k != ARROW_POOL}
-    if pool is not None:
-        env[ARROW_POOL] = pool
-    run = subprocess.run(
-        [sys.executable, "-c", ARROW_PROBE, mode],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-    assert run.returncode == 0, run.stderr
-    return float(run.stdout)
+    return float(run_probe(ARROW_PROBE, mode, pool=pool))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
@@ -120,14 +123,5 @@ def test_an_arrow_table_a_thread_dropped_goes_back_to_the_system() -> None:
 
 def test_importing_the_gateway_chooses_malloc_for_arrow() -> None:
     probe = "import gateway.app, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
-    env = {k: v for k, v in os.environ.items() if k != ARROW_POOL}
-    run = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env
-    )
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "system"
-    with_choice = {**env, ARROW_POOL: "mimalloc"}  # the user's own choice stays
-    run = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=with_choice
-    )
-    assert run.stdout.strip() == "mimalloc", run.stderr
+    assert run_probe(probe) == "system"
+    assert run_probe(probe, pool="mimalloc") == "mimalloc"  # the user's own choice stays
