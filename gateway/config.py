@@ -134,6 +134,23 @@ class RouteConfig(_Model):
     # again within this window is a copy, not a reading (a broker restored from its last save
     # delivers messages the gateway already acked again, as new). None: every message counts.
     dedup_window: Duration | None = Field(default=None, gt=0, le=7 * 86400)
+    # Device times: the zone of those that name none (Tasmota's `Time` is the device's local
+    # time), and how far from the arrival time one may be before `clock_skew` applies: rules
+    # then run the reading on its arrival time (adjust) or not at all (drop). None: any time.
+    timezone: str = "UTC"
+    max_clock_skew: Duration | None = Field(default=300.0, gt=0)
+    clock_skew: Literal["adjust", "drop"] = "adjust"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {zone!r} (an IANA name: Europe/Berlin)") from None
+        return zone
 
     @model_validator(mode="after")
     def _names_device(self) -> RouteConfig:

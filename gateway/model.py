@@ -38,6 +38,17 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
+# The tag decoders put on backfilled readings (Sparkplug `is_historical`): stored and shipped,
+# old by design (no clock skew), never news for live rules.
+HISTORICAL_TAG = '"historical":"true"'
+
+# The tag a route's skew policy (gateway/ingest/skew.py) puts on a reading whose device time is
+# further from its arrival than the route's `max_clock_skew`: rules use its arrival time
+# (adjusted) or do not evaluate it (dropped). The stored event time stays the device's.
+SKEW_TAG = '"clock_skew":'
+SKEW_ADJUSTED = '"clock_skew":"adjusted"'
+SKEW_DROPPED = '"clock_skew":"dropped"'
+
 # What decoding produces: the store adds `id` and `event_id` when it commits the batch.
 DECODED_READINGS_SCHEMA = pa.schema(
     [f for f in READINGS_SCHEMA if f.name not in ("id", "event_id")]
@@ -75,6 +86,9 @@ class Decoded:
     text: str | None
     unit: str | None = None
     event_time: float | None = None  # epoch seconds; None means "use ingest time"
+    # False: the device time named no zone and was read as UTC; the route's `timezone` says
+    # which zone it really is in (Tasmota's `Time` is the device's local time).
+    zoned: bool = True
 
 
 @dataclass(slots=True)

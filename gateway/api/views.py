@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from gateway.api.parts import ApiView
 
 SEED_ROWS = 100_000  # how far back a restarted gateway looks for devices' latest values
+TIMELINES_SHOWN = 500
 
 
 def status(api: ApiView) -> dict[str, Any]:
@@ -105,6 +106,8 @@ def rules(api: ApiView) -> dict[str, Any]:
         "last_reload_error": service.last_reload_error if service is not None else None,
         "counters": service.counters() if service is not None else {},
         "rules": items,
+        # Each device's timeline: its clock, how far behind arrival, late and skewed readings.
+        "timelines": engine.timeline_views()[:TIMELINES_SHOWN] if engine is not None else [],
         "recent_firings": api.telemetry.recent_firings(),
     }
 
@@ -143,6 +146,7 @@ def snapshot(api: ApiView) -> dict[str, Any]:
         "alerts": alerts(api, limit=20),
         "rules": rules_view["rules"],
         "firings": rules_view["recent_firings"][:20],
+        "timelines": rules_view["timelines"][:100],
         "sinks": api.sinks(),
         "quarantine": quarantine(api, limit=20),
     }

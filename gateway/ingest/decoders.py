@@ -43,6 +43,13 @@ ZIGBEE2MQTT_UNITS = {
 
 def parse_event_time(raw: Any) -> float:
     """Epoch seconds from ISO 8601 text or epoch seconds/milliseconds/microseconds."""
+    return parse_device_time(raw)[0]
+
+
+def parse_device_time(raw: Any) -> tuple[float, bool]:
+    """Epoch seconds, and whether the time named its zone: ISO 8601 text without an offset is
+    read as UTC and reported zone-less (the route's `timezone` corrects it); epoch numbers are
+    UTC by definition."""
     if isinstance(raw, bool):
         raise DecodeError(f"timestamp {raw!r} is not a time")
     if isinstance(raw, int | float):
@@ -50,21 +57,21 @@ def parse_event_time(raw: Any) -> float:
         if not math.isfinite(value) or value < 0:
             raise DecodeError(f"timestamp {raw!r} is not a time")
         if value > 1e14:  # microseconds
-            return value / 1e6
+            return value / 1e6, True
         if value > 1e11:  # milliseconds
-            return value / 1e3
-        return value
+            return value / 1e3, True
+        return value, True
     if isinstance(raw, str):
         try:
             parsed = datetime.fromisoformat(raw.strip())
         except ValueError:
             try:
-                return parse_event_time(float(raw))
+                return parse_device_time(float(raw))
             except ValueError:
                 raise DecodeError(f"timestamp {raw!r} is neither ISO 8601 nor epoch") from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
+            return parsed.replace(tzinfo=UTC).timestamp(), False
+        return parsed.timestamp(), True
     raise DecodeError(f"timestamp {raw!r} is not a time")
 
 
@@ -110,9 +117,10 @@ def _object_readings(
     time_fields: tuple[str, ...] = TIME_FIELDS,
 ) -> list[Decoded]:
     ts: float | None = None
+    zoned = True
     for name in time_fields:
         if name in obj:
-            ts = parse_event_time(obj[name])
+            ts, zoned = parse_device_time(obj[name])
             break
     # {"value": 21.5, "unit": "°C"} on a topic that names the metric is one reading.
     if metric is not None and "value" in obj:
@@ -131,6 +139,7 @@ def _object_readings(
         reading = _scalar(name, raw, unit, ts)
         if reading is None:  # a list: kept whole, as JSON text
             reading = Decoded(name, None, orjson.dumps(raw).decode(), unit, ts)
+        reading.zoned = zoned
         readings.append(reading)
     if not readings:
         raise DecodeError("JSON object holds no readings")
@@ -215,10 +224,11 @@ def decode_tasmota(payload: bytes, metric: str | None) -> list[Decoded]:
         raise DecodeError("Tasmota payload must be a JSON object")
     temp_unit = data.pop("TempUnit", None)
     data.pop("PressureUnit", None)
-    ts = parse_event_time(data.pop("Time")) if "Time" in data else None
+    ts, zoned = parse_device_time(data.pop("Time")) if "Time" in data else (None, True)
     readings = _object_readings(data, None, time_fields=())
     for reading in readings:
         reading.event_time = ts
+        reading.zoned = zoned
         leaf = reading.metric.rsplit(".", 1)[-1]
         if leaf in ("Temperature", "DewPoint") and isinstance(temp_unit, str):
             reading.unit = f"°{temp_unit}"

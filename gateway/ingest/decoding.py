@@ -10,11 +10,13 @@ from gateway.errors import DecodeError
 from gateway.ingest.content import content_identity
 from gateway.ingest.decoders import DECODERS
 from gateway.ingest.redelivery import RedeliveryFilter
-from gateway.ingest.routing import TopicRouter
+from gateway.ingest.routing import RouteMatch, TopicRouter
+from gateway.ingest.skew import with_skew_tag
 from gateway.ingest.stateful import MessageDecoder, TaggedDecoded
 from gateway.model import (
     DECODED_QUARANTINE_SCHEMA,
     DECODED_READINGS_SCHEMA,
+    HISTORICAL_TAG,
     UTC_MICROS,
     Decoded,
     IngestBatch,
@@ -47,6 +49,23 @@ def _impossible_time(decoded: list[Decoded]) -> str | None:
                 "to 2099-12-31 UTC: an impossible device time"
             )
     return None
+
+
+def _device_time(
+    d: Decoded, match: RouteMatch, received: float, tags_json: str | None
+) -> tuple[int, str | None]:
+    """A device time in microseconds, in the route's zone when it named none, and the tags:
+    with `clock_skew` when it is further from the arrival than the route trusts."""
+    when = d.event_time
+    assert when is not None
+    times = match.times
+    if times is None:
+        return int(when * 1e6), tags_json
+    if not d.zoned:
+        when = times.local(when)
+    if times.skewed(when, received) and not (tags_json and HISTORICAL_TAG in tags_json):
+        tags_json = with_skew_tag(tags_json, times.verdict)
+    return int(when * 1e6), tags_json
 
 
 def _timestamps(micros: list[int]) -> pa.Array:
@@ -148,8 +167,12 @@ class BatchDecoder:
             if plain is None:  # stateful readings may name their own device and tags
                 for d in decoded:
                     own = d if isinstance(d, TaggedDecoded) else None
-                    when = d.event_time
-                    event_time.append(received if when is None else int(when * 1e6))
+                    tagged = own.tags_json or match.tags_json if own else match.tags_json
+                    if d.event_time is None:
+                        event_time.append(received)
+                    else:
+                        micros, tagged = _device_time(d, match, msg.received_at, tagged)
+                        event_time.append(micros)
                     ingest_time.append(received)
                     device.append(own.device or match.device if own else match.device)
                     metric.append(d.metric)
@@ -157,11 +180,15 @@ class BatchDecoder:
                     text.append(d.text)
                     unit.append(d.unit if d.unit is not None else match.unit)
                     topic.append(msg.topic)
-                    tags.append(own.tags_json or match.tags_json if own else match.tags_json)
+                    tags.append(tagged)
                 continue
             for d in decoded:
-                when = d.event_time
-                event_time.append(received if when is None else int(when * 1e6))
+                tagged = match.tags_json
+                if d.event_time is None:
+                    event_time.append(received)
+                else:
+                    micros, tagged = _device_time(d, match, msg.received_at, tagged)
+                    event_time.append(micros)
                 ingest_time.append(received)
                 device.append(match.device)
                 metric.append(d.metric)
@@ -169,7 +196,7 @@ class BatchDecoder:
                 text.append(d.text)
                 unit.append(d.unit if d.unit is not None else match.unit)
                 topic.append(msg.topic)
-                tags.append(match.tags_json)
+                tags.append(tagged)
         if message_identities:
             fill(identity)
         readings = pa.Table.from_arrays(

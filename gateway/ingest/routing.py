@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.config import DecoderName, RouteConfig
+from gateway.ingest.skew import DeviceTimes
 
 _CACHE_LIMIT = 100_000
 
@@ -22,14 +23,16 @@ class RouteMatch:
     unit: str | None
     tags_json: str | None
     dedup_window: float | None = None  # seconds; see gateway/ingest/content.py
+    times: DeviceTimes | None = None  # the route's zone and skew policy; None: as sent
 
 
 class _CompiledRoute:
-    __slots__ = ("config", "has_hash", "index", "levels")
+    __slots__ = ("config", "has_hash", "index", "levels", "times")
 
     def __init__(self, index: int, config: RouteConfig) -> None:
         self.index = index
         self.config = config
+        self.times = DeviceTimes(config)
         self.levels = config.pattern.split("/")
         self.has_hash = self.levels[-1] == "#"
 
@@ -95,5 +98,6 @@ class TopicRouter:
                 if tags
                 else None,
                 dedup_window=config.dedup_window,
+                times=route.times,
             )
         return None

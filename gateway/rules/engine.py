@@ -1,11 +1,16 @@
 """The rule engine: committed readings and ticks in, actions out; pure, replayable, restorable.
 
-Time is event time. The engine's clock is the latest event time or tick it has seen; its
-watermark is the clock minus the allowed lateness. Readings older than the watermark are
-counted as late and dropped; readings out of order but within the lateness are handed to the
-triggers, which use them to break a pending `for` or fill a window but never to move the
-current state backwards. Timers that depend on readings (`for`, silence, windows) run when the
-watermark passes them; schedules and `delay` steps run on the clock.
+Two kinds of time. Each device has its own timeline (timeline.py): the times its readings carry,
+a watermark `allowed_lateness` behind the latest, its own late readings and its own timers
+(`for`, silence, windows). The gateway's clock is the latest arrival time or tick seen; it runs
+schedules, sun events and `delay` steps, and wakes the timers of silent devices. So one device's
+wrong clock moves no other device's time, and none of the gateway's.
+
+Readings are evaluated in arrival order. One older than its device's watermark is counted as
+late and dropped; one out of order but within the lateness is handed to the triggers, which use
+it to break a pending `for` or fill a window but never to move the current state backwards. A
+route's skew policy (gateway/ingest/skew.py) marks readings whose device time is too far from
+their arrival: `adjusted` ones run on their arrival time, `dropped` ones are not evaluated.
 
 `RuleEngine` ties the pieces together: `compile` (rules -> compiled rules and their trigger
 runners, from `triggers`), `timers`, `steps` (running actions; the open alerts) and `snapshot`
@@ -23,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gateway.errors import RuleError
+from gateway.model import HISTORICAL_TAG, SKEW_ADJUSTED, SKEW_DROPPED, SKEW_TAG
 from gateway.rules.actions import Event, Output
 from gateway.rules.compile import CompiledRule, compile_rules
 from gateway.rules.conditions import Env, Latest
@@ -30,16 +36,23 @@ from gateway.rules.schema import LoadedRule
 from gateway.rules.snapshot import SNAPSHOT_VERSION, restore_snapshot, take_snapshot
 from gateway.rules.stats import EngineStats
 from gateway.rules.steps import ActionRunner, AlertKey
+from gateway.rules.timeline import Timeline
 from gateway.rules.timers import Timers
-from gateway.rules.triggers.base import Key, Runner
+from gateway.rules.triggers.base import GROUP_KEY, Key, Runner
 
 __all__ = ["SNAPSHOT_VERSION", "EngineStats", "RuleEngine"]
 
-HISTORICAL_TAG = '"historical":"true"'  # the tag decoders put on backfilled readings
-
 _CACHE_LIMIT = 100_000
+_WAKE_KEY: Key = ("", "")
 
 Handler = Callable[[Key, float, float | None, str | None], None]
+# What a (device, metric, topic, tags) resolves to: the device's timeline, the handlers on it,
+# and the handlers of windows across devices (on the group timeline).
+Route = tuple[Timeline, list[Handler], list[Handler]]
+
+
+def _seconds(column: pa.ChunkedArray) -> list[float]:
+    return [m / 1e6 for m in pc.cast(column, pa.int64()).to_pylist()]
 
 
 class RuleEngine:
@@ -63,13 +76,15 @@ class RuleEngine:
         self.lateness = allowed_lateness
         self.misfire_grace = misfire_grace
         self.stats = EngineStats()
-        self.clock = float("-inf")
+        self.clock = float("-inf")  # the gateway's clock: the latest arrival time or tick
         self.last_reading_id = 0  # the highest buffer id processed (restart replays after it)
         self._primed = False
         self._priming = False
-        self.timers = Timers()
-        self.actions = ActionRunner(self.stats, self.timers)
-        self._cache: dict[tuple[str, str, str, str | None], list[Handler]] = {}
+        self.timers = Timers()  # on the gateway's clock
+        self.timelines: dict[str, Timeline] = {}  # one per device
+        self.group_timeline = Timeline(rebases=False)  # windows across devices
+        self.actions = ActionRunner(self.stats, self.timers, lambda: self.clock)
+        self._cache: dict[tuple[str, str, str, str | None], Route] = {}
         self.rules: list[CompiledRule] = compile_rules(rules, self, self.env, misfire_grace)
 
     @property
@@ -99,12 +114,13 @@ class RuleEngine:
         return self.actions.take()
 
     def tick(self, now: float) -> list[Output]:
-        """Advance time with no readings: runs due `for`, silence, window and schedule timers."""
+        """Advance the gateway's clock with no readings: runs due schedules and delays, and the
+        timers of devices that went silent."""
         return self.process(_EMPTY, now)
 
     def _evaluate(self, readings: pa.Table, n: int) -> None:
-        micros = pc.cast(readings.column("event_time"), pa.int64())
-        times = [m / 1e6 for m in micros.to_pylist()]
+        times = _seconds(readings.column("event_time"))
+        arrivals = _seconds(readings.column("ingest_time"))
         devices = readings.column("device").to_pylist()
         metrics = readings.column("metric").to_pylist()
         values = readings.column("value").to_pylist()
@@ -114,48 +130,65 @@ class RuleEngine:
         # Readings evaluated as they arrive have no ids yet (the buffer assigns them on commit).
         committed = "event_id" in readings.column_names
         ids = readings.column("event_id").to_pylist() if committed else [None] * n
-        order: Sequence[int] = range(n)
-        if any(times[i] > times[i + 1] for i in range(n - 1)):
-            order = sorted(range(n), key=times.__getitem__)
-        # Backfilled history (Sparkplug `is_historical`) is stored but is not news for live rules.
-        if any(tag is not None and HISTORICAL_TAG in tag for tag in tags):
-            order = [i for i in order if not (tags[i] and HISTORICAL_TAG in tags[i])]
-        if not self._primed and order:
-            self._prime(times[order[0]])
+        skipped: set[int] = set()
+        if any(tag is not None and (HISTORICAL_TAG in tag or SKEW_TAG in tag) for tag in tags):
+            skipped = self._apply_tags(tags, times, arrivals, devices)
+        if not self._primed:
+            self._prime(arrivals[0])
         lateness = self.lateness
         clock = self.clock
-        watermark = clock - lateness
         latest = self.env.latest
         cache = self._cache
-        wm_timers = self.timers.by_watermark
-        clock_timers = self.timers.by_clock
+        clock_timers = self.timers.heap
+        group = self.group_timeline
         late = evaluations = 0
-        for i in order:
-            t = times[i]
-            if t < watermark:
-                late += 1
+        for i in range(n):
+            a = arrivals[i]
+            if a > clock:
+                clock = self.clock = a
+                if clock_timers and clock_timers[0][0] <= a:
+                    self.timers.run(a)
+            if skipped and i in skipped:
                 continue
-            if t > clock:
-                clock = self.clock = t
-                watermark = t - lateness
-                if (wm_timers and wm_timers[0][0] <= watermark) or (
-                    clock_timers and clock_timers[0][0] <= clock
-                ):
-                    self._run_timers()
+            t = times[i]
             device = devices[i]
             metric = metrics[i]
+            topic = topics[i]
+            tag = tags[i]
+            route = cache.get((device, metric, topic, tag))
+            if route is None:
+                route = self._resolve(device, metric, topic, tag)
+            timeline, handlers, shared = route
+            timed = t != a
             key = (device, metric)
             value = values[i]
             text = texts[i]
-            previous = latest.get(key)
-            if previous is None or t >= previous[0]:
-                latest[key] = (t, value, text, topics[i], tags[i], ids[i])
-            handlers = cache.get((device, metric, topics[i], tags[i]))
-            if handlers is None:
-                handlers = self._resolve(device, metric, topics[i], tags[i])
-            for handler in handlers:
-                handler(key, t, value, text)
-            evaluations += len(handlers)
+            own_t = timeline.admit(t, a, timed, lateness)
+            if own_t is not None:
+                heap = timeline.timers.heap
+                if heap:
+                    if heap[0][0] <= timeline.clock - lateness:
+                        self._run_timeline(timeline, timeline.clock - lateness)
+                    elif heap[0][0] + timeline.lag + lateness < timeline.wake:
+                        self._schedule_wake(timeline)
+                previous = latest.get(key)
+                if previous is None or own_t >= previous[0]:
+                    latest[key] = (own_t, value, text, topic, tag, ids[i])
+                for handler in handlers:
+                    handler(key, own_t, value, text)
+                evaluations += len(handlers)
+            else:
+                late += 1
+            if shared:
+                if group.admit(t, a, timed, lateness) is not None:
+                    heap = group.timers.heap
+                    if heap and heap[0][0] <= group.clock - lateness:
+                        self._run_timeline(group, group.clock - lateness)
+                    for handler in shared:
+                        handler(key, t, value, text)
+                    evaluations += len(shared)
+                else:
+                    late += 1
         if committed:
             last_id = pc.max(readings.column("id")).as_py()
             if last_id is not None and last_id > self.last_reading_id:
@@ -165,14 +198,45 @@ class RuleEngine:
         stats.late_dropped += late
         stats.evaluations += evaluations
 
-    def _resolve(self, device: str, metric: str, topic: str, tags: str | None) -> list[Handler]:
+    def _apply_tags(
+        self, tags: list[str | None], times: list[float], arrivals: list[float], devices: list[str]
+    ) -> set[int]:
+        """Readings the live rules skip (backfilled history, device times the route's skew
+        policy dropped); readings whose device time it adjusted take their arrival time."""
+        skipped: set[int] = set()
+        stats = self.stats
+        for i, tag in enumerate(tags):
+            if tag is None:
+                continue
+            if HISTORICAL_TAG in tag:
+                skipped.add(i)
+            elif SKEW_ADJUSTED in tag:
+                times[i] = arrivals[i]
+                self._timeline(devices[i]).skew_adjusted += 1
+                stats.clock_skew_adjusted += 1
+            elif SKEW_DROPPED in tag:
+                skipped.add(i)
+                self._timeline(devices[i]).skew_dropped += 1
+                stats.clock_skew_dropped += 1
+        return skipped
+
+    def _timeline(self, device: str) -> Timeline:
+        timeline = self.timelines.get(device)
+        if timeline is None:
+            timeline = self.timelines[device] = Timeline()
+        return timeline
+
+    def _resolve(self, device: str, metric: str, topic: str, tags: str | None) -> Route:
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
-        handlers: list[Handler] = [
-            r.runner.on_reading for r in self.rules if r.matches(device, metric, topic, tags)
-        ]
-        self._cache[(device, metric, topic, tags)] = handlers
-        return handlers
+        own: list[Handler] = []
+        shared: list[Handler] = []
+        for r in self.rules:
+            if r.matches(device, metric, topic, tags):
+                (shared if r.runner.group else own).append(r.runner.on_reading)
+        route = (self._timeline(device), own, shared)
+        self._cache[(device, metric, topic, tags)] = route
+        return route
 
     def _prime(self, clock: float) -> None:
         self._primed = True
@@ -184,17 +248,52 @@ class RuleEngine:
         if not self._primed:
             self._prime(now)
         self.clock = max(self.clock, now)
-        self._run_timers()
+        self.timers.run(self.clock)
 
-    def _run_timers(self) -> None:
-        self.timers.run(self.clock, self.lateness)
+    # -- timelines ------------------------------------------------------------------------
+    def _run_timeline(self, timeline: Timeline, watermark: float) -> None:
+        timeline.timers.run(watermark)
+        self._schedule_wake(timeline)
+
+    def _schedule_wake(self, timeline: Timeline) -> None:
+        """Have the gateway's clock look at the timeline when its earliest timer is due by it
+        (device time mapped through the lag), in case the device falls silent."""
+        due = timeline.timers.next_due()
+        if due is None:
+            return
+        at = due + timeline.lag + self.lateness
+        if at < timeline.wake:
+            timeline.wake = at
+            self.timers.at(at, self, _WAKE_KEY, timeline)
+
+    def on_timer(self, key: Key, due: float, arg: Any) -> None:
+        """A timeline's wake-up on the gateway's clock: run the timers its silent device owes,
+        moving its clock only as far as the last of them."""
+        timeline: Timeline = arg
+        if due != timeline.wake:
+            return  # superseded by an earlier wake-up
+        timeline.wake = float("inf")
+        watermark = self.clock - timeline.lag - self.lateness
+        last = timeline.timers.run(watermark)
+        if last is not None and last + self.lateness > timeline.clock:
+            timeline.clock = last + self.lateness
+        self._schedule_wake(timeline)
+
+    def timeline_views(self) -> list[dict[str, Any]]:
+        """Each device's timeline as /api/rules shows it, the furthest from arrival time first."""
+        views = [tl.view(device) for device, tl in self.timelines.items()]
+        views.sort(key=lambda v: -abs(v["lag_s"]))
+        return views
 
     # -- Host (called by the triggers) ------------------------------------------------------
     def at_watermark(self, due: float, runner: Runner, key: Key, arg: Any) -> None:
-        self.timers.at_watermark(due, runner, key, arg)
+        timeline = self.group_timeline if key == GROUP_KEY else self._timeline(key[0])
+        timeline.timers.at(due, runner, key, arg)
+        if due + timeline.lag + self.lateness < timeline.wake:
+            self._schedule_wake(timeline)
 
     def at_clock(self, due: float, runner: Runner, key: Key, arg: Any) -> None:
-        self.timers.at_clock(due, runner, key, arg)
+        self.timers.at(due, runner, key, arg)
 
     def _event(
         self, r: CompiledRule, key: Key, t: float, value: float | None, text: str | None

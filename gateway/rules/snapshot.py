@@ -5,7 +5,9 @@ The layout (version 1) is kept as it is: the buffer holds states saved by earlie
 they must keep loading after an upgrade (tests/rules/snapshot_v1.json is one).
 
     {"version": 1,
-     "clock": <the engine's time, or null before it knew one>,
+     "clock": <the gateway's clock, or null before it knew one>,
+     "timelines": [[device or null for the group timeline, clock, lag, shift, device_timed,
+                    readings, late, skew_adjusted, skew_dropped], ...],   (since timelines)
      "last_reading_id": <the highest buffer id processed>,
      "latest": [[device, metric, t, value, text, topic, tags, event_id], ...],
      "alerts": [[rule_id, device, metric, severity, message, raised_at], ...],
@@ -25,6 +27,7 @@ from gateway.rules.actions import AlertChange, Event
 from gateway.rules.compile import CompiledRule
 from gateway.rules.conditions import Env
 from gateway.rules.steps import ActionRunner, Paused
+from gateway.rules.timeline import Timeline
 
 # The logger these messages always came from (log settings and filters name it).
 logger = logging.getLogger("gateway.rules.engine")
@@ -37,6 +40,8 @@ class EngineState(Protocol):
 
     clock: float
     last_reading_id: int
+    timelines: dict[str, Timeline]
+    group_timeline: Timeline
     env: Env
     rules: list[CompiledRule]
     actions: ActionRunner
@@ -72,6 +77,8 @@ def take_snapshot(engine: EngineState) -> dict[str, Any]:
     return {
         "version": SNAPSHOT_VERSION,
         "clock": engine.clock if engine.clock != float("-inf") else None,
+        "timelines": [[d, *tl.dump()] for d, tl in engine.timelines.items()]
+        + [[None, *engine.group_timeline.dump()]],
         "last_reading_id": engine.last_reading_id,
         "latest": [[k[0], k[1], *v] for k, v in engine.env.latest.items()],
         "alerts": [[k[0], k[1], k[2], *v] for k, v in engine.actions.alerts.items()],
@@ -91,6 +98,13 @@ def restore_snapshot(engine: EngineState, snapshot: dict[str, Any]) -> Restored 
     if clock is not None:
         engine.clock = float(clock)
     engine.last_reading_id = int(snapshot.get("last_reading_id") or 0)
+    # Before the runners re-arm their timers: a timer's wake-up depends on its timeline's lag.
+    # A state saved before timelines existed has none; they start from the device's next reading.
+    for device, *data in snapshot.get("timelines", []):
+        if device is None:
+            engine.group_timeline = Timeline.load(data, rebases=False)
+        else:
+            engine.timelines[str(device)] = Timeline.load(data)
     latest = engine.env.latest
     for d, m, t, v, x, topic, tags, eid in snapshot.get("latest", []):
         latest[(d, m)] = (t, v, x, topic, tags, eid)

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 class EngineStats:
     readings: int = 0
     evaluations: int = 0  # (reading, selecting rule) pairs evaluated
-    late_dropped: int = 0  # older than the watermark: beyond the allowed lateness
+    late_dropped: int = 0  # older than its timeline's watermark: beyond the allowed lateness
+    clock_skew_adjusted: int = 0  # device time too far from arrival: ran on the arrival time
+    clock_skew_dropped: int = 0  # device time too far from arrival: not evaluated
     fired: int = 0
     primed: int = 0  # would have fired on a retained (known, not new) reading
     conditions_false: int = 0

@@ -7,6 +7,7 @@ cleared are kept here, so an alert is raised once and cleared once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,11 +99,14 @@ class RuleActions:
 class ActionRunner:
     """Runs the rules' actions; holds the outputs not yet handed out and the open alerts."""
 
-    __slots__ = ("alerts", "out", "stats", "timers")
+    __slots__ = ("alerts", "now", "out", "stats", "timers")
 
-    def __init__(self, stats: EngineStats, timers: Timers) -> None:
+    def __init__(self, stats: EngineStats, timers: Timers, now: Callable[[], float]) -> None:
+        """`timers` and `now` are the gateway's clock: a `delay` counts on it, not on the
+        device's time (a device an hour ahead must not hold a sequence for an extra hour)."""
         self.stats = stats
         self.timers = timers
+        self.now = now
         self.out: list[Output] = []
         # (rule id, device, metric) -> [severity, message, raised at]
         self.alerts: dict[AlertKey, list[Any]] = {}
@@ -137,7 +141,8 @@ class ActionRunner:
             del r.running[key]  # restart: the paused sequence's timer finds it gone
         r.last_fire[key] = t
         stats.fired += 1
-        self._run_steps(r, key, event, 0, t, [])
+        now = self.now()
+        self._run_steps(r, key, event, 0, t, [], t if now == float("-inf") else now)
         return True
 
     def clear(self, r: RuleActions, key: Key, event: Event, t: float) -> None:
@@ -164,23 +169,32 @@ class ActionRunner:
     def pause(self, r: RuleActions, key: Key, paused: Paused) -> None:
         """Keep a sequence paused at a `delay` until its time comes (also when restored)."""
         r.running[key] = paused
-        self.timers.at_clock(paused.due, self, key, (r, paused))
+        self.timers.at(paused.due, self, key, (r, paused))
 
     def on_timer(self, key: Key, due: float, arg: Any) -> None:
         r, paused = arg
         if r.running.get(key) is not paused:
             return  # restarted or replaced since it paused
-        self._run_steps(r, key, paused.event, paused.step, due, paused.queue)
+        self._run_steps(r, key, paused.event, paused.step, due, paused.queue, due)
 
     def _run_steps(
-        self, r: RuleActions, key: Key, event: Event, start: int, at: float, queue: list[Event]
+        self,
+        r: RuleActions,
+        key: Key,
+        event: Event,
+        start: int,
+        at: float,
+        queue: list[Event],
+        since: float,
     ) -> None:
+        """Run steps from `start`, emitting at `at`; a `delay` counts from `since` (the
+        gateway's clock)."""
         while True:
             steps = r.steps
             for index in range(start, len(steps)):
                 step = steps[index]
                 if step.kind == "delay":
-                    self.pause(r, key, Paused(event, index + 1, at + step.seconds, queue))
+                    self.pause(r, key, Paused(event, index + 1, since + step.seconds, queue))
                     return
                 self._emit(r, step, event, at)
             r.running.pop(key, None)

@@ -21,6 +21,7 @@ class R:
     text: str | None = None
     topic: str | None = None  # default: sensors/home/<device>/<metric>
     tags: str | None = None
+    arrival: float | None = None  # when the gateway received it; default: `time`
 
 
 def readings(rows: Iterable[R], first_id: int = 1) -> pa.Table:
@@ -29,13 +30,15 @@ def readings(rows: Iterable[R], first_id: int = 1) -> pa.Table:
     n = len(items)
     micros = pa.array([round(r.time * 1e6) for r in items], pa.int64())
     stamps = micros.view(pa.timestamp("us", tz="UTC"))
+    arrived = [round((r.time if r.arrival is None else r.arrival) * 1e6) for r in items]
+    arrivals = pa.array(arrived, pa.int64()).view(pa.timestamp("us", tz="UTC"))
     ids = list(range(first_id, first_id + n))
     return pa.Table.from_arrays(
         [
             pa.array(ids, pa.int64()),
             pa.array([f"test-{i}" for i in ids], pa.string()),
             stamps,
-            stamps,
+            arrivals,
             pa.array([r.device for r in items], pa.string()),
             pa.array([r.metric for r in items], pa.string()),
             pa.array([r.value for r in items], pa.float64()),

@@ -1,9 +1,9 @@
-"""Timers: what runs when the watermark passes a time (a pending `for`, silence, the end of a
-window) and what runs when the clock reaches one (schedules, sun events, action sequences paused
-at a `delay`).
+"""Timers: a heap of (due, seq, target, key, arg) that runs what is due, earliest first.
 
-Two heaps of (due, seq, target, key, arg); `seq` keeps timers due at the same time in the order
-they were armed. Timers are not saved: restoring a snapshot re-arms them.
+The engine keeps one on the gateway's clock (schedules, sun events, action sequences paused at a
+`delay`, and the wake-ups of silent timelines) and each timeline keeps one on its own device
+time (a pending `for`, silence, the end of a window). `seq` keeps timers due at the same time in
+the order they were armed. Timers are not saved: restoring a snapshot re-arms them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from gateway.rules.triggers.base import Key
 
 
 class TimerTarget(Protocol):
-    """What a timer calls when it runs out: a trigger runner, or the action runner."""
+    """What a timer calls when it runs out: a trigger runner, the action runner, a timeline."""
 
     def on_timer(self, key: Key, due: float, arg: Any) -> None: ...
 
@@ -24,36 +24,31 @@ Timer = tuple[float, int, TimerTarget, Key, Any]
 
 
 class Timers:
-    """The armed timers. `by_watermark` and `by_clock` are heaps the engine peeks at per
-    reading (their heads say whether anything is due); they are never replaced."""
+    """Armed timers. `heap` is peeked at per reading (its head says whether anything is due)."""
 
-    __slots__ = ("_seq", "by_clock", "by_watermark")
+    __slots__ = ("_seq", "heap")
 
     def __init__(self) -> None:
-        self.by_watermark: list[Timer] = []
-        self.by_clock: list[Timer] = []
+        self.heap: list[Timer] = []
         self._seq = 0
 
-    def at_watermark(self, due: float, target: TimerTarget, key: Key, arg: Any) -> None:
+    def at(self, due: float, target: TimerTarget, key: Key, arg: Any) -> None:
         self._seq += 1
-        heapq.heappush(self.by_watermark, (due, self._seq, target, key, arg))
+        heapq.heappush(self.heap, (due, self._seq, target, key, arg))
 
-    def at_clock(self, due: float, target: TimerTarget, key: Key, arg: Any) -> None:
-        self._seq += 1
-        heapq.heappush(self.by_clock, (due, self._seq, target, key, arg))
+    def next_due(self) -> float | None:
+        return self.heap[0][0] if self.heap else None
 
-    def run(self, clock: float, lateness: float) -> None:
-        """Run every timer due at `clock` (watermark timers at clock minus lateness), earliest
-        first; a watermark timer goes before a clock timer due at the same time."""
-        wm_timers, clock_timers = self.by_watermark, self.by_clock
-        watermark = clock - lateness
-        while True:
-            wm_due = wm_timers[0][0] if wm_timers and wm_timers[0][0] <= watermark else None
-            clock_due = clock_timers[0][0] if clock_timers and clock_timers[0][0] <= clock else None
-            if wm_due is None and clock_due is None:
-                return
-            if clock_due is None or (wm_due is not None and wm_due <= clock_due):
-                due, _, target, key, arg = heapq.heappop(wm_timers)
-            else:
-                due, _, target, key, arg = heapq.heappop(clock_timers)
+    def run(self, until: float) -> float | None:
+        """Run every timer due at or before `until`, earliest first (a timer may arm others);
+        the due time of the last one run, None when none was due."""
+        heap = self.heap
+        last: float | None = None
+        while heap and heap[0][0] <= until:
+            due, _, target, key, arg = heapq.heappop(heap)
+            last = due
             target.on_timer(key, due, arg)
+        return last
+
+    def __len__(self) -> int:
+        return len(self.heap)

@@ -83,9 +83,12 @@ def test_formats_tour_is_decoded_with_nothing_quarantined(
         # Sparkplug B: aliases in DDATA resolved to the names born in DBIRTH.
         assert {"temperature", "door", "sparkplug.online"} <= set(devices["garage-freezer"])
         tags = rows(gw, "SELECT DISTINCT tags FROM readings WHERE device = 'garage-freezer'")
-        assert [orjson.loads(str(t["tags"])) for t in tags] == [
-            {"group": "home", "node": "utility-edge"}
-        ]
+        # The tour runs faster than real time: device times run ahead of their arrival, and
+        # the route's skew policy marks those that are further off than it trusts.
+        found = [orjson.loads(str(t["tags"])) for t in tags]
+        assert {t.pop("clock_skew", "adjusted") for t in found} == {"adjusted"}
+        assert found[0] == {"group": "home", "node": "utility-edge"}
+        assert all(t == found[0] for t in found)
         # Shelly partial updates keep unchanged fields: output is known in every switch update.
         counts = rows(
             gw,

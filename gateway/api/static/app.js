@@ -148,6 +148,19 @@ function render(snap) {
   renderFirings(snap.firings);
   renderSinks(snap.sinks);
   renderQuarantine(snap.quarantine);
+  renderClocks(snap.timelines);
+}
+
+function renderClocks(timelines) {
+  $("clocks-empty").hidden = timelines.length > 0;
+  $("clocks").hidden = timelines.length === 0;
+  $("clocks").tBodies[0].replaceChildren(...timelines.map((t) =>
+    el("tr", { "data-device": t.device },
+      el("td", {}, t.device), el("td", {}, t.time_source || "–"),
+      el("td", { class: "num" }, fmtNumber(t.lag_s) + " s"),
+      el("td", { class: "num" }, fmtNumber(t.late_dropped)),
+      el("td", { class: "num" }, fmtNumber(t.clock_skew_adjusted)),
+      el("td", { class: "num" }, fmtNumber(t.clock_skew_dropped)))));
 }
 
 function renderDevices(devices, now) {

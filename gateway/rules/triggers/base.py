@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from gateway.rules.schema import Select
 
 Key = tuple[str, str]  # (device, metric); ("*", "*") for a group, ("", "") for time triggers
+GROUP_KEY: Key = ("*", "*")  # the key of a window across devices (on the group timeline)
 Predicate = Callable[[float], bool]
 
 IDLE, PENDING, ACTIVE = 0, 1, 2  # armed / crossing seen, waiting out `for` / fired
@@ -22,7 +23,7 @@ IDLE, PENDING, ACTIVE = 0, 1, 2  # armed / crossing seen, waiting out `for` / fi
 class Host(Protocol):
     """What a runner may ask of the engine."""
 
-    clock: float  # the engine's time: the latest event time or tick seen
+    clock: float  # the gateway's clock: the latest arrival time or tick seen
 
     def fire(self, rule: int, key: Key, t: float, value: float | None, text: str | None) -> bool:
         """Run the rule's actions if conditions and cooldown allow; True when they ran."""
@@ -33,11 +34,12 @@ class Host(Protocol):
     ) -> None: ...
 
     def at_watermark(self, due: float, runner: Runner, key: Key, arg: Any) -> None:
-        """Call `runner.on_timer` once the watermark (clock minus allowed lateness) reaches due."""
+        """Call `runner.on_timer` once the watermark of the key's timeline (its device's clock
+        minus the allowed lateness; the group timeline for GROUP_KEY) reaches due."""
         ...
 
     def at_clock(self, due: float, runner: Runner, key: Key, arg: Any) -> None:
-        """Call `runner.on_timer` once the clock reaches due (schedules)."""
+        """Call `runner.on_timer` once the gateway's clock reaches due (schedules)."""
         ...
 
 
@@ -65,6 +67,7 @@ class Runner:
     """Base of the trigger runners."""
 
     kind = "?"
+    group = False  # sees readings of many devices as one key, on the group timeline
 
     def __init__(self, rule: int, host: Host, spec: Any, context: TriggerContext) -> None:
         self.rule = rule

@@ -39,12 +39,20 @@ class SilenceRunner(Runner):
         self.known = known_keys(context.select, self.by_metric)
         # key -> [last_seen, armed timer due or None, silent]
         self.seen: dict[Key, list[Any]] = {}
+        # Watched from the gateway's clock before they spoke: the first reading restarts the
+        # wait on the device's own time (which may run behind or ahead of the gateway's).
+        self.unheard: set[Key] = set()
 
     def on_reading(self, key: Key, t: float, value: float | None, text: str | None) -> None:
         k = key if self.by_metric else (key[0], "*")
         entry = self.seen.get(k)
         if entry is None:
             entry = self.seen[k] = [t, None, False]
+        elif k in self.unheard:
+            self.unheard.discard(k)
+            entry[0] = t
+            if entry[1] is not None and t + self.quiet < entry[1]:
+                entry[1] = None  # the timer armed from the gateway's clock is now too late
         elif t > entry[0]:
             entry[0] = t
         if entry[2]:
@@ -73,6 +81,7 @@ class SilenceRunner(Runner):
         for key in self.known:
             if key not in self.seen:
                 self.seen[key] = [clock, clock + self.quiet, False]
+                self.unheard.add(key)
                 self.host.at_watermark(clock + self.quiet, self, key, None)
 
     def snapshot(self) -> list[Any]:

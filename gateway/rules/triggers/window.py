@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.rules.schema import WindowTrigger
-from gateway.rules.triggers.base import Host, Key, Runner, TriggerContext, key_of
+from gateway.rules.triggers.base import GROUP_KEY, Host, Key, Runner, TriggerContext, key_of
 from gateway.rules.triggers.crossing import Crossing, cross, level_predicates
 from gateway.rules.triggers.series import Series
 
@@ -46,7 +46,7 @@ class WindowRunner(Runner):
                 return
             value = 0.0
         if self.group:
-            key = ("*", "*")
+            key = GROUP_KEY
         if self.kind_ == "sliding":
             series = self.series.get(key)
             if series is None:
