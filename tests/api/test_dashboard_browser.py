@@ -154,6 +154,9 @@ def test_dashboard_shows_devices_alerts_and_sql_results(broker: Mosquitto, tmp_p
         firing = page.locator('#firings li[data-rule="room-too-hot"]')
         sync_api.expect(firing).to_contain_text("alert_raised")
         sync_api.expect(row.locator(".latest")).to_have_text("34.5")
+        # Each device's timeline in the rules: plain numbers carry no time, so arrival time.
+        clock = page.locator('#clocks tr[data-device="cellar"]')
+        sync_api.expect(clock.locator("td").nth(1)).to_have_text("arrival", timeout=TIMEOUT_MS)
 
         # The SQL box answers with a table and a chart.
         page.fill(
