@@ -128,6 +128,12 @@ class GatewayCollector(Collector):
             "Rule actions that failed: MQTT publish errors, webhooks failed or dropped.",
             labels=["kind"],
         )
+        times = CounterMetricFamily(
+            f"{PREFIX}_rule_readings_off_time",
+            "Readings the rules took off their device time: late on its device's timeline "
+            "(dropped), or past the route's max_clock_skew (adjusted to arrival, or dropped).",
+            labels=["outcome"],
+        )
         loaded = active = 0
         if rules is not None:
             ex = rules.executor
@@ -137,7 +143,12 @@ class GatewayCollector(Collector):
             engine = rules.engine
             if engine is not None:
                 loaded, active = len(engine.rules), len(engine.alerts)
+                stats = engine.stats
+                times.add_metric(["late_dropped"], stats.late_dropped)
+                times.add_metric(["clock_skew_adjusted"], stats.clock_skew_adjusted)
+                times.add_metric(["clock_skew_dropped"], stats.clock_skew_dropped)
         yield failures
+        yield times
         yield _gauge("rules_loaded", "Rules the engine runs.", loaded)
         yield _gauge("alerts_active", "Alerts raised and not yet cleared.", active)
 

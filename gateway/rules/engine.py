@@ -52,7 +52,12 @@ Route = tuple[Timeline, list[Handler], list[Handler]]
 
 
 def _seconds(column: pa.ChunkedArray) -> list[float]:
-    return [m / 1e6 for m in pc.cast(column, pa.int64()).to_pylist()]
+    """Epoch seconds of a timestamp column. Through a view, not a compute cast: a compute call
+    releases the GIL, and getting it back from paho's network thread costs more than this."""
+    micros: list[int] = []
+    for chunk in column.chunks:
+        micros += chunk.view(pa.int64()).to_pylist()
+    return [m / 1e6 for m in micros]
 
 
 class RuleEngine:

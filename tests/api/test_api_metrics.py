@@ -54,6 +54,7 @@ def test_rule_firings_and_actions_are_counted_by_rule(scenario: Scenario) -> Non
     assert value(m, "edge_gateway_rule_actions_total", rule=rule, action="mqtt") == raised
     assert value(m, "edge_gateway_rule_firings_total", rule=rule) >= raised
     assert value(m, "edge_gateway_rule_action_failures_total", kind="mqtt_publish") == 0
+    assert value(m, "edge_gateway_rule_readings_off_time_total", outcome="late_dropped") == 0
     assert value(m, "edge_gateway_rules_loaded") == 1
     assert value(m, "edge_gateway_alerts_active") == len(scenario.sent.hot_now(30))
 
