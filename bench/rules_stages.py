@@ -4,8 +4,7 @@ the probe's path timestamped at each hand-off.
 
     recv     paho's network thread reads the probe's bytes from the socket
     decode   the event loop starts decoding the batch holding it
-    decoded  the batch is decoded (Arrow tables built)
-    rules    the rules start on the batch
+    rules    the rules start on the decoded readings (before the Arrow table is built)
     publish  the command is handed to the MQTT client
     send     paho's network thread writes the command to the socket
 
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import rules as bench  # bench/rules.py: the live test this one instruments
 
-STAGES = ("recv", "decode", "decoded", "rules", "publish", "send")
+STAGES = ("recv", "decode", "rules", "publish", "send")
 PROBE = b"probe/level"
 COMMAND = bench.COMMAND_TOPIC
 
@@ -37,9 +36,9 @@ def _instrument(marks: list[tuple[str, float]]) -> None:
     """Wrap the functions at each hand-off so they note when the probe passes."""
     import paho.mqtt.client as paho
 
-    from gateway.ingest.decoding import BatchDecoder
+    from gateway.ingest.decoding import BatchDecoder, BeforeTables
     from gateway.ingest.mqtt import MqttIngest
-    from gateway.model import IngestBatch, RawMessage
+    from gateway.model import IngestBatch, RawMessage, ReadingColumns
     from gateway.rules.service import RulesService
 
     clock = time.perf_counter
@@ -59,21 +58,19 @@ def _instrument(marks: list[tuple[str, float]]) -> None:
 
     decode = BatchDecoder.decode
 
-    def timed_decode(self: BatchDecoder, messages: list[RawMessage]) -> IngestBatch:
-        probe = any(m.topic.endswith("probe/level") for m in messages)
-        if probe:
+    def timed_decode(
+        self: BatchDecoder, messages: list[RawMessage], before_tables: BeforeTables | None = None
+    ) -> IngestBatch:
+        if any(m.topic.endswith("probe/level") for m in messages):
             marks.append(("decode", clock()))
-        batch = decode(self, messages)
-        if probe:
-            marks.append(("decoded", clock()))
-        return batch
+        return decode(self, messages, before_tables)
 
     evaluate = RulesService.evaluate
 
-    def timed_evaluate(self: RulesService, batch: IngestBatch) -> None:
-        if "probe" in batch.readings.column("device").to_pylist():
+    def timed_evaluate(self: RulesService, columns: ReadingColumns, retained: list[int]) -> None:
+        if "probe" in columns.device:
             marks.append(("rules", clock()))
-        evaluate(self, batch)
+        evaluate(self, columns, retained)
 
     publish = MqttIngest.publish
 

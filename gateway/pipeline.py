@@ -1,7 +1,8 @@
 """The one path of a reading: take -> decode once -> rules at once, and commit -> ack.
 
     paho's network thread --on_pending--> event loop: take, drop redeliveries, decode; the
-        rules evaluate the decoded batch at once (their commands leave before the commit)
+        rules evaluate the decoded readings at once, as lists (their commands leave before the
+        Arrow table is built and before the commit)
     event loop --> writer thread: one DuckDB transaction (batches waiting meanwhile merge)
     writer thread --> event loop: ack to the broker, then the batch listeners (sinks, telemetry)
 
@@ -28,7 +29,7 @@ import pyarrow as pa
 from gateway.config import BufferConfig
 from gateway.errors import BufferStoreError
 from gateway.ingest.redelivery import InflightEntry
-from gateway.model import IngestBatch, RawMessage
+from gateway.model import IngestBatch, RawMessage, ReadingColumns
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,11 @@ class Redeliveries(Protocol):
 class Decoder(Protocol):
     """Drops redeliveries and decodes (gateway.ingest.decoding.BatchDecoder)."""
 
-    def decode(self, messages: list[RawMessage]) -> IngestBatch: ...
+    def decode(
+        self,
+        messages: list[RawMessage],
+        before_tables: Callable[[ReadingColumns, list[int]], None] | None = None,
+    ) -> IngestBatch: ...
     def committed(self, batch: IngestBatch) -> None: ...
 
 
@@ -89,7 +94,7 @@ class BatchWriter(Protocol):
 class Evaluates(Protocol):
     """Sees every decoded batch before its commit (gateway.rules.service.RulesService)."""
 
-    def evaluate(self, batch: IngestBatch) -> None: ...
+    def evaluate(self, columns: ReadingColumns, retained: list[int]) -> None: ...
 
 
 @dataclass
@@ -300,11 +305,12 @@ class Pipeline:
         return max(0, self._config.max_batch - self._waiting_messages)
 
     def _decode(self, messages: list[RawMessage]) -> None:
-        batch = self._decoder.decode(messages)
+        # The rules see the readings before the commit (a committed reading was evaluated), and
+        # before their Arrow table is built: a command leaves without waiting for either.
+        rules = self._rules
+        batch = self._decoder.decode(messages, rules.evaluate if rules is not None else None)
         inflight, number = self._redelivery.remember(batch.messages)
         batch.number = number
-        if self._rules is not None:
-            self._rules.evaluate(batch)  # before the commit: a committed reading was evaluated
         decoded = _Decoded(messages, batch, inflight, number)
         if not self._waiting:
             self._waiting_since = time.monotonic()

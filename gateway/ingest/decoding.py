@@ -15,13 +15,15 @@ from gateway.ingest.skew import with_skew_tag
 from gateway.ingest.stateful import MessageDecoder, TaggedDecoded
 from gateway.model import (
     DECODED_QUARANTINE_SCHEMA,
-    DECODED_READINGS_SCHEMA,
     HISTORICAL_TAG,
-    UTC_MICROS,
     Decoded,
     IngestBatch,
     RawMessage,
+    ReadingColumns,
+    timestamps,
 )
+
+BeforeTables = Callable[[ReadingColumns, list[int]], None]
 
 QUARANTINE_KEEP_BYTES = 4096  # how much of an oversized payload the quarantine keeps
 
@@ -68,14 +70,6 @@ def _device_time(
     return int(when * 1e6), tags_json
 
 
-def _timestamps(micros: list[int]) -> pa.Array:
-    # Integer microseconds made in Python, not by Arrow compute: a compute call releases the
-    # GIL, and on the event loop, with paho's network thread busy receiving, getting it back
-    # costs far more than the conversion (the compute call was ~50 us fixed, and milliseconds
-    # under contention). A message's receipt time is converted once for all its readings.
-    return pa.array(micros, pa.int64()).view(UTC_MICROS)
-
-
 class BatchDecoder:
     """Routes and decodes a batch; bad messages become quarantine rows, never exceptions."""
 
@@ -99,7 +93,12 @@ class BatchDecoder:
             decoder = self._stateful[name] = stateful_decoders()[name]()
         return decoder
 
-    def decode(self, messages: list[RawMessage]) -> IngestBatch:
+    def decode(
+        self, messages: list[RawMessage], before_tables: BeforeTables | None = None
+    ) -> IngestBatch:
+        """Route and decode; `before_tables` sees the readings as lists (and which rows came
+        from retained messages) before the Arrow tables are built: the rules' commands then
+        leave without waiting for them."""
         event_time: list[int] = []  # microseconds
         ingest_time: list[int] = []
         device: list[str] = []
@@ -199,20 +198,12 @@ class BatchDecoder:
                 tags.append(tagged)
         if message_identities:
             fill(identity)
-        readings = pa.Table.from_arrays(
-            [
-                _timestamps(event_time),
-                _timestamps(ingest_time),
-                pa.array(device, pa.string()),
-                pa.array(metric, pa.string()),
-                pa.array(value, pa.float64()),
-                pa.array(text, pa.string()),
-                pa.array(unit, pa.string()),
-                pa.array(topic, pa.string()),
-                pa.array(tags, pa.string()),
-            ],
-            schema=DECODED_READINGS_SCHEMA,
+        columns = ReadingColumns(
+            event_time, ingest_time, device, metric, value, text, unit, topic, tags
         )
+        if before_tables is not None:
+            before_tables(columns, retained)
+        readings = columns.table()
         return IngestBatch(
             readings=readings,
             quarantine=quarantine_table(quarantined, self._max_payload),
@@ -268,7 +259,7 @@ def quarantine_table(rows: list[tuple[RawMessage, str]], max_payload_bytes: int)
 
     return pa.Table.from_arrays(
         [
-            _timestamps([int(m.received_at * 1e6) for m, _ in rows]),
+            timestamps([int(m.received_at * 1e6) for m, _ in rows]),
             pa.array([m.topic for m, _ in rows], pa.string()),
             pa.array([kept(m.payload) for m, _ in rows], pa.binary()),
             pa.array([len(m.payload) for m, _ in rows], pa.int64()),

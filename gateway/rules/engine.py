@@ -25,10 +25,9 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from gateway.errors import RuleError
-from gateway.model import HISTORICAL_TAG, SKEW_ADJUSTED, SKEW_DROPPED, SKEW_TAG
+from gateway.model import HISTORICAL_TAG, SKEW_ADJUSTED, SKEW_DROPPED, SKEW_TAG, ReadingColumns
 from gateway.rules.actions import Event, Output
 from gateway.rules.compile import CompiledRule, compile_rules
 from gateway.rules.conditions import Env, Latest
@@ -49,15 +48,6 @@ Handler = Callable[[Key, float, float | None, str | None], None]
 # What a (device, metric, topic, tags) resolves to: the device's timeline, the handlers on it,
 # and the handlers of windows across devices (on the group timeline).
 Route = tuple[Timeline, list[Handler], list[Handler]]
-
-
-def _seconds(column: pa.ChunkedArray) -> list[float]:
-    """Epoch seconds of a timestamp column. Through a view, not a compute cast: a compute call
-    releases the GIL, and getting it back from paho's network thread costs more than this."""
-    micros: list[int] = []
-    for chunk in column.chunks:
-        micros += chunk.view(pa.int64()).to_pylist()
-    return [m / 1e6 for m in micros]
 
 
 class RuleEngine:
@@ -99,19 +89,20 @@ class RuleEngine:
 
     # -- input ----------------------------------------------------------------------------
     def process(
-        self, readings: pa.Table, now: float | None = None, *, prime: bool = False
+        self, readings: pa.Table | ReadingColumns, now: float | None = None, *, prime: bool = False
     ) -> list[Output]:
-        """Evaluate a batch (READINGS_SCHEMA; `id`/`event_id` may be missing before commit),
-        then advance to `now` if given.
+        """Evaluate a batch (READINGS_SCHEMA, or its columns as lists; `id`/`event_id` are
+        missing before commit), then advance to `now` if given.
 
         `prime`: the readings are known state, not news (an MQTT broker's retained messages on
         subscribing): they update triggers and latest states but fire nothing, so a value
         already past a threshold is not taken for a crossing."""
-        n = readings.num_rows
+        columns = readings if isinstance(readings, ReadingColumns) else ReadingColumns.of(readings)
+        n = len(columns)
         if n:
             self._priming = prime
             try:
-                self._evaluate(readings, n)
+                self._evaluate(columns, n)
             finally:
                 self._priming = False
         if now is not None:
@@ -123,18 +114,17 @@ class RuleEngine:
         timers of devices that went silent."""
         return self.process(_EMPTY, now)
 
-    def _evaluate(self, readings: pa.Table, n: int) -> None:
-        times = _seconds(readings.column("event_time"))
-        arrivals = _seconds(readings.column("ingest_time"))
-        devices = readings.column("device").to_pylist()
-        metrics = readings.column("metric").to_pylist()
-        values = readings.column("value").to_pylist()
-        texts = readings.column("text").to_pylist()
-        topics = readings.column("topic").to_pylist()
-        tags = readings.column("tags").to_pylist()
+    def _evaluate(self, columns: ReadingColumns, n: int) -> None:
+        times = [m / 1e6 for m in columns.event_time]
+        arrivals = [m / 1e6 for m in columns.ingest_time]
+        devices = columns.device
+        metrics = columns.metric
+        values = columns.value
+        texts = columns.text
+        topics = columns.topic
+        tags = columns.tags
         # Readings evaluated as they arrive have no ids yet (the buffer assigns them on commit).
-        committed = "event_id" in readings.column_names
-        ids = readings.column("event_id").to_pylist() if committed else [None] * n
+        ids: Sequence[str | None] = columns.event_id or [None] * n
         skipped: set[int] = set()
         if any(tag is not None and (HISTORICAL_TAG in tag or SKEW_TAG in tag) for tag in tags):
             skipped = self._apply_tags(tags, times, arrivals, devices)
@@ -194,17 +184,19 @@ class RuleEngine:
                     evaluations += len(shared)
                 else:
                     late += 1
-        if committed:
-            last_id = pc.max(readings.column("id")).as_py()
-            if last_id is not None and last_id > self.last_reading_id:
-                self.last_reading_id = int(last_id)
+        if columns.id:
+            self.last_reading_id = max(self.last_reading_id, *columns.id)
         stats = self.stats
         stats.readings += n
         stats.late_dropped += late
         stats.evaluations += evaluations
 
     def _apply_tags(
-        self, tags: list[str | None], times: list[float], arrivals: list[float], devices: list[str]
+        self,
+        tags: Sequence[str | None],
+        times: list[float],
+        arrivals: list[float],
+        devices: Sequence[str],
     ) -> set[int]:
         """Readings the live rules skip (backfilled history, device times the route's skew
         policy dropped); readings whose device time it adjusted take their arrival time."""
@@ -350,10 +342,4 @@ class RuleEngine:
         return figures
 
 
-def _empty_table() -> pa.Table:
-    from gateway.model import READINGS_SCHEMA
-
-    return READINGS_SCHEMA.empty_table()
-
-
-_EMPTY = _empty_table()
+_EMPTY = ReadingColumns([], [], [], [], [], [], [], [], [])

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from gateway.config import LocationConfig, RulesConfig
 from gateway.errors import BufferStoreError, RuleError
-from gateway.model import IngestBatch
+from gateway.model import ReadingColumns
 from gateway.rules import state
 from gateway.rules.actions import AlertChange, Output
 from gateway.rules.backtest import primed_runs
@@ -50,19 +50,20 @@ def build_engine(files: list[Path], config: RulesConfig, location: LocationConfi
     )
 
 
-def _retained_runs(batch: IngestBatch) -> list[tuple[pa.Table, bool]]:
-    """The batch's readings as runs of rows from retained messages or not, in order."""
-    retained = batch.retained
+def _retained_runs(
+    columns: ReadingColumns, retained: list[int]
+) -> list[tuple[ReadingColumns, bool]]:
+    """The readings as runs of rows from retained messages or not, in order."""
     if not retained:
-        return [(batch.readings, False)]
-    flags = [False] * batch.reading_count
+        return [(columns, False)]
+    flags = [False] * len(columns)
     for row in retained:
         flags[row] = True
-    runs: list[tuple[pa.Table, bool]] = []
+    runs: list[tuple[ReadingColumns, bool]] = []
     start = 0
     for end in range(1, len(flags) + 1):
         if end == len(flags) or flags[end] != flags[start]:
-            runs.append((batch.readings.slice(start, end - start), flags[start]))
+            runs.append((columns.slice(start, end), flags[start]))
             start = end
     return runs
 
@@ -174,20 +175,22 @@ class RulesService:
             self._dirty = True
 
     # -- input ----------------------------------------------------------------------------
-    def evaluate(self, batch: IngestBatch) -> None:
-        """Evaluate a decoded batch before its commit (the gateway's pipeline, event loop).
+    def evaluate(self, columns: ReadingColumns, retained: list[int]) -> None:
+        """Evaluate decoded readings before their commit, as lists, before even their Arrow
+        table is built (the gateway's pipeline, event loop); `retained`: the rows that came
+        from retained messages.
 
         The rules do not wait for the buffer's commit (several milliseconds of disk), and a
         committed reading has always been evaluated and its commands handed to the MQTT
         client, so a restart's replay never owes one."""
         engine = self.engine
         self._before_commit = True
-        if engine is None or not batch.reading_count:
+        if engine is None or not len(columns):
             return
         self._dirty = True
         # Retained messages are the broker's memory of a device's state, delivered when we
         # subscribe: they prime the rules but are no crossings. Runs keep the arrival order.
-        for readings, prime in _retained_runs(batch):
+        for readings, prime in _retained_runs(columns, retained):
             outputs = engine.process(readings, prime=prime)
             if outputs:
                 self._spawn_handle(outputs)

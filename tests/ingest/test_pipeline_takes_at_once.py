@@ -19,7 +19,7 @@ from gateway.config import BufferConfig, GatewayConfig, MqttConfig
 from gateway.ingest.decoding import BatchDecoder
 from gateway.ingest.redelivery import RedeliveryFilter
 from gateway.ingest.routing import TopicRouter
-from gateway.model import IngestBatch, RawMessage
+from gateway.model import RawMessage, ReadingColumns
 from gateway.pipeline import IngestStats, Pipeline, Wakeup
 
 
@@ -53,28 +53,15 @@ class Rules:
         self.seen: list[int] = []
         self.evaluated = asyncio.Event()
 
-    def evaluate(self, batch: IngestBatch) -> None:
-        self.seen.append(batch.readings.num_rows)
+    def evaluate(self, columns: ReadingColumns, retained: list[int]) -> None:
+        self.seen.append(len(columns))
         self.evaluated.set()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[BufferStore]:
-    buffer = BufferStore(tmp_path / "buffer.duckdb")
-    yield buffer
-    buffer.close()
-
-
-def test_a_lone_reading_reaches_the_rules_without_waiting_for_time_to_pass(
-    store: BufferStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    frozen = time.monotonic()
-    # The pipeline's clock only (the event loop keeps its own, for the test's timeouts).
-    clock = SimpleNamespace(monotonic=lambda: frozen, time=time.time, sleep=time.sleep)
-    monkeypatch.setattr(pipeline_module, "time", clock)
+def run_until_evaluated(store: BufferStore, rules: Rules) -> None:
+    """Run a pipeline over OneMessage until the rules saw it."""
     config = GatewayConfig(mqtt=MqttConfig(host="127.0.0.1", port=1883))
     redelivery = RedeliveryFilter()
-    rules = Rules()
 
     async def main() -> None:
         async def on_writer(fn: object, *args: object) -> object:
@@ -100,4 +87,46 @@ def test_a_lone_reading_reaches_the_rules_without_waiting_for_time_to_pass(
             await asyncio.wait_for(task, 10.0)
 
     asyncio.run(main())
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[BufferStore]:
+    buffer = BufferStore(tmp_path / "buffer.duckdb")
+    yield buffer
+    buffer.close()
+
+
+def test_a_lone_reading_reaches_the_rules_without_waiting_for_time_to_pass(
+    store: BufferStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frozen = time.monotonic()
+    # The pipeline's clock only (the event loop keeps its own, for the test's timeouts).
+    clock = SimpleNamespace(monotonic=lambda: frozen, time=time.time, sleep=time.sleep)
+    monkeypatch.setattr(pipeline_module, "time", clock)
+    rules = Rules()
+    run_until_evaluated(store, rules)
     assert rules.seen == [1]
+
+
+def test_the_rules_see_a_reading_before_its_arrow_table_is_built(
+    store: BufferStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command leaves without waiting for the table the buffer needs: the rules read the
+    decoded lists, and the table is built after them."""
+    order: list[str] = []
+    build = ReadingColumns.table
+
+    def table(self: ReadingColumns) -> object:
+        order.append("table")
+        return build(self)
+
+    monkeypatch.setattr(ReadingColumns, "table", table)
+
+    class Ordered(Rules):
+        def evaluate(self, columns: ReadingColumns, retained: list[int]) -> None:
+            order.append("rules")
+            super().evaluate(columns, retained)
+
+    rules = Ordered()
+    run_until_evaluated(store, rules)
+    assert order[:2] == ["rules", "table"]

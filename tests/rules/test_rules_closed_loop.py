@@ -336,9 +336,8 @@ def test_retained_messages_prime_the_rules_without_firing(tmp_path: Path) -> Non
             message(4, "-10", dup=True),  # the broker redelivers it: not evaluated twice
         ]
         for m in messages:  # one batch each, as the gateway's pipeline hands them over
-            batch = decoder.decode([m])
+            batch = decoder.decode([m], service.evaluate)
             seen.remember(batch.messages)
-            service.evaluate(batch)
             await asyncio.sleep(0)  # let the event loop drain, as live
         await service.close()
         return service
