@@ -38,6 +38,14 @@ def commands(e: RuleEngine, rows: list[R]) -> list[tuple[str, str]]:
     return out
 
 
+QUIET = """
+rules:
+  - id: quiet
+    select: {device: behind}
+    trigger: {type: silence, for: 60s}
+    actions: [{mqtt: {topic: alarm, payload: "{device} silent"}}]
+"""
+
 HOUSE = """
 rules:
   - id: hot
@@ -83,16 +91,7 @@ def test_a_device_late_on_its_own_timeline_is_still_late() -> None:
 
 
 def test_silence_of_a_device_behind_runs_by_the_gateway_clock_through_its_lag() -> None:
-    e = engine(
-        """
-rules:
-  - id: quiet
-    select: {device: behind}
-    trigger: {type: silence, for: 60s}
-    actions: [{mqtt: {topic: alarm, payload: "{device} silent"}}]
-""",
-        allowed_lateness=2.0,
-    )
+    e = engine(QUIET, allowed_lateness=2.0)
     # Its clock runs 10 s behind; its last reading says T0-10 and arrives at T0.
     feed(e, [R(T0 - 10, "behind", "temperature", 20.0, arrival=T0)])
     # Due at device time T0+50, i.e. gateway time T0+60, plus the lateness.
@@ -170,28 +169,10 @@ rules:
 
 
 def test_timelines_survive_a_snapshot() -> None:
-    e = engine(
-        """
-rules:
-  - id: quiet
-    select: {device: behind}
-    trigger: {type: silence, for: 60s}
-    actions: [{mqtt: {topic: alarm, payload: "x"}}]
-""",
-        allowed_lateness=0.0,
-    )
+    e = engine(QUIET, allowed_lateness=0.0)
     feed(e, [R(T0 - 10, "behind", "temperature", 20.0, arrival=T0)])
     saved = copy.deepcopy(e.snapshot())
-    restarted = engine(
-        """
-rules:
-  - id: quiet
-    select: {device: behind}
-    trigger: {type: silence, for: 60s}
-    actions: [{mqtt: {topic: alarm, payload: "x"}}]
-""",
-        allowed_lateness=0.0,
-    )
+    restarted = engine(QUIET, allowed_lateness=0.0)
     restarted.restore(saved)
     assert restarted.timelines["behind"].lag == 10.0
     assert fired_at(restarted.tick(T0 + 59)) == []

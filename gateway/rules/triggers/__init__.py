@@ -1,7 +1,8 @@
 """Triggers: one small state machine per trigger type, keeping separate state per device/metric.
 
-A runner gets readings already in event-time order per key (late ones within the allowed
-lateness are flagged by `t < last_t`), asks its host to arm timers, and calls `host.fire` /
+A runner gets each key's readings in arrival order, on its device's timeline (late ones within
+the allowed lateness are flagged by `t < last_t`), asks its host to arm timers, and calls
+`host.fire` /
 `host.clear` on transitions. It never reads a clock: time arrives with readings and timers.
 
 - `base`: what every runner shares (the host it talks to, keys, phases, the base class);
