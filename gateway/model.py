@@ -143,6 +143,16 @@ class ReadingColumns:
             None if self.event_id is None else self.event_id[start:end],
         )
 
+    def runs(self, flags: list[bool]) -> list[tuple[ReadingColumns, bool]]:
+        """The rows as runs of equal flags, in order (e.g. from retained messages or not)."""
+        runs: list[tuple[ReadingColumns, bool]] = []
+        start = 0
+        for end in range(1, len(flags) + 1):
+            if end == len(flags) or flags[end] != flags[start]:
+                runs.append((self.slice(start, end), flags[start]))
+                start = end
+        return runs
+
     @classmethod
     def of(cls, table: pa.Table) -> ReadingColumns:
         """From a READINGS_SCHEMA table (or a decoded one, without ids)."""

@@ -54,12 +54,10 @@ def _impossible_time(decoded: list[Decoded]) -> str | None:
 
 
 def _device_time(
-    d: Decoded, match: RouteMatch, received: float, tags_json: str | None
+    when: float, d: Decoded, match: RouteMatch, received: float, tags_json: str | None
 ) -> tuple[int, str | None]:
-    """A device time in microseconds, in the route's zone when it named none, and the tags:
-    with `clock_skew` when it is further from the arrival than the route trusts."""
-    when = d.event_time
-    assert when is not None
+    """A reading's device time `when` in microseconds, in the route's zone when it named none,
+    and the tags: with `clock_skew` when it is further from the arrival than the route trusts."""
     times = match.times
     if times is None:
         return int(when * 1e6), tags_json
@@ -167,10 +165,11 @@ class BatchDecoder:
                 for d in decoded:
                     own = d if isinstance(d, TaggedDecoded) else None
                     tagged = own.tags_json or match.tags_json if own else match.tags_json
-                    if d.event_time is None:
+                    when = d.event_time
+                    if when is None:
                         event_time.append(received)
                     else:
-                        micros, tagged = _device_time(d, match, msg.received_at, tagged)
+                        micros, tagged = _device_time(when, d, match, msg.received_at, tagged)
                         event_time.append(micros)
                     ingest_time.append(received)
                     device.append(own.device or match.device if own else match.device)
@@ -183,10 +182,11 @@ class BatchDecoder:
                 continue
             for d in decoded:
                 tagged = match.tags_json
-                if d.event_time is None:
+                when = d.event_time
+                if when is None:
                     event_time.append(received)
                 else:
-                    micros, tagged = _device_time(d, match, msg.received_at, tagged)
+                    micros, tagged = _device_time(when, d, match, msg.received_at, tagged)
                     event_time.append(micros)
                 ingest_time.append(received)
                 device.append(match.device)

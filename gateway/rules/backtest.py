@@ -7,6 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from gateway.model import ReadingColumns
 from gateway.rules.actions import (
     AlertChange,
     Command,
@@ -23,18 +24,12 @@ FetchPage = Callable[[int, int], pa.Table]
 """(after id, page size) -> readings with id > after, ordered by id."""
 
 
-def primed_runs(table: pa.Table) -> Iterator[tuple[pa.Table, bool]]:
+def primed_runs(table: pa.Table) -> list[tuple[ReadingColumns, bool]]:
     """A page of history as runs of retained readings (prime=True) and the rest, in order."""
     if "retained" not in table.column_names:
-        yield table, False
-        return
+        return [(ReadingColumns.of(table), False)]
     flags = [bool(f) for f in table.column("retained").to_pylist()]
-    table = table.drop_columns(["retained"])
-    start = 0
-    for end in range(1, len(flags) + 1):
-        if end == len(flags) or flags[end] != flags[start]:
-            yield table.slice(start, end - start), flags[start]
-            start = end
+    return ReadingColumns.of(table.drop_columns(["retained"])).runs(flags)
 
 
 def history_pages(fetch: FetchPage, page: int = PAGE) -> Iterator[pa.Table]:

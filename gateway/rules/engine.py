@@ -160,12 +160,8 @@ class RuleEngine:
             text = texts[i]
             own_t = timeline.admit(t, a, timed, lateness)
             if own_t is not None:
-                heap = timeline.timers.heap
-                if heap:
-                    if heap[0][0] <= timeline.clock - lateness:
-                        self._run_timeline(timeline, timeline.clock - lateness)
-                    elif heap[0][0] + timeline.lag + lateness < timeline.wake:
-                        self._schedule_wake(timeline)
+                if timeline.timers.heap:
+                    self._after_reading(timeline)
                 previous = latest.get(key)
                 if previous is None or own_t >= previous[0]:
                     latest[key] = (own_t, value, text, topic, tag, ids[i])
@@ -176,9 +172,8 @@ class RuleEngine:
                 late += 1
             if shared:
                 if group.admit(t, a, timed, lateness) is not None:
-                    heap = group.timers.heap
-                    if heap and heap[0][0] <= group.clock - lateness:
-                        self._run_timeline(group, group.clock - lateness)
+                    if group.timers.heap:
+                        self._after_reading(group)
                     for handler in shared:
                         handler(key, t, value, text)
                     evaluations += len(shared)
@@ -248,8 +243,11 @@ class RuleEngine:
         self.timers.run(self.clock)
 
     # -- timelines ------------------------------------------------------------------------
-    def _run_timeline(self, timeline: Timeline, watermark: float) -> None:
-        timeline.timers.run(watermark)
+    def _after_reading(self, timeline: Timeline) -> None:
+        """A reading moved the timeline (or its lag): run what its watermark passed, and wake
+        it sooner if its earliest timer is now due earlier by the gateway's clock."""
+        if timeline.timers.heap[0][0] <= timeline.clock - self.lateness:
+            timeline.timers.run(timeline.clock - self.lateness)
         self._schedule_wake(timeline)
 
     def _schedule_wake(self, timeline: Timeline) -> None:
@@ -286,8 +284,7 @@ class RuleEngine:
     def at_watermark(self, due: float, runner: Runner, key: Key, arg: Any) -> None:
         timeline = self.group_timeline if key == GROUP_KEY else self._timeline(key[0])
         timeline.timers.at(due, runner, key, arg)
-        if due + timeline.lag + self.lateness < timeline.wake:
-            self._schedule_wake(timeline)
+        self._schedule_wake(timeline)
 
     def at_clock(self, due: float, runner: Runner, key: Key, arg: Any) -> None:
         self.timers.at(due, runner, key, arg)

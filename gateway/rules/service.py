@@ -59,13 +59,7 @@ def _retained_runs(
     flags = [False] * len(columns)
     for row in retained:
         flags[row] = True
-    runs: list[tuple[ReadingColumns, bool]] = []
-    start = 0
-    for end in range(1, len(flags) + 1):
-        if end == len(flags) or flags[end] != flags[start]:
-            runs.append((columns.slice(start, end), flags[start]))
-            start = end
-    return runs
+    return columns.runs(flags)
 
 
 def _fingerprint(files: list[Path]) -> tuple[tuple[str, float, int], ...]:
