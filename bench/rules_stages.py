@@ -2,11 +2,13 @@
 as `edge-gateway run` builds it, in its own process, 100 rules, every reading buffered), with
 the probe's path timestamped at each hand-off.
 
-    recv     paho's network thread reads the probe's bytes from the socket
-    decode   the event loop starts decoding the batch holding it
+    recv     the event loop reads the probe's bytes from the socket
+    message  paho has parsed the packet and hands it to the ingest's callback
+    take     the pipeline has taken it from the pending list
+    decode   the pipeline starts decoding the batch holding it
     rules    the rules start on the decoded readings (before the Arrow table is built)
     publish  the command is handed to the MQTT client
-    send     paho's network thread writes the command to the socket
+    send     paho writes the command to the socket
 
 Prints the median and p99 of each step and of recv -> send, beside the whole publish -> command
 latency and the broker's own round trip measured in the same run. Run: python bench/rules_stages.py
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import rules as bench  # bench/rules.py: the live test this one instruments
 
-STAGES = ("recv", "decode", "rules", "publish", "send")
+STAGES = ("recv", "message", "take", "decode", "rules", "publish", "send")
 PROBE = b"probe/level"
 COMMAND = bench.COMMAND_TOPIC
 
@@ -72,6 +74,19 @@ def _instrument(marks: list[tuple[str, float]]) -> None:
             marks.append(("rules", clock()))
         evaluate(self, columns, retained)
 
+    on_message, take = MqttIngest._on_message, MqttIngest.take
+
+    def timed_on_message(self: MqttIngest, client: Any, userdata: Any, message: Any) -> None:
+        if message._topic.endswith(PROBE):
+            marks.append(("message", clock()))
+        on_message(self, client, userdata, message)
+
+    def timed_take(self: MqttIngest, max_count: int, max_bytes: int | None = None) -> Any:
+        taken = take(self, max_count, max_bytes)
+        if any(m.topic.endswith("probe/level") for m in taken):
+            marks.append(("take", clock()))
+        return taken
+
     publish = MqttIngest.publish
 
     def timed_publish(
@@ -86,6 +101,8 @@ def _instrument(marks: list[tuple[str, float]]) -> None:
     BatchDecoder.decode = timed_decode  # type: ignore[method-assign]
     RulesService.evaluate = timed_evaluate  # type: ignore[method-assign]
     MqttIngest.publish = timed_publish  # type: ignore[method-assign]
+    MqttIngest._on_message = timed_on_message  # type: ignore[method-assign]
+    MqttIngest.take = timed_take  # type: ignore[method-assign]
 
 
 def _report(marks: list[tuple[str, float]]) -> None:

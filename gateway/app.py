@@ -80,8 +80,7 @@ class Gateway:
             max_pending_bytes=cfg.buffer.max_pending_bytes,
             max_batch_bytes=cfg.buffer.max_batch_bytes,
             clock=self.clock,
-            heartbeat=self.liveness.mqtt.beat,
-            on_pending=wakeup.on_pending,
+            on_received=wakeup.on_received,
         )
         self.ingest = ingest
         if cfg.sinks:  # one forwarder per sink and stream; retention keeps what they lack
@@ -153,7 +152,7 @@ class Gateway:
             if api_server is not None:
                 api_server.stop()
                 runtime_file(cfg.buffer.path).unlink(missing_ok=True)
-            ingest.stop()
+            await ingest.aclose()
             if self.rules is not None:
                 await self.rules.close()
             await self.on_writer(store.close)

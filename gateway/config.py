@@ -209,7 +209,7 @@ class BufferConfig(_Model):
     flush_interval: Duration = Field(default=0.05, gt=0, le=5)
     max_batch: int = Field(default=10_000, ge=1, le=1_000_000)
     max_payload_bytes: Size = 256 * 1024
-    # Messages received but not yet committed; past this, the network thread stops reading
+    # Messages received but not yet committed; past this, ingest stops reading the socket
     # and the broker holds the rest (nothing is dropped).
     max_pending: int = Field(default=200_000, ge=1000)
     # The same bound in payload bytes (large payloads), and the most payload bytes per commit.

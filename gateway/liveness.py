@@ -1,5 +1,5 @@
-"""Liveness: the event loop, the writer thread and paho's network thread each show progress, and
-systemd's watchdog hears from the gateway only while all three do.
+"""Liveness: the event loop and the writer thread each show progress, and systemd's watchdog
+hears from the gateway only while both do.
 
 A stall (a deadlock, a call that never returns) freezes ingest without crashing anything, so
 nothing restarts the gateway on its own. Each part shows progress its own way:
@@ -10,9 +10,8 @@ nothing restarts the gateway on its own. Each part shows progress its own way:
   writer is stalled once a probe has waited `stall_after` behind a job that does not return.
   Only a waiting probe counts, so a stalled event loop (which sends no probes) is not blamed on
   the writer. A job that waits on purpose (a commit retried on a full disk) calls `writer_alive`.
-- `mqtt`: paho's network thread beats on every turn of its loop (it waits at most a second in
-  `select`, so also when idle), while it waits to reconnect and while it holds back for
-  backpressure (`gateway/ingest/mqtt.py`).
+The MQTT connection has no thread of its own: it is served on the event loop
+(`gateway/ingest/mqtt.py`), so a callback that never returns stalls `event_loop`.
 
 A part is stalled when it showed no progress for `stall_after` seconds: WatchdogSec (at least
 `MIN_STALL_AFTER`) under a systemd watchdog, else `DEFAULT_STALL_AFTER`. `/healthz` answers 503
@@ -48,8 +47,8 @@ logger = logging.getLogger(__name__)
 
 TICK = 1.0  # seconds between the monitor's beats, probes and checks
 DEFAULT_STALL_AFTER = 30.0  # without a systemd watchdog
-MIN_STALL_AFTER = 10.0  # paho's connect attempt alone may take 5 s (its connect timeout)
-PARTS = ("event_loop", "writer", "mqtt")
+MIN_STALL_AFTER = 10.0  # a checkpoint on a slow SD card may hold the writer for seconds
+PARTS = ("event_loop", "writer")
 
 
 class Part:
@@ -113,7 +112,6 @@ class Liveness:
     def __init__(self, stall_after: float | None = None) -> None:
         self.stall_after = stall_after  # None: from WATCHDOG_USEC when `run` starts
         self.event_loop = Part("event_loop")
-        self.mqtt = Part("mqtt")
         self.writer = Part("writer")  # `last`: when the probe answered
         self._probe_since: float | None = None  # a probe waits on the writer since then
         self.running = False  # stalls count only between the monitor's start and the stop
@@ -143,7 +141,6 @@ class Liveness:
         return {
             "event_loop": max(0.0, now - self.event_loop.last),
             "writer": max(0.0, now - since) if since is not None else 0.0,
-            "mqtt": max(0.0, now - self.mqtt.last),
         }
 
     def stalled(self, now: float | None = None) -> dict[str, float]:
@@ -184,8 +181,7 @@ class Liveness:
             if self.stall_after is None:
                 self.stall_after = max(watchdog, MIN_STALL_AFTER)
         now = time.monotonic()
-        for part in (self.event_loop, self.mqtt):
-            part.last = now  # parts count from here, not from when the buffer began to open
+        self.event_loop.last = now  # count from here, not from when the buffer began to open
         self._probe_since = None
         self.running = True
         if notifier is not None:

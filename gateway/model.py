@@ -94,8 +94,8 @@ class Decoded:
 
 def timestamps(micros: list[int]) -> pa.Array:
     """UTC timestamps from integer epoch microseconds made in Python, not by Arrow compute: a
-    compute call releases the GIL, and on the event loop, with paho's network thread busy
-    receiving, getting it back costs far more than the conversion (the compute call was ~50 us
+    compute call releases the GIL, and on the event loop, with the writer thread busy
+    committing, getting it back costs far more than the conversion (the compute call was ~50 us
     fixed, and milliseconds under contention)."""
     return pa.array(micros, pa.int64()).view(UTC_MICROS)
 

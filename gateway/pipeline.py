@@ -1,18 +1,19 @@
 """The one path of a reading: take -> decode once -> rules at once, and commit -> ack.
 
-    paho's network thread --on_pending--> event loop: take, drop redeliveries, decode; the
-        rules evaluate the decoded readings at once, as lists (their commands leave before the
-        Arrow table is built and before the commit)
+    event loop: paho reads the socket, the pipeline takes, drops redeliveries, decodes; the
+        rules evaluate the decoded readings at once, as lists (their commands are written to
+        the socket before the Arrow table is built and before the commit)
     event loop --> writer thread: one DuckDB transaction (batches waiting meanwhile merge)
     writer thread --> event loop: ack to the broker, then the batch listeners (sinks, telemetry)
 
-Two thread hand-offs from the MQTT callback to the commit. The writer thread only talks to
-DuckDB: decoding, the redelivery bookkeeping and the acks stay on the event loop.
+One thread hand-off from the MQTT callback to the commit, and none from a reading to its rule's
+command. The writer thread only talks to DuckDB: reading the socket, decoding, the redelivery
+bookkeeping and the acks stay on the event loop.
 
 Decoded batches wait for the commit until `max_batch` messages (or `max_batch_bytes`) wait,
 or `flush_interval` passed since the oldest, and while a commit is in flight. Beyond one
-waiting batch the pipeline takes nothing more: the ingest's pending list fills, paho stops
-reading, and the broker holds the rest (it keeps unacked QoS 1 messages).
+waiting batch the pipeline takes nothing more: the ingest's pending list fills, the ingest stops
+reading the socket, and the broker holds the rest (it keeps unacked QoS 1 messages).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ OnWriter = Callable[..., Awaitable[Any]]
 
 
 class MessageSource(Protocol):
-    """Where messages come from and where their acks go (gateway.ingest.mqtt.MqttIngest)."""
+    """Where messages come from and where their acks go (gateway.ingest.mqtt.MqttIngest); all
+    on the event loop."""
 
     def take(self, max_count: int, max_bytes: int | None = None) -> list[RawMessage]: ...
     def pending(self) -> int: ...
@@ -174,32 +176,36 @@ def merge(parts: list[_Decoded]) -> _Decoded:
 
 
 class Wakeup:
-    """Wakes the pipeline's event loop from paho's network thread, and only while it sleeps:
-    give `on_pending` to the ingest."""
+    """How the ingest tells the pipeline that messages arrived: give `on_received` to the
+    ingest, which calls it on the event loop after each read of the socket that received some.
+    The pipeline takes and decodes them right there, so a rule's command is written before the
+    read's callback returns, and its loop wakes for the rest (the commit, the flush timer)."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._armed = False
+        self._on_arrival: Callable[[], None] | None = None
 
-    def on_pending(self) -> None:
-        """A message arrived while none was pending (network thread)."""
-        loop = self._loop
-        if self._armed and loop is not None:
-            self._armed = False
-            loop.call_soon_threadsafe(self._event.set)
+    def on_received(self) -> None:
+        """Messages arrived (the ingest's read callback, on the event loop)."""
+        if self._on_arrival is not None:
+            self._on_arrival()
+        self._event.set()
 
     def set(self) -> None:
         """Wake from the event loop itself (a commit done, stop)."""
         self._event.set()
 
-    def bind(self) -> None:
+    def bind(self, on_arrival: Callable[[], None]) -> None:
         self._loop = asyncio.get_running_loop()
+        self._on_arrival = on_arrival
+
+    def unbind(self) -> None:
+        self._on_arrival = None
 
     def arm(self) -> None:
-        """Want the next `on_pending`: then check for work once more, then `sleep`."""
+        """Want the next wake-up: then check for work once more, then `sleep`."""
         self._event.clear()
-        self._armed = True
 
     async def sleep(self, seconds: float) -> None:
         """Until woken, or `seconds` passed (a timer, not `wait_for`: no task per sleep)."""
@@ -207,7 +213,6 @@ class Wakeup:
         timer = self._loop.call_later(seconds, self._event.set)
         await self._event.wait()
         timer.cancel()
-        self._armed = False
 
 
 class Pipeline:
@@ -246,6 +251,8 @@ class Pipeline:
         self._waiting_bytes = 0
         self._waiting_since = 0.0  # monotonic time the oldest waiting batch was taken
         self._commit: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._failure: BaseException | None = None  # raised in the arrival callback
 
     # -- event loop -------------------------------------------------------------------------
     def settled(self) -> bool:
@@ -254,26 +261,20 @@ class Pipeline:
 
     async def run(self, stop: asyncio.Event) -> None:
         wakeup = self._wakeup
-        wakeup.bind()
+        wakeup.bind(self._on_arrival)
         watch = asyncio.ensure_future(stop.wait())
         watch.add_done_callback(lambda _: wakeup.set())
-        stopping = False
         try:
             while True:
-                self._raise_if_commit_failed()
-                if stop.is_set() and not stopping:
-                    stopping = True
+                self._raise_if_failed()
+                if stop.is_set() and not self._stopping:
+                    self._stopping = True
                     # Stop receiving first; what already arrived is committed below. Messages
                     # committed after the disconnect stay unacked: the broker redelivers them
                     # as DUPs and the redelivery filter recognises them.
-                    await asyncio.to_thread(self._source.stop)
-                if self._ready_to_take():
-                    budget = self._config.max_batch_bytes - self._waiting_bytes
-                    messages = self._source.take(self._room(), budget)
-                    if messages:
-                        self._decode(messages)
-                self._commit_if_due(stopping)
-                if stopping and self._commit is None and not self._waiting:
+                    self._source.stop()
+                self._take()
+                if self._stopping and self._commit is None and not self._waiting:
                     if self._source.pending() == 0:
                         return
                     continue
@@ -282,18 +283,38 @@ class Pipeline:
                     continue  # it arrived while arming
                 if self._commit is not None and self._commit.done():
                     continue
-                if stop.is_set() and not stopping:
+                if stop.is_set() and not self._stopping:
                     continue
                 await wakeup.sleep(self._until_due())
         finally:
+            wakeup.unbind()
             watch.cancel()
             if self._commit is not None:
                 await asyncio.gather(self._commit, return_exceptions=True)
 
+    def _on_arrival(self) -> None:
+        """In the ingest's read callback: take and decode now. A failure here is a bug: the
+        pipeline's loop raises it (it stops the gateway, loudly)."""
+        if self._failure is not None:
+            return
+        try:
+            self._take()
+        except BaseException as exc:
+            self._failure = exc
+
+    def _take(self) -> None:
+        if self._ready_to_take():
+            budget = self._config.max_batch_bytes - self._waiting_bytes
+            messages = self._source.take(self._room(), budget)
+            if messages:
+                self._decode(messages)
+        self._commit_if_due(self._stopping)
+
     def _ready_to_take(self) -> bool:
-        """Whether to take what is pending: whenever the loop comes round and the waiting batch
-        has room. A reading waits for no other (a rule's command leaves at once); under load,
-        messages gather while the loop decodes, so what it takes grows with the rate by itself.
+        """Whether to take what is pending: whenever messages arrive or the loop comes round,
+        and the waiting batch has room. A reading waits for no other (a rule's command leaves
+        at once); under load, each read of the socket brings more, so what is taken grows with
+        the rate by itself.
         (Waiting up to 5 ms for a chunk of 500 cost the rules' p50 6 ms at 1,000 msg/s, and
         saved 7% of the CPU at 10,000 msg/s; docs/benchmarks.md, "Rules".)"""
         return self._room() > 0 and self._source.pending() > 0
@@ -341,7 +362,9 @@ class Pipeline:
         self._commit = asyncio.ensure_future(self._commit_one(decoded))
         self._commit.add_done_callback(lambda _: self._wakeup.set())
 
-    def _raise_if_commit_failed(self) -> None:
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
         commit = self._commit
         if commit is not None and commit.done():
             self._commit = None

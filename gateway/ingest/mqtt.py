@@ -1,9 +1,13 @@
-"""MQTT ingest with paho-mqtt: a persistent session, manual acks after commit, and reconnects.
+"""MQTT ingest with paho-mqtt on the event loop: a persistent session, manual acks after commit,
+and reconnects.
 
-paho's own network thread receives messages and only appends them to a pending list (waking
-the pipeline through `on_pending`); the pipeline takes them (`take`), has them committed, then
-acks them (`ack`).
-The broker keeps unacked QoS 1 messages, so a crash between receive and commit loses nothing.
+The connection lives on the gateway's event loop, the thread that decodes and runs the rules: the
+loop reads the socket when it is readable (paho appends each message to a pending list, and
+`on_received` then hands them to the pipeline), and paho writes acks and rule commands to the
+socket at once, from the same thread. Only the blocking part of a connect (TCP and the TLS
+handshake) runs in a worker thread, and it touches nothing the loop uses. The pipeline takes the
+messages (`take`), has them committed, then acks them (`ack`). The broker keeps unacked QoS 1
+messages, so a crash between receive and commit loses nothing.
 
 Acks go only to the connection that delivered the message. A message committed after its
 connection dropped stays unacked: with the session kept, the broker redelivers it (DUP) and the
@@ -15,20 +19,15 @@ A broker must not reuse a packet id while the message under it is unacked, but M
 barrier confirms the broker read our ack of it; a message under an id in flight is marked
 `id_reused`, and the redelivery filter then keeps what it knows of both.
 
-Locks, in the order they may be taken (never the other way round):
-  1. paho's `_in_callback_mutex` / `_out_message_mutex`: paho holds them on its network thread
-     while it calls our callbacks (`_on_message`, `_on_connect`, `_on_publish`, ...).
-  2. `_connection_lock` (which connection is live, and its session), then
-  3. `_cond` (the pending list and the packet ids in flight).
-  `_barrier_lock` is a leaf: held only around our own dicts, never while calling into paho and
-  never taken in a paho callback. Nothing of ours is held while calling `client.publish` or
-  `client.ack` (both take paho's `_out_message_mutex`): holding a lock of ours there while the
-  network thread holds that mutex and calls back into us would freeze the gateway.
-  The liveness heartbeat (gateway/liveness.py) takes no lock, so it runs under any of these.
+Locks: none of ours. Every call into paho and every callback from it happens on the event loop's
+thread, so paho's own mutexes (`_in_callback_mutex`, `_out_message_mutex`, ...) are only ever
+taken by that thread, and nothing waits for them. Counters read from the API's thread are
+single values, read whole under the GIL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
@@ -61,11 +60,15 @@ _JITTER = random.Random()
 
 _PUBACK_HEADER = bytes([PUBACK, 2])
 _READ_SIZE = 256 * 1024  # bytes asked of the socket at once (see _IngestClient._sock_recv)
-_READ_BURST = 2000  # packets read from the buffer per network-loop turn, before acks go out
+# Packets parsed per turn of the event loop before the pipeline gets its turn: a rule's reading
+# waits behind at most this many (~15 us each), and acks and commands go out in between.
+_READ_BURST = 256
+_TICK = 1.0  # seconds between keepalive checks (paho's loop_misc)
 
 
 class _IngestClient(paho.Client):
-    """paho's client with jittered reconnects and a batch ack path (paho-mqtt 2.x internals).
+    """paho's client driven by an external event loop (paho-mqtt 2.x internals), with jittered
+    reconnects, large socket reads and a batch ack path.
 
     paho doubles its reconnect delay without jitter, so a fleet of gateways behind one broker
     that restarts would reconnect in lockstep; spreading the attempts avoids that herd.
@@ -74,29 +77,40 @@ class _IngestClient(paho.Client):
     backoff_min = 0.5
     backoff_max = 30.0
     _attempt = 0
-    heartbeat: Callable[[], None] | None = None  # network thread's sign of life (liveness.py)
     # Bytes received from the socket and not yet read by paho: _read[_read_at:].
     _read = b""
     _read_at = 0
+    hold = False  # backpressure: stop parsing packets (MqttIngest pauses the reader)
+    opened: Any = None  # the socket `open_socket` connected, for `reconnect` to use
+    on_write_interest: Callable[[bool], None] | None = None  # bytes wait to be written, or not
 
-    def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:
-        # Every turn of the network loop passes here, and waits at most `timeout` (1 s) in
-        # select: a beat per turn shows the thread is alive, idle or not.
-        heartbeat = self.heartbeat
-        if heartbeat is not None:
-            heartbeat()
+    def reconnect_delay(self) -> float:
+        """Seconds to wait before the next connect attempt: doubling, capped, jittered."""
+        ceiling = min(self.backoff_max, self.backoff_min * 2.0**self._attempt)
+        self._attempt += 1
+        return ceiling / 2 + _JITTER.uniform(0, ceiling / 2)
+
+    def open_socket(self) -> Any:
+        """TCP connect and the TLS handshake: blocking, so it runs in a worker thread. It reads
+        the connection settings only; `reconnect()` then takes the socket on the event loop."""
+        return super()._create_socket()
+
+    def _create_socket(self) -> Any:
+        sock, self.opened = self.opened, None
+        if sock is None:
+            raise ConnectionError("no socket was opened for this connect")
+        return sock
+
+    def buffered(self) -> bool:
+        """Bytes wait where the event loop's selector cannot see them: read ahead, or in TLS."""
         if self._read_at < len(self._read):
-            timeout = 0.0  # packets wait in the read buffer, where select cannot see them
-        rc = super()._loop(timeout)
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._read_at < len(self._read):
-            rc = self.loop_read()
-        return rc
+            return True
+        pending = getattr(self._sock, "pending", None)
+        return pending is not None and pending() > 0
 
     def _sock_recv(self, bufsize: int) -> bytes:
-        # paho asks for each packet in two or three small reads (type, length, rest), and each
-        # is a system call that drops the GIL: with the pipeline's thread wanting it, paho
-        # then waits to get it back, three times a message. One large read serves hundreds of
-        # packets from memory instead.
+        # paho asks for each packet in two or three small reads (type, length, rest), each a
+        # system call; one large read serves hundreds of packets from memory instead.
         data, at = self._read, self._read_at
         if at >= len(data):
             data, at = super()._sock_recv(_READ_SIZE), 0  # b"": the broker closed
@@ -109,11 +123,13 @@ class _IngestClient(paho.Client):
         return chunk
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        # paho reads one packet per select; read on while the buffer holds more (bounded, so
-        # acks and pings are written in between).
+        # paho reads one packet per call; read on while the buffer holds more (bounded, so the
+        # pipeline, acks and commands get their turn in between).
         rc = super().loop_read(max_packets)
         for _ in range(_READ_BURST):
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._read_at >= len(self._read):
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self.hold:
+                break
+            if self._read_at >= len(self._read):
                 break
             rc = super().loop_read(1)
         return rc
@@ -121,6 +137,23 @@ class _IngestClient(paho.Client):
     def _sock_close(self) -> None:
         self._read, self._read_at = b"", 0  # what the old connection sent means nothing now
         super()._sock_close()
+
+    # paho's external-loop hooks, called where paho wants the socket watched for writing. The
+    # public `on_socket_register_write` callback would do, but with it set paho never writes
+    # from `publish()` itself, and a rule's command would wait a turn of the loop.
+    def _call_socket_register_write(self) -> None:
+        if self._sock is None or self._registered_write:
+            return
+        self._registered_write = True
+        if self.on_write_interest is not None:
+            self.on_write_interest(True)
+
+    def _call_socket_unregister_write(self, sock: Any = None) -> None:
+        if not self._registered_write:
+            return
+        self._registered_write = False
+        if self.on_write_interest is not None:
+            self.on_write_interest(False)
 
     def _handle_on_message(self, message: paho.MQTTMessage) -> None:
         # paho matches every topic against its (empty) table of per-filter callbacks before
@@ -131,11 +164,9 @@ class _IngestClient(paho.Client):
                 on_message(self, self._userdata, message)
 
     def ack_qos1_batch(self, mids: list[int]) -> None:
-        """Queue PUBACKs for many QoS 1 messages and wake the network thread once.
+        """Queue PUBACKs for many QoS 1 messages and write them.
 
-        paho's `ack()` writes to its wake-up socket once per message (a syscall each); queueing
-        the same packets and waking once keeps acks off the profile. A PUBACK without a reason
-        code means success in both MQTT 3.1.1 and 5.
+        A PUBACK without a reason code means success in both MQTT 3.1.1 and 5.
         """
         out = self._out_packet
         for mid in mids:
@@ -150,9 +181,7 @@ class _IngestClient(paho.Client):
                     "info": None,
                 }
             )
-        if self._sockpairW is not None:
-            with contextlib.suppress(BlockingIOError):
-                self._sockpairW.send(b"0")
+        self.loop_write()
 
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
         """paho's TLS handshake, closing the socket when it fails.
@@ -175,19 +204,19 @@ class _IngestClient(paho.Client):
             raise
         return ssl_sock
 
-    def _reconnect_wait(self) -> None:
-        ceiling = min(self.backoff_max, self.backoff_min * (2**self._attempt))
-        self._attempt += 1
-        delay = ceiling / 2 + _JITTER.uniform(0, ceiling / 2)
-        deadline = time.monotonic() + delay
-        while not self._thread_terminate and time.monotonic() < deadline:
-            if self.heartbeat is not None:
-                self.heartbeat()
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+def _close_opened(opening: asyncio.Future[Any]) -> None:
+    """A connect finished after nobody wanted it any more (stop): close what it opened."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 class MqttIngest:
-    """Subscribes, queues received messages for the writer, and acks them once committed."""
+    """Subscribes, queues received messages for the pipeline, and acks them once committed.
+
+    `start()` and every other method are called on the event loop (the API's thread only reads
+    counters); `start` connects in the background and keeps reconnecting until `stop`.
+    """
 
     def __init__(
         self,
@@ -197,21 +226,18 @@ class MqttIngest:
         max_pending_bytes: int = 64 * 1024 * 1024,
         max_batch_bytes: int = 8 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
-        heartbeat: Callable[[], None] | None = None,
-        on_pending: Callable[[], None] | None = None,
+        on_received: Callable[[], None] | None = None,
     ) -> None:
-        """`on_pending` is called on paho's network thread when a message arrives while none
-        was pending: it must only hand over (the pipeline wakes its event loop)."""
+        """`on_received` is called after each read of the socket that received messages (out
+        of paho's callbacks, so what it publishes is written at once)."""
         self._config = config
-        self._heartbeat = heartbeat or (lambda: None)  # called on the network thread
-        self._on_pending = on_pending or (lambda: None)
+        self._on_received = on_received or (lambda: None)
         self._max_pending = max_pending
         self._max_pending_bytes = max_pending_bytes
         self._max_batch_bytes = max_batch_bytes
         self._clock = clock
         self._pending: list[RawMessage] = []
         self._pending_bytes = 0
-        self._cond = threading.Condition()
         # Packet ids of messages the broker may still hold in flight (id -> how many): received
         # on the live connection, and not yet acked with a barrier confirming the ack arrived.
         # A second message under one of them means the broker reuses ids in flight. Until the
@@ -219,31 +245,33 @@ class MqttIngest:
         # sent under the id meanwhile proves nothing about the earlier one.
         self._in_flight: dict[int, int] = {}
         self.ids_reused = 0
-        self._connection_lock = threading.Lock()
         self._live_connection: int | None = None  # None while disconnected
         self.session = 0  # counts up on every connect that found no session (model.RawMessage)
-        self._barrier_lock = threading.Lock()
         # barrier mid -> (batch, connection, the packet ids its acks released)
         self._barriers: dict[int, tuple[int, int, list[int]]] = {}
         self._barrier_topic = "$edge-gateway/ack-barrier/" + "".join(
             c if c not in "/+#" else "_" for c in config.client_id
         )
         self._barrier_topic_bytes = self._barrier_topic.encode()
-        # Barrier PUBACKs as paho's thread saw them: (mid, messages received before it,
-        # connection). Appended without a lock (see the lock order above), matched to barriers
-        # by acks_confirmed; one that arrives before ack() recorded its barrier waits in _early.
-        self._barrier_pubacks: collections.deque[tuple[int, int, int]] = collections.deque()
-        self._early: dict[int, tuple[int, int]] = {}
         # (batch, messages received before its barrier's PUBACK), oldest first; see acks_confirmed.
         self._confirmations: collections.deque[tuple[int, int]] = collections.deque()
         self._acks_confirmed_upto = 0
-        self._taken = 0  # messages handed to the writer
+        self._taken = 0  # messages handed to the pipeline
         self._closing = False
         self.connected = threading.Event()
         self.received = 0
         self.connects = 0
         self.last_error: str | None = None
         self._refused = False
+        # The event loop's side of the connection.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._fd: int | None = None  # the live socket, while the loop watches it
+        self._lost: asyncio.Future[None] | None = None  # done when that socket closes
+        self._tick: asyncio.TimerHandle | None = None
+        self._paused = False  # backpressure: the pending list is full, the socket is not read
+        self._read_soon = False
         self._client = self._make_client()
 
     # -- set-up ---------------------------------------------------------------------------
@@ -274,16 +302,17 @@ class MqttIngest:
             )
             client.tls_insecure_set(tls.insecure)
         client.max_queued_messages_set(0)
-        client.heartbeat = self._heartbeat
         client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_socket_open = self._socket_opened
+        client.on_socket_close = self._socket_closed
+        client.on_write_interest = self._write_interest
         return client
 
     def start(self) -> None:
-        """Connect in the background; paho's thread keeps reconnecting until `stop`."""
+        """Connect in the background, on the running event loop; reconnect until `stop`."""
         cfg = self._config
         properties = None
         clean_start: Any = paho.MQTT_CLEAN_START_FIRST_ONLY
@@ -303,17 +332,126 @@ class MqttIngest:
             )
         except (OSError, ValueError) as exc:
             raise BrokerError(f"MQTT broker {cfg.host}:{cfg.port}: {exc}") from exc
-        self._client.loop_start()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._task = self._loop.create_task(self._connection(), name="mqtt-connection")
 
     def stop(self) -> None:
-        """Disconnect; unacked messages stay with the broker for the next session."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        self._client.disconnect()
-        self._client.loop_stop()
+        """Stop receiving and disconnect; unacked messages stay with the broker for the next
+        session."""
+        if self._closing:
+            return
+        self._closing = True
+        client = self._client
+        client.disconnect()  # DISCONNECT goes out now if the socket takes it; paho then closes
+        if client.socket() is not None:  # it did not (a full send buffer): close anyway
+            client._sock_close()
+        if self._task is not None:
+            self._task.cancel()  # connecting, or waiting to reconnect
 
-    # -- paho callbacks (network thread) --------------------------------------------------
+    async def aclose(self) -> None:
+        """`stop`, and wait until the connection is gone."""
+        self.stop()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # -- the connection, on the event loop ----------------------------------------------------
+    async def _connection(self) -> None:
+        """Connect, serve the connection until it closes, wait, reconnect; until `stop`."""
+        client = self._client
+        while not self._closing:
+            try:
+                client.opened = await self._open()
+                self._lost = asyncio.get_running_loop().create_future()
+                client.reconnect()  # paho's session state, then CONNECT, on this thread
+            except (OSError, ValueError) as exc:
+                client.opened = None
+                self._connect_failed(exc)
+            else:
+                await self._lost
+            if not self._closing:
+                await asyncio.sleep(client.reconnect_delay())
+
+    async def _open(self) -> Any:
+        opening = asyncio.get_running_loop().run_in_executor(None, self._client.open_socket)
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_opened)
+            raise
+
+    def _connect_failed(self, exc: Exception) -> None:
+        cfg = self._config
+        self.last_error = f"cannot reach MQTT broker {cfg.host}:{cfg.port}: {exc}"
+        logger.warning("%s; retrying with backoff", self.last_error)
+
+    def _socket_opened(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._fd = fd = sock.fileno()
+        if not self._paused:
+            loop.add_reader(fd, self._readable)
+        self._tick = loop.call_later(_TICK, self._keepalive)
+
+    def _socket_closed(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        """Every way a connection ends passes here (paho calls it before closing the socket)."""
+        self._live_connection = None  # acks of its messages would reach another connection
+        self.connected.clear()
+        loop, fd = self._loop, self._fd
+        self._fd = None
+        if loop is not None and fd is not None:
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    def _write_interest(self, wanted: bool) -> None:
+        """paho has bytes the socket did not take yet (or no longer): watch it for writing."""
+        loop, fd = self._loop, self._fd
+        if loop is None or fd is None:
+            return
+        if wanted:
+            loop.add_writer(fd, self._client.loop_write)
+        else:
+            loop.remove_writer(fd)
+
+    def _readable(self) -> None:
+        self._read_soon = False
+        client, received = self._client, self.received
+        rc = client.loop_read()
+        if self.received != received:
+            self._on_received()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return  # the connection ended (paho closed it; _socket_closed ran)
+        if not self._paused and client.buffered():
+            self._read_later()  # the selector cannot see these bytes
+
+    def _read_later(self) -> None:
+        if not self._read_soon and self._loop is not None:
+            self._read_soon = True
+            self._loop.call_soon(self._readable)
+
+    def _keepalive(self) -> None:
+        self._tick = None
+        if self._client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS and self._loop is not None:
+            self._tick = self._loop.call_later(_TICK, self._keepalive)
+
+    def _pause_reading(self) -> None:
+        """Backpressure: leave the rest with the broker until the pipeline takes."""
+        self._paused = self._client.hold = True
+        if self._loop is not None and self._fd is not None:
+            self._loop.remove_reader(self._fd)
+
+    def _resume_reading(self) -> None:
+        self._paused = self._client.hold = False
+        if self._loop is not None and self._fd is not None:
+            self._loop.add_reader(self._fd, self._readable)
+            self._read_later()  # bytes may wait in the read buffer
+
+    # -- paho callbacks (on the event loop, inside paho's reads) --------------------------
     def _on_connect(
         self,
         client: paho.Client,
@@ -328,13 +466,11 @@ class MqttIngest:
             self._refused = True  # the disconnect that follows must not hide the reason
             logger.error("MQTT %s:%s: %s", cfg.host, cfg.port, self.last_error)
             return
-        with self._connection_lock:
-            self.connects += 1
-            if not flags.session_present:
-                self.session += 1  # the old session's packet ids mean nothing any more
-            self._live_connection = self.connects
-            with self._cond:
-                self._in_flight.clear()  # what the broker still holds comes again as DUP
+        self.connects += 1
+        if not flags.session_present:
+            self.session += 1  # the old session's packet ids mean nothing any more
+        self._live_connection = self.connects
+        self._in_flight.clear()  # what the broker still holds comes again as DUP
         client._attempt = 0  # type: ignore[attr-defined]
         # Rule commands are small packets sent between acks: with Nagle's algorithm on, one
         # waits for the broker to acknowledge the previous segment (tens of milliseconds).
@@ -363,11 +499,6 @@ class MqttIngest:
             client.subscribe(plain)
         self.connected.set()
 
-    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        cfg = self._config
-        self.last_error = f"cannot reach MQTT broker {cfg.host}:{cfg.port}"
-        logger.warning("%s; retrying with backoff", self.last_error)
-
     def _on_disconnect(
         self,
         client: paho.Client,
@@ -376,9 +507,6 @@ class MqttIngest:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        with self._connection_lock:
-            self._live_connection = None  # acks of its messages would reach another connection
-        self.connected.clear()
         refused, self._refused = self._refused, False
         if not self._closing and not refused:
             self.last_error = f"disconnected from MQTT broker: {reason}"
@@ -390,40 +518,38 @@ class MqttIngest:
         except UnicodeDecodeError:  # MQTT requires UTF-8 topics; keep the message, quarantined
             topic = message._topic.decode("utf-8", errors="replace")
         qos, mid = message.qos, message.mid
-        with self._cond:
-            held = 0
-            if qos:
-                held = self._in_flight.get(mid, 0)
-                self._in_flight[mid] = held + 1
-                # A broker sends a message once per connection, so a second one under an id
-                # it may still hold is another message.
-                if held:
-                    self._id_reused()
-            raw = RawMessage(
-                topic,
-                bytes(message.payload),
-                qos,
-                mid,
-                bool(message.dup),
-                bool(message.retain),
-                self._clock(),
-                self.connects,
-                self.session,
-                bool(held),
-            )
-            pending = self._pending
-            pending.append(raw)
-            self._pending_bytes += len(raw.payload)
-            self.received += 1
-            if len(pending) == 1:
-                self._on_pending()
-            # Backpressure: stop reading (the broker holds the rest) until the pipeline takes.
-            while (
-                len(self._pending) >= self._max_pending
-                or self._pending_bytes >= self._max_pending_bytes
-            ) and not self._closing:
-                self._heartbeat()  # waiting for the pipeline on purpose (liveness watches it)
-                self._cond.wait(0.5)
+        held = 0
+        if qos:
+            held = self._in_flight.get(mid, 0)
+            self._in_flight[mid] = held + 1
+            # A broker sends a message once per connection, so a second one under an id it may
+            # still hold is another message.
+            if held:
+                self._id_reused()
+        raw = RawMessage(
+            topic,
+            bytes(message.payload),
+            qos,
+            mid,
+            bool(message.dup),
+            bool(message.retain),
+            self._clock(),
+            self.connects,
+            self.session,
+            bool(held),
+        )
+        pending = self._pending
+        pending.append(raw)
+        self._pending_bytes += len(raw.payload)
+        self.received += 1
+        if self._full() and not self._paused:
+            self._pause_reading()
+
+    def _full(self) -> bool:
+        return (
+            len(self._pending) >= self._max_pending
+            or self._pending_bytes >= self._max_pending_bytes
+        )
 
     def _id_reused(self) -> None:
         self.ids_reused += 1
@@ -438,35 +564,54 @@ class MqttIngest:
                 self.ids_reused,
             )
 
-    # -- writer side ----------------------------------------------------------------------
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        # `received` covers every message that came before this PUBACK in the stream: among
+        # them any redelivery the broker sent before it read our acks.
+        message = client._out_messages.get(mid)
+        if message is None or message._topic != self._barrier_topic_bytes:
+            return
+        barrier = self._barriers.pop(mid, None)
+        # paho resends an unconfirmed barrier after a reconnect: that PUBACK proves nothing.
+        if barrier is not None and barrier[1] == self._live_connection:
+            batch, _, mids = barrier
+            self._confirmations.append((batch, self.received))
+            self._release(mids)
+
+    # -- pipeline side --------------------------------------------------------------------
     def take(self, max_count: int, max_bytes: int | None = None) -> list[RawMessage]:
         """What is pending now, oldest first: at most `max_count` messages and, past the first,
         at most `max_bytes` (default `max_batch_bytes`) of payload. Never waits (see
-        `on_pending`)."""
+        `on_received`)."""
         budget = self._max_batch_bytes if max_bytes is None else max_bytes
-        with self._cond:
-            pending = self._pending
-            if not pending:
-                return []
-            if self._pending_bytes > budget:  # large payloads: fewer per batch
-                size = 0
-                for count, message in enumerate(pending[:max_count]):
-                    size += len(message.payload)
-                    if size > budget and count:
-                        max_count = count
-                        break
-            taken = pending[:max_count]
-            self._pending = pending[max_count:] if len(pending) > max_count else []
-            self._pending_bytes = (
-                self._pending_bytes - sum(len(m.payload) for m in taken) if self._pending else 0
-            )
-            self._taken += len(taken)
-            self._cond.notify_all()  # the network thread may wait for room (backpressure)
-            return taken
+        pending = self._pending
+        if not pending:
+            return []
+        if self._pending_bytes > budget:  # large payloads: fewer per batch
+            size = 0
+            for count, message in enumerate(pending[:max_count]):
+                size += len(message.payload)
+                if size > budget and count:
+                    max_count = count
+                    break
+        taken = pending[:max_count]
+        self._pending = pending[max_count:] if len(pending) > max_count else []
+        self._pending_bytes = (
+            self._pending_bytes - sum(len(m.payload) for m in taken) if self._pending else 0
+        )
+        self._taken += len(taken)
+        if self._paused and not self._full() and not self._closing:
+            self._resume_reading()
+        return taken
 
     def pending(self) -> int:
-        with self._cond:
-            return len(self._pending)
+        return len(self._pending)
 
     def ack(self, messages: list[RawMessage], batch: int) -> None:
         """Acknowledge committed QoS 1 messages, then publish the batch's ack barrier.
@@ -476,87 +621,49 @@ class MqttIngest:
         same connection: its PUBACK proves the broker received the acks sent before it, and
         `acks_confirmed()` then moves to this batch (see gateway/ingest/redelivery.py).
         """
-        with self._connection_lock:
-            live = self._live_connection
-            mids = [m.mid for m in messages if m.qos and m.connection == live]
-            if live is None or not mids:
-                return
-            # Queued under the lock: paho drops queued packets on reconnect only after our
-            # _on_disconnect ran, so these cannot reach a later connection.
-            self._client.ack_qos1_batch(mids)
-        info = self._client.publish(self._barrier_topic, b"", qos=1)  # no lock of ours held
-        with self._barrier_lock:
-            if len(self._barriers) > 10_000:  # lost in outages; the next connect forgets ids
-                self._barriers.clear()
-            early = self._early.pop(info.mid, None)
-            if early is None:
-                self._barriers[info.mid] = (batch, live, mids)
-                return
-            if early[1] != live:
-                return
-            self._confirmations.append((batch, early[0]))
-        self._release(live, mids)
+        live = self._live_connection
+        mids = [m.mid for m in messages if m.qos and m.connection == live]
+        if live is None or not mids:
+            return
+        # A reconnect drops what is still queued (paho's reconnect clears its packet queue), so
+        # these acks cannot reach a later connection.
+        self._client.ack_qos1_batch(mids)
+        if self._live_connection != live:
+            return  # writing them found the connection gone
+        info = self._client.publish(self._barrier_topic, b"", qos=1)
+        if len(self._barriers) > 10_000:  # lost in outages; the next connect forgets ids
+            self._barriers.clear()
+        self._barriers[info.mid] = (batch, live, mids)
 
-    def _release(self, connection: int, mids: list[int]) -> None:
-        """The broker read our acks of these ids on `connection`: it may use them again."""
-        with self._connection_lock:
-            if connection != self._live_connection:
-                return  # the connect since forgot every id
-            with self._cond:
-                in_flight = self._in_flight
-                for mid in mids:
-                    held = in_flight.pop(mid, 1)
-                    if held > 1:
-                        in_flight[mid] = held - 1
-
-    def _on_publish(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        mid: int,
-        reason: ReasonCode,
-        properties: Properties,
-    ) -> None:
-        # paho's thread, holding its _out_message_mutex: take no lock of ours here (the writer
-        # holds ours while it calls paho). `received` counts on this thread, so it covers every
-        # message that came before this PUBACK in the stream: among them any redelivery the
-        # broker sent before it read our acks.
-        message = client._out_messages.get(mid)
-        if message is not None and message._topic == self._barrier_topic_bytes:
-            self._barrier_pubacks.append((mid, self.received, self.connects))
+    def _release(self, mids: list[int]) -> None:
+        """The broker read our acks of these ids on the live connection: it may use them again."""
+        in_flight = self._in_flight
+        for mid in mids:
+            held = in_flight.pop(mid, 1)
+            if held > 1:
+                in_flight[mid] = held - 1
 
     def acks_confirmed(self) -> int:
-        """The last batch whose acks the broker has confirmed, as far as the writer may act on it.
+        """The last batch whose acks the broker has confirmed, as far as the pipeline may act.
 
-        Only a barrier's PUBACK on the connection that carried our acks proves they arrived;
-        paho resends an unconfirmed barrier after a reconnect, and that PUBACK proves nothing.
-        A confirmation counts only once the writer has taken every message received before it.
-        Until then a redelivery of that batch, sent by the broker before our acks reached it,
-        may still wait in the pending list, and its entry must stay to recognise it.
+        Only a barrier's PUBACK on the connection that carried our acks proves they arrived.
+        A confirmation counts only once the pipeline has taken every message received before
+        it. Until then a redelivery of that batch, sent by the broker before our acks reached
+        it, may still wait in the pending list, and its entry must stay to recognise it.
         """
-        released: list[tuple[int, list[int]]] = []
-        with self._barrier_lock:
-            pubacks, confirmations = self._barrier_pubacks, self._confirmations
-            while pubacks:
-                mid, received, connection = pubacks.popleft()
-                barrier = self._barriers.pop(mid, None)
-                if barrier is None:  # ack() has not recorded it yet
-                    if len(self._early) > 10_000:
-                        self._early.clear()
-                    self._early[mid] = (received, connection)
-                elif barrier[1] == connection:
-                    confirmations.append((barrier[0], received))
-                    released.append((connection, barrier[2]))
-            while confirmations and confirmations[0][1] <= self._taken:
-                batch, _ = confirmations.popleft()
-                self._acks_confirmed_upto = max(self._acks_confirmed_upto, batch)
-            upto = self._acks_confirmed_upto
-        for connection, mids in released:  # _barrier_lock is a leaf: released first
-            self._release(connection, mids)
-        return upto
+        confirmations = self._confirmations
+        while confirmations and confirmations[0][1] <= self._taken:
+            batch, _ = confirmations.popleft()
+            self._acks_confirmed_upto = max(self._acks_confirmed_upto, batch)
+        return self._acks_confirmed_upto
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> None:
-        """Publish a command or event (rules' actions); queued by paho while disconnected."""
+        """Publish a command or event (rules' actions): written to the socket at once, or queued
+        by paho while disconnected. From another thread it is handed to the event loop."""
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self.publish, topic, payload, qos, retain)
+            return
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise BrokerError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")

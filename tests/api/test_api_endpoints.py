@@ -15,7 +15,7 @@ def test_healthz_answers_while_the_process_lives(scenario: Scenario) -> None:
     status, _, body = scenario.get("/healthz")
     health = json.loads(body)
     assert (status, health["status"], health["healthy"]) == (200, "ok", True)
-    assert set(health["parts"]) == {"event_loop", "writer", "mqtt"}  # tests/faults/test_liveness.py
+    assert set(health["parts"]) == {"event_loop", "writer"}  # tests/faults/test_liveness.py
 
 
 def test_readyz_reports_broker_connected_and_buffer_writable(scenario: Scenario) -> None:

@@ -1,5 +1,5 @@
 """The liveness guard against a stall that crashes nothing (gateway/liveness.py): `/healthz` turns
-503 naming the part that stopped (the writer thread, paho's network thread) and 200 again once it
+503 naming the part that stopped (the writer thread, the event loop) and 200 again once it
 moves on; systemd's watchdog gets READY=1, then WATCHDOG=1 keepalives only while every part makes
 progress. A real gateway against a real Mosquitto, stalled on purpose from the test."""
 
@@ -94,7 +94,7 @@ def test_a_stuck_writer_turns_healthz_unhealthy_and_healthy_again(
         status, body = health(gateway)
         assert status == 503 and body["healthy"] is False and body["status"] == "stalled"
         assert body["stalled"]["writer"] >= STALL_AFTER
-        assert set(body["stalled"]) == {"writer"}  # the loop and the network thread still move
+        assert set(body["stalled"]) == {"writer"}  # the event loop still moves
         # `edge-gateway sql` and `status` still find the stalled gateway (the file is its own).
         buffer = tmp_path / "buffer.duckdb"
         assert running_api(buffer) is not None
@@ -110,21 +110,24 @@ def test_a_stuck_writer_turns_healthz_unhealthy_and_healthy_again(
     assert wait_until(lambda: gateway.committed_readings() == 1, WAIT)  # it caught up
 
 
-def test_a_stuck_mqtt_network_thread_turns_healthz_unhealthy_and_healthy_again(
+def test_a_stuck_mqtt_callback_turns_healthz_unhealthy_naming_the_event_loop_and_healthy_again(
     gateway: GatewayThread, broker: Mosquitto
 ) -> None:
+    """The MQTT connection is served on the event loop: a callback that never returns stops the
+    loop, and /healthz (on the API's thread) names the event loop, not the writer it can no
+    longer probe."""
     ingest = gateway.gateway.ingest
     assert ingest is not None
     pub = publisher(broker.host, broker.port)
     try:
-        # paho's network thread takes this mutex around every callback: the message published
-        # below leaves it waiting for the mutex, as a callback that never returns would.
+        # paho takes this mutex around every callback: the message published below leaves the
+        # event loop waiting for it, as a callback that never returns would.
         with ingest._client._in_callback_mutex:
             pub.publish("sensors/site/dev/temp", b"21.5", qos=1).wait_for_publish(10)
-            assert wait_until(lambda: "mqtt" in stalled(gateway), WAIT)
+            assert wait_until(lambda: "event_loop" in stalled(gateway), WAIT)
             status, body = health(gateway)
-            assert status == 503 and body["stalled"]["mqtt"] >= STALL_AFTER
-            assert set(body["stalled"]) == {"mqtt"}
+            assert status == 503 and body["stalled"]["event_loop"] >= STALL_AFTER
+            assert set(body["stalled"]) == {"event_loop"}
     finally:
         pub.loop_stop()
     assert wait_until(lambda: health(gateway)[0] == 200, WAIT)

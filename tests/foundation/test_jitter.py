@@ -21,8 +21,7 @@ def sink_retry() -> None:
 
 def broker_reconnect() -> None:
     client = _IngestClient(callback_api_version=CallbackAPIVersion.VERSION2, client_id="jitter")
-    client.backoff_min = client.backoff_max = 0.001  # the wait itself stays a millisecond
-    client._reconnect_wait()
+    client.reconnect_delay()
 
 
 @pytest.mark.parametrize("jitter", [sink_retry, broker_reconnect])
