@@ -3,7 +3,7 @@ as `edge-gateway run` builds it, in its own process, 100 rules, every reading bu
 the probe's path timestamped at each hand-off.
 
     recv     the event loop reads the probe's bytes from the socket
-    message  paho has parsed the packet and hands it to the ingest's callback
+    message  the ingest has parsed the PUBLISH packet and hands it on (`_on_packet`)
     take     the pipeline has taken it from the pending list
     decode   the pipeline starts decoding the batch holding it
     rules    the rules start on the decoded readings (before the Arrow table is built)
@@ -74,12 +74,20 @@ def _instrument(marks: list[tuple[str, float]]) -> None:
             marks.append(("rules", clock()))
         evaluate(self, columns, retained)
 
-    on_message, take = MqttIngest._on_message, MqttIngest.take
+    on_packet, take = MqttIngest._on_packet, MqttIngest.take
 
-    def timed_on_message(self: MqttIngest, client: Any, userdata: Any, message: Any) -> None:
-        if message._topic.endswith(PROBE):
+    def timed_on_packet(
+        self: MqttIngest,
+        topic_bytes: bytes,
+        payload: bytes,
+        qos: int,
+        mid: int,
+        dup: bool,
+        retain: bool,
+    ) -> None:
+        if topic_bytes.endswith(PROBE):
             marks.append(("message", clock()))
-        on_message(self, client, userdata, message)
+        on_packet(self, topic_bytes, payload, qos, mid, dup, retain)
 
     def timed_take(self: MqttIngest, max_count: int, max_bytes: int | None = None) -> Any:
         taken = take(self, max_count, max_bytes)
@@ -101,7 +109,7 @@ def _instrument(marks: list[tuple[str, float]]) -> None:
     BatchDecoder.decode = timed_decode  # type: ignore[method-assign]
     RulesService.evaluate = timed_evaluate  # type: ignore[method-assign]
     MqttIngest.publish = timed_publish  # type: ignore[method-assign]
-    MqttIngest._on_message = timed_on_message  # type: ignore[method-assign]
+    MqttIngest._on_packet = timed_on_packet  # type: ignore[method-assign]
     MqttIngest.take = timed_take  # type: ignore[method-assign]
 
 

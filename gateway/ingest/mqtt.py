@@ -40,8 +40,9 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.client import PUBACK
+from paho.mqtt.client import PUBACK, PUBLISH
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -59,7 +60,8 @@ _JITTER = random.Random()
 
 
 _PUBACK_HEADER = bytes([PUBACK, 2])
-_READ_SIZE = 256 * 1024  # bytes asked of the socket at once (see _IngestClient._sock_recv)
+_READ_SIZE = 256 * 1024  # bytes asked of the socket at once (see _IngestClient.loop_read)
+_AGAIN = MQTTErrorCode.MQTT_ERR_AGAIN
 # Packets parsed per turn of the event loop before the pipeline gets its turn: a rule's reading
 # waits behind at most this many (~15 us each), and acks and commands go out in between.
 _READ_BURST = 256
@@ -77,12 +79,21 @@ class _IngestClient(paho.Client):
     backoff_min = 0.5
     backoff_max = 30.0
     _attempt = 0
-    # Bytes received from the socket and not yet read by paho: _read[_read_at:].
+    # Bytes received and not handled yet: _read[_read_at:], then _parts while a packet is not
+    # whole (`_need` more bytes wanted before it may be).
     _read = b""
     _read_at = 0
+    _need = 0
+    _parts_size = 0
+    # A QoS 0/1 PUBLISH read in place: topic (bytes), payload, qos, packet id, dup, retain.
+    on_packet: Callable[[bytes, bytes, int, int, bool, bool], None] | None = None
     hold = False  # backpressure: stop parsing packets (MqttIngest pauses the reader)
     opened: Any = None  # the socket `open_socket` connected, for `reconnect` to use
     on_write_interest: Callable[[bool], None] | None = None  # bytes wait to be written, or not
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._parts: list[bytes] = []
 
     def reconnect_delay(self) -> float:
         """Seconds to wait before the next connect attempt: doubling, capped, jittered."""
@@ -102,40 +113,186 @@ class _IngestClient(paho.Client):
         return sock
 
     def buffered(self) -> bool:
-        """Bytes wait where the event loop's selector cannot see them: read ahead, or in TLS."""
-        if self._read_at < len(self._read):
+        """Bytes wait where the event loop's selector cannot see them: a whole packet read
+        ahead, or bytes inside TLS."""
+        if self._need == 0 and self._read_at < len(self._read):
             return True
         pending = getattr(self._sock, "pending", None)
         return pending is not None and pending() > 0
 
-    def _sock_recv(self, bufsize: int) -> bytes:
-        # paho asks for each packet in two or three small reads (type, length, rest), each a
-        # system call; one large read serves hundreds of packets from memory instead.
-        data, at = self._read, self._read_at
-        if at >= len(data):
-            data, at = super()._sock_recv(_READ_SIZE), 0  # b"": the broker closed
-            if len(data) <= bufsize:
-                self._read, self._read_at = b"", 0
-                return data
-            self._read = data
-        chunk = data[at : at + bufsize]
-        self._read_at = at + len(chunk)
-        return chunk
-
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        # paho reads one packet per call; read on while the buffer holds more (bounded, so the
-        # pipeline, acks and commands get their turn in between).
-        rc = super().loop_read(max_packets)
+        """Read what the socket has (one system call, up to 256 KiB) and handle the whole
+        packets in it, at most `_READ_BURST` (the pipeline, acks and commands get their turn in
+        between).
+
+        paho reads each packet in two or three small reads (type, length, rest), a system call
+        each, and then once more until the socket says EAGAIN. Here PUBLISH packets at QoS 0
+        and 1 are parsed straight from the bytes read (`on_packet`), without paho's message
+        object; every other packet, and a PUBLISH with MQTT 5 properties or anything odd, goes
+        to paho's own handler as if paho had read it."""
+        if self._sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        if self._need or self._read_at >= len(self._read):
+            rc = self._fill()
+            if rc is not None:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS if rc == _AGAIN else self._loop_rc_handle(rc)
         for _ in range(_READ_BURST):
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self.hold:
+            if self.hold or self._need:
                 break
-            if self._read_at >= len(self._read):
+            rc = self._next_packet()
+            if rc is None:
+                break  # the rest of the packet is still to come
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return self._loop_rc_handle(rc)
+            if self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN  # the packet ended the connection
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _fill(self) -> MQTTErrorCode | None:
+        """One read of the socket; None when bytes came."""
+        try:
+            data = self._sock_recv(_READ_SIZE)
+        except BlockingIOError:
+            return _AGAIN
+        except OSError as exc:
+            self._easy_log(paho.MQTT_LOG_ERR, "failed to receive on socket: %s", exc)
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        if not data:
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST  # the broker closed the connection
+        with self._msgtime_mutex:
+            self._last_bytes_received = time.monotonic()
+        if self._read_at >= len(self._read):
+            self._read, self._read_at, self._need = data, 0, 0
+            return None
+        # Part of a packet is here: collect the chunks until it is whole (a large packet is
+        # joined once, not once per chunk).
+        self._parts.append(data)
+        self._parts_size += len(data)
+        if self._parts_size >= self._need:
+            self._read = b"".join([self._read[self._read_at :], *self._parts])
+            self._read_at, self._need = 0, 0
+            self._parts, self._parts_size = [], 0
+        return None
+
+    def _next_packet(self) -> MQTTErrorCode | None:
+        """Handle the packet at the read position; None (and `_need` set) if it is not whole."""
+        data, at = self._read, self._read_at
+        end = len(data)
+        if at >= end:
+            return None
+        header = data[at]
+        length, shift, i = 0, 0, at + 1
+        while True:
+            if i >= end:
+                self._need = 1
+                return None
+            byte = data[i]
+            i += 1
+            length |= (byte & 127) << shift
+            if byte < 128:
                 break
-            rc = super().loop_read(1)
+            shift += 7
+            if shift > 21:  # at most 4 bytes of remaining length
+                return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        if end - i < length:
+            self._need = length - (end - i)
+            return None
+        self._read_at = i + length
+        qos_bits = header & 0x06  # 0: QoS 0, 2: QoS 1, 4: QoS 2, 6: invalid
+        if header & 0xF0 == PUBLISH and qos_bits < 4 and self._publish(header, data, i, i + length):
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._handle(header, data[i : i + length])
+
+    def _publish(self, header: int, data: bytes, start: int, end: int) -> bool:
+        """A QoS 0 or 1 PUBLISH read in place; False leaves it to paho (MQTT 5 properties, or
+        a packet paho must refuse)."""
+        if end - start < 2:
+            return False
+        topic_end = start + 2 + (data[start] << 8 | data[start + 1])
+        qos = (header >> 1) & 3
+        at = topic_end + 2 if qos else topic_end
+        if topic_end == start + 2 or at > end:
+            return False  # an empty topic (MQTT 3.1.1 forbids it; 5 needs an alias) or short
+        if self._protocol == paho.MQTTv5:
+            if at >= end or data[at] != 0:
+                return False  # properties (a topic alias, user properties, ...): paho's job
+            at += 1
+        mid = data[topic_end] << 8 | data[topic_end + 1] if qos else 0
+        assert self.on_packet is not None
+        self.on_packet(
+            data[start + 2 : topic_end], data[at:end], qos, mid, bool(header & 8), bool(header & 1)
+        )
+        return True
+
+    def _handle(self, header: int, body: bytes) -> MQTTErrorCode:
+        """A packet for paho's own handlers, set up as paho's reader leaves it."""
+        self._in_packet = {
+            "command": header,
+            "have_remaining": 1,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": len(body),
+            "packet": bytearray(body),
+            "to_process": 0,
+            "pos": 0,
+        }
+        try:
+            rc = self._packet_handle()
+        except MalformedPacket as exc:
+            self._easy_log(paho.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self._in_packet = {
+            "command": 0,
+            "have_remaining": 0,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": 0,
+            "packet": bytearray(b""),
+            "to_process": 0,
+            "pos": 0,
+        }
         return rc
 
+    def publish_at_once(self, topic: str, payload: bytes, retain: bool) -> bool:
+        """A QoS 0 PUBLISH (a rule's command) written to the socket now, without paho's message
+        bookkeeping: paho's path costs ~7 us on a warm cache and several times that on a cold
+        one, and calls `on_publish` for it. False leaves it to paho: not connected, packets
+        queued ahead of it (order holds), or a topic paho must refuse."""
+        if self._sock is None or self._out_packet or not self.is_connected():
+            return False
+        name = topic.encode()
+        if not name or len(name) > 65_535 or "+" in topic or "#" in topic:
+            return False
+        v5 = b"\x00" if self._protocol == paho.MQTTv5 else b""  # no properties
+        body = len(name).to_bytes(2, "big") + name + v5 + payload
+        packet = bytes([PUBLISH | retain]) + _remaining_length(len(body)) + body
+        try:
+            sent = self._sock_send(packet)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return False  # paho's own write meets the error and ends the connection
+        if sent < len(packet):  # the socket took part of it: paho writes the rest
+            self._out_packet.append(
+                {
+                    "command": PUBLISH,
+                    "mid": 0,
+                    "qos": 0,
+                    "pos": sent,
+                    "to_process": len(packet) - sent,
+                    "packet": packet,
+                    "info": paho.MQTTMessageInfo(0),
+                }
+            )
+            self._call_socket_register_write()
+        with self._msgtime_mutex:
+            self._last_msg_out = time.monotonic()
+        return True
+
     def _sock_close(self) -> None:
-        self._read, self._read_at = b"", 0  # what the old connection sent means nothing now
+        # what the old connection sent means nothing now
+        self._read, self._read_at, self._need = b"", 0, 0
+        self._parts, self._parts_size = [], 0
         super()._sock_close()
 
     # paho's external-loop hooks, called where paho wants the socket watched for writing. The
@@ -203,6 +360,16 @@ class _IngestClient(paho.Client):
             ssl_sock.close()
             raise
         return ssl_sock
+
+
+def _remaining_length(n: int) -> bytes:
+    """MQTT's variable-length integer."""
+    out = bytearray()
+    while True:
+        byte, n = n & 127, n >> 7
+        out.append(byte | 128 if n else byte)
+        if not n:
+            return bytes(out)
 
 
 def _close_opened(opening: asyncio.Future[Any]) -> None:
@@ -305,6 +472,7 @@ class MqttIngest:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_packet = self._on_packet
         client.on_publish = self._on_publish
         client.on_socket_open = self._socket_opened
         client.on_socket_close = self._socket_closed
@@ -513,11 +681,23 @@ class MqttIngest:
             logger.warning("%s; reconnecting with backoff", self.last_error)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        """A message paho read itself (QoS 2, or MQTT 5 properties)."""
+        self._on_packet(
+            message._topic,
+            bytes(message.payload),
+            message.qos,
+            message.mid,
+            bool(message.dup),
+            bool(message.retain),
+        )
+
+    def _on_packet(
+        self, topic_bytes: bytes, payload: bytes, qos: int, mid: int, dup: bool, retain: bool
+    ) -> None:
         try:
-            topic = message.topic
+            topic = topic_bytes.decode("utf-8")
         except UnicodeDecodeError:  # MQTT requires UTF-8 topics; keep the message, quarantined
-            topic = message._topic.decode("utf-8", errors="replace")
-        qos, mid = message.qos, message.mid
+            topic = topic_bytes.decode("utf-8", errors="replace")
         held = 0
         if qos:
             held = self._in_flight.get(mid, 0)
@@ -528,11 +708,11 @@ class MqttIngest:
                 self._id_reused()
         raw = RawMessage(
             topic,
-            bytes(message.payload),
+            payload,
             qos,
             mid,
-            bool(message.dup),
-            bool(message.retain),
+            dup,
+            retain,
             self._clock(),
             self.connects,
             self.session,
@@ -664,6 +844,11 @@ class MqttIngest:
         if loop is not None and threading.get_ident() != self._loop_thread:
             loop.call_soon_threadsafe(self.publish, topic, payload, qos, retain)
             return
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        client = self._client
+        if qos == 0:
+            data = payload.encode() if isinstance(payload, str) else payload
+            if client.publish_at_once(topic, data, retain):
+                return
+        info = client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise BrokerError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")

@@ -29,7 +29,14 @@ from gateway.ingest.mqtt import _IngestClient
 from gateway.services.mosquitto import Mosquitto
 from gateway.testing import GatewayThread, publisher, wait_until
 
-ENTRY_POINTS = ("_packet_read", "_packet_write", "_packet_queue", "publish", "loop_misc")
+ENTRY_POINTS = (
+    "loop_read",
+    "_packet_handle",
+    "_packet_write",
+    "_packet_queue",
+    "publish",
+    "loop_misc",
+)
 
 RULE = """
 rules:
