@@ -73,9 +73,16 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> int:
 
 def add_counters(con: duckdb.DuckDBPyConnection, **increments: int) -> None:
     """Add to the lifetime totals in `counters` (inside the caller's transaction)."""
-    for name, amount in increments.items():
-        if amount:
-            con.execute("UPDATE counters SET value = value + ? WHERE name = ?", [amount, name])
+    changed = [(name, amount) for name, amount in increments.items() if amount]
+    if not changed:
+        return
+    cases = " ".join("WHEN ? THEN ?" for _ in changed)
+    names = ", ".join("?" for _ in changed)
+    params: list[Any] = [x for pair in changed for x in pair] + [name for name, _ in changed]
+    con.execute(
+        f"UPDATE counters SET value = value + CASE name {cases} END WHERE name IN ({names})",
+        params,
+    )
 
 
 def used_bytes(con: duckdb.DuckDBPyConnection, path: Path) -> int:
