@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from gateway.errors import RuleError
 from gateway.model import HISTORICAL_TAG, SKEW_ADJUSTED, SKEW_DROPPED, SKEW_TAG, ReadingColumns
-from gateway.rules.actions import Event, Output
+from gateway.rules.actions import Command, Event, Output
 from gateway.rules.compile import CompiledRule, compile_rules
 from gateway.rules.conditions import Env, Latest
 from gateway.rules.schema import LoadedRule
@@ -89,22 +89,31 @@ class RuleEngine:
 
     # -- input ----------------------------------------------------------------------------
     def process(
-        self, readings: pa.Table | ReadingColumns, now: float | None = None, *, prime: bool = False
+        self,
+        readings: pa.Table | ReadingColumns,
+        now: float | None = None,
+        *,
+        prime: bool = False,
+        on_command: Callable[[Command], None] | None = None,
     ) -> list[Output]:
         """Evaluate a batch (READINGS_SCHEMA, or its columns as lists; `id`/`event_id` are
         missing before commit), then advance to `now` if given.
 
         `prime`: the readings are known state, not news (an MQTT broker's retained messages on
         subscribing): they update triggers and latest states but fire nothing, so a value
-        already past a threshold is not taken for a crossing."""
+        already past a threshold is not taken for a crossing.
+        `on_command`: called with each command as it is made (live rules publish it then,
+        before the rest of the batch is evaluated); the outputs returned hold it too."""
         columns = readings if isinstance(readings, ReadingColumns) else ReadingColumns.of(readings)
         n = len(columns)
         if n:
             self._priming = prime
+            self.actions.send = on_command
             try:
                 self._evaluate(columns, n)
             finally:
                 self._priming = False
+                self.actions.send = None
         if now is not None:
             self._advance(now)
         return self.actions.take()

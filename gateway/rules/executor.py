@@ -40,10 +40,13 @@ class ActionExecutor:
         # firings and actions by rule there); an observer must be quick and must not raise.
         self.observers: list[Callable[[list[Output]], None]] = []
 
-    def execute(self, outputs: list[Output]) -> None:
+    def execute(self, outputs: list[Output], *, commands_sent: bool = False) -> None:
+        """Carry out the outputs; `commands_sent`: their commands went out already, one by one
+        as the engine made them (`command`)."""
         for output in outputs:
             if isinstance(output, Command):
-                self._command(output)
+                if not commands_sent:
+                    self.command(output)
             elif isinstance(output, WebhookCall):
                 try:
                     self._queue.put_nowait(output)
@@ -66,7 +69,8 @@ class ActionExecutor:
         for observe in self.observers:  # after the commands left: they come first
             observe(outputs)
 
-    def _command(self, command: Command) -> None:
+    def command(self, command: Command) -> None:
+        """Publish one command now."""
         if self._publish is None:
             return
         try:

@@ -184,13 +184,16 @@ class RulesService:
         self._dirty = True
         # Retained messages are the broker's memory of a device's state, delivered when we
         # subscribe: they prime the rules but are no crossings. Runs keep the arrival order.
+        # Each command is published as the engine makes it: a reading's command does not wait
+        # for the rest of its batch to be evaluated.
+        send = self.executor.command
         for readings, prime in _retained_runs(columns, retained):
-            outputs = engine.process(readings, prime=prime)
+            outputs = engine.process(readings, prime=prime, on_command=send)
             if outputs:
-                self._spawn_handle(outputs)
+                self._spawn_handle(outputs, commands_sent=True)
 
-    def _spawn_handle(self, outputs: list[Output]) -> None:
-        self.executor.execute(outputs)
+    def _spawn_handle(self, outputs: list[Output], *, commands_sent: bool = False) -> None:
+        self.executor.execute(outputs, commands_sent=commands_sent)
         alerts = [o for o in outputs if isinstance(o, AlertChange)]
         if alerts:
             self._alert_writes += 1

@@ -99,7 +99,7 @@ class RuleActions:
 class ActionRunner:
     """Runs the rules' actions; holds the outputs not yet handed out and the open alerts."""
 
-    __slots__ = ("alerts", "now", "out", "stats", "timers")
+    __slots__ = ("alerts", "now", "out", "send", "stats", "timers")
 
     def __init__(self, stats: EngineStats, timers: Timers, now: Callable[[], float]) -> None:
         """`timers` and `now` are the gateway's clock: a `delay` counts on it, not on the
@@ -108,6 +108,9 @@ class ActionRunner:
         self.timers = timers
         self.now = now
         self.out: list[Output] = []
+        # Set while live readings are evaluated: each command is handed out as it is made, so
+        # it leaves before the rest of the batch is evaluated (it stays in `out` as well).
+        self.send: Callable[[Command], None] | None = None
         # (rule id, device, metric) -> [severity, message, raised at]
         self.alerts: dict[AlertKey, list[Any]] = {}
 
@@ -217,17 +220,12 @@ class ActionRunner:
                 self.stats.commands_refused += 1
                 logger.warning("rule %s, device %r: %s", r.id, device, exc)
                 return
-            self.out.append(
-                Command(
-                    r.id,
-                    device,
-                    at,
-                    rendered,
-                    payload.render(event),
-                    spec.qos,
-                    spec.retain,
-                )
+            command = Command(
+                r.id, device, at, rendered, payload.render(event), spec.qos, spec.retain
             )
+            self.out.append(command)
+            if self.send is not None:
+                self.send(command)
         elif kind == "alert":
             key = (r.id, device, event.metric)
             if key in self.alerts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from gateway.buffer.store import BufferStore
 from gateway.config import LocationConfig, RulesConfig
+from gateway.model import ReadingColumns
 from gateway.rules.actions import WebhookCall
 from gateway.rules.executor import ActionExecutor
 from gateway.rules.service import RulesService
@@ -148,3 +150,71 @@ def test_running_service_reloads_a_changed_file_and_refuses_a_broken_one(tmp_pat
     )
     assert service.engine is not None
     assert service.engine.rules[0].rule.trigger.above == -14  # type: ignore[union-attr]
+
+
+EAGER_RULES = """
+rules:
+  - id: hot
+    select: {metric: temp}
+    trigger: {type: threshold, above: 30}
+    actions:
+      - mqtt: {topic: "cmd/{device}/fan", payload: "{value}", qos: 0}
+"""
+
+
+def test_a_live_command_leaves_before_the_rest_of_its_batch_is_evaluated_and_only_once(
+    tmp_path: Path,
+) -> None:
+    rule_file = tmp_path / "rules.yaml"
+    rule_file.write_text(EAGER_RULES)
+    store = BufferStore(tmp_path / "buffer.duckdb")
+    published: list[tuple[str, str, bool]] = []  # topic, payload, d9 evaluated yet
+    observed: list[int] = []
+
+    async def direct(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    async def main() -> None:
+        service: RulesService
+
+        def publish(topic: str, payload: str, qos: int, retain: bool) -> None:
+            assert service.engine is not None
+            seen_d9 = ("d9", "temp") in service.engine.env.latest
+            published.append((topic, payload, seen_d9))
+
+        service = RulesService(
+            RulesConfig(files=[rule_file]),
+            LocationConfig(),
+            store=store,
+            on_writer=direct,
+            publish=publish,
+            observers=[lambda outputs: observed.append(len(outputs))],
+        )
+        await service.start()
+        now = int(time.time() * 1e6)
+        devices = ["d0", "d1", *[f"x{i}" for i in range(8)], "d9"]
+        values: list[float | None] = [31.0, 32.0, *[20.0] * 8, 33.0]
+        n = len(devices)
+        columns = ReadingColumns(
+            [now] * n,
+            [now] * n,
+            devices,
+            ["temp"] * n,
+            values,
+            [None] * n,
+            [None] * n,
+            [f"sensors/{d}/temp" for d in devices],
+            [None] * n,
+        )
+        service.evaluate(columns, [])
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+    assert published == [
+        ("cmd/d0/fan", "31", False),  # out before the batch's last reading was evaluated
+        ("cmd/d1/fan", "32", False),
+        ("cmd/d9/fan", "33", True),
+    ]
+    assert observed == [3]  # observers still see every output, once
