@@ -1,8 +1,9 @@
 """The one path of a reading: take -> decode once -> rules at once, and commit -> ack.
 
-    event loop: paho reads the socket, the pipeline takes, drops redeliveries, decodes; the
-        rules evaluate the decoded readings at once, as lists (their commands are written to
-        the socket before the Arrow table is built and before the commit)
+    event loop: the ingest reads the socket, the pipeline takes, drops redeliveries, decodes;
+        the rules evaluate the decoded readings at once, as lists (each command is written to
+        the socket as it is made: before the rest of the batch is evaluated, before the Arrow
+        table is built and before the commit)
     event loop --> writer thread: one DuckDB transaction (batches waiting meanwhile merge)
     writer thread --> event loop: ack to the broker, then the batch listeners (sinks, telemetry)
 
