@@ -227,6 +227,18 @@ STATESTREAM = [
     ("homeassistant/sensor/kitchen_temperature/unit_of_measurement", b'"\xc2\xb0C"', (None, "°C")),
     ("homeassistant/light/hall/brightness", b"128", (128.0, None)),
     ("homeassistant/light/hall/rgb_color", b"[255, 0, 0]", (None, "[255,0,0]")),
+    # Current Home Assistant JSON-encodes states and times too; both encodings read the same.
+    ("homeassistant/binary_sensor/hall_motion/state", b'"off"', (0.0, "off")),
+    ("homeassistant/sensor/kitchen_temperature/state", b'"21.75"', (21.75, None)),
+    ("homeassistant/light/hall/state", b'"on"', (1.0, "on")),
+    ("homeassistant/sensor/kitchen_temperature/state", b'"unavailable"', (None, "unavailable")),
+    ("homeassistant/sensor/note/state", b'"say \\"hi\\""', (None, 'say "hi"')),
+    ("homeassistant/sensor/odd/state", b'"unterminated', (None, '"unterminated')),
+    (
+        "homeassistant/sensor/kitchen_temperature/last_changed",
+        b'"2026-12-03T10:00:00+00:00"',
+        (None, "2026-12-03T10:00:00+00:00"),
+    ),
 ]
 
 
