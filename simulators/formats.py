@@ -299,8 +299,10 @@ class ShellyEncoder(Encoder):
 
 
 class StatestreamEncoder(Encoder):
-    """Home Assistant statestream: `homeassistant/<domain>/<object_id>/state` as plain text and
-    attributes JSON-encoded beside it; one entity per metric."""
+    """Home Assistant statestream: `homeassistant/<domain>/<object_id>/state` and attributes
+    beside it, all JSON-encoded as current Home Assistant sends them (`"on"`, `"21.5"`); the
+    option `legacy_states: true` sends states as plain text, as older releases did. One entity
+    per metric."""
 
     name = "statestream"
 
@@ -308,6 +310,7 @@ class StatestreamEncoder(Encoder):
         super().__init__(*args)
         self.announced: set[str] = set()
         self.base = str(self.options.get("base_topic", "homeassistant"))
+        self.legacy = bool(self.options.get("legacy_states", False))
 
     def encode(self, samples: list[Sample], ts: float, reason: Reason) -> list[Message]:
         out = []
@@ -330,6 +333,8 @@ class StatestreamEncoder(Encoder):
                 out.append(self.msg(f"{base}/friendly_name", orjson.dumps(name), ts))
                 if s.unit:
                     out.append(self.msg(f"{base}/unit_of_measurement", orjson.dumps(s.unit), ts))
+            if not self.legacy:
+                state = orjson.dumps(state.decode())
             out.append(self.msg(f"{base}/state", state, ts))
             out.append(self.msg(f"{base}/last_updated", when, ts))
         return out

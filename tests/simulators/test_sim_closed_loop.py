@@ -133,7 +133,7 @@ FORMATS: dict[str, tuple[str, bytes, str, Callable[[Received], str | None], str]
         "commands/home/plug/set",
         b"OFF",
         "homeassistant/switch/plug_state/state",
-        lambda m: m.payload.decode(),
+        lambda m: orjson.loads(m.payload),  # JSON-encoded, as current Home Assistant sends it
         "off",
     ),
     "sparkplug": (

@@ -76,21 +76,34 @@ def test_shelly_full_status_then_partial_updates(broker: Mosquitto, collector: C
 
 
 def test_statestream_states_and_attributes(broker: Mosquitto, collector: Collector) -> None:
-    fleet = [
+    fleet: list[dict[str, Any]] = [
         {"profile": "climate", "name": "hall", "format": "statestream", "interval": "30m"},
         {"profile": "motion", "name": "hall-pir", "format": "statestream", "interval": "30m"},
+        {
+            "profile": "motion",
+            "name": "old-pir",
+            "format": "statestream",
+            "interval": "30m",
+            "options": {"legacy_states": True},
+        },
     ]
     play(broker, collector, fleet)
     base = "homeassistant/sensor/hall_temperature"
     states = collector.on(f"{base}/state")
-    assert len(states) == 2 and all(float(m.payload) for m in states)
+    # JSON-encoded, as current Home Assistant sends states
+    assert len(states) == 2 and all(float(orjson.loads(m.payload)) for m in states)
     assert [m.payload for m in collector.on(f"{base}/unit_of_measurement")] == [b'"\xc2\xb0C"']
     assert [
         m.payload for m in collector.on("homeassistant/binary_sensor/hall_pir_occupancy/state")
     ] == [
-        b"off",
-        b"off",
+        b'"off"',
+        b'"off"',
     ]
+    old = collector.on("homeassistant/binary_sensor/old_pir_occupancy/state")
+    assert [m.payload for m in old] == [
+        b"off",
+        b"off",
+    ]  # plain text, as older Home Assistant sent states
     updated = collector.on(f"{base}/last_updated")
     assert orjson.loads(updated[0].payload).startswith("2026-01-15T00:")
 
