@@ -201,6 +201,9 @@ class IngestBatch:
     quarantine: pa.Table
     messages: list[RawMessage] = field(default_factory=list)
     duplicates: int = 0  # redeliveries recognised and not stored again
+    # Messages with an empty payload: no reading and no quarantine row, only counted (on MQTT an
+    # empty retained message deletes the broker's retained value; see docs/ingest-formats.md).
+    empty: int = 0
     number: int = 0  # the batch's number in the redelivery bookkeeping (set before commit)
     retained: list[int] = field(default_factory=list)  # rows from retained messages (known state)
     # Content identities of this batch's messages on routes with a `dedup_window`, each with

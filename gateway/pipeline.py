@@ -109,17 +109,21 @@ class IngestStats:
     readings: int = 0
     quarantined: int = 0
     duplicates: int = 0
+    empty_payloads: int = 0
     batches: int = 0
     commit_failures: int = 0
     last_commit_at: float | None = None
     recent: list[tuple[float, int]] = field(default_factory=list)  # (time, readings) per commit
 
-    def record(self, now: float, messages: int, committed: Committed, redeliveries: int) -> None:
+    def record(
+        self, now: float, messages: int, committed: Committed, redeliveries: int, empty: int = 0
+    ) -> None:
         readings = int(committed.readings.num_rows)
         self.messages += messages
         self.readings += readings
         self.quarantined += committed.quarantined
         self.duplicates += redeliveries + committed.copies
+        self.empty_payloads += empty
         self.batches += 1
         self.last_commit_at = now
         self.recent.append((now, readings))
@@ -163,6 +167,7 @@ def merge(parts: list[_Decoded]) -> _Decoded:
         quarantine=pa.concat_tables([b.quarantine for b in batches]),
         messages=[m for b in batches for m in b.messages],
         duplicates=sum(b.duplicates for b in batches),
+        empty=sum(b.empty for b in batches),
         retained=retained,
         identities=[i for b in batches for i in b.identities],
         reading_identities=[i for b in batches for i in b.reading_identities],
@@ -380,7 +385,7 @@ class Pipeline:
         self._source.ack(decoded.messages, decoded.number)
         self._decoder.committed(batch)
         redeliveries = len(decoded.messages) - len(batch.messages)
-        self._stats.record(time.time(), len(decoded.messages), committed, redeliveries)
+        self._stats.record(time.time(), len(decoded.messages), committed, redeliveries, batch.empty)
         if committed.readings.num_rows:
             for listener in self._listeners:
                 await listener(committed.readings)

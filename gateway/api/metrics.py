@@ -78,6 +78,12 @@ class GatewayCollector(Collector):
             "MQTT redeliveries recognised and not stored again.",
             stats.duplicates,
         )
+        yield _counter(
+            "empty_payloads",
+            "MQTT messages with an empty payload: no reading (an empty retained message deletes "
+            "the broker's retained value).",
+            stats.empty_payloads,
+        )
         yield _counter("batches", "Batches committed to the buffer.", stats.batches)
         yield _counter(
             "commit_failures", "Buffer commits that failed and were retried.", stats.commit_failures

@@ -43,6 +43,7 @@ def status(api: ApiView) -> dict[str, Any]:
             "readings": stats.readings,
             "quarantined": stats.quarantined,
             "duplicates_dropped": stats.duplicates,
+            "empty_payloads": stats.empty_payloads,
             "batches": stats.batches,
             "commit_failures": stats.commit_failures,
             "last_commit_at": stats.last_commit_at,

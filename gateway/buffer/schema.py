@@ -86,6 +86,7 @@ COUNTERS = (
     "readings_total",
     "quarantined_total",
     "duplicates_dropped_total",
+    "empty_payloads_total",
     "purged_readings_total",
     "purged_quarantine_total",
     "purged_unsent_total",

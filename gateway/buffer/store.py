@@ -352,6 +352,7 @@ class BufferStore:
                 readings_total=n,
                 quarantined_total=q.num_rows,
                 duplicates_dropped_total=batch.duplicates + copies,
+                empty_payloads_total=batch.empty,
             )
             con.commit()
         except duckdb.Error as exc:

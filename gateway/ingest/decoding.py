@@ -119,6 +119,7 @@ class BatchDecoder:
             fresh, message_identities, identities = self._drop_copies(fresh)
             duplicates = len(messages) - len(fresh)
         identity: int | None = None  # of the message before: its rows are the ones not filled
+        empty = 0
 
         def fill(identity: int | None) -> None:
             reading_identities.extend([identity] * (len(device) - len(reading_identities)))
@@ -137,6 +138,9 @@ class BatchDecoder:
                         f"{self._max_payload} (first {QUARANTINE_KEEP_BYTES} bytes kept)",
                     )
                 )
+                continue
+            if not msg.payload:  # nothing to read, and nothing wrong with it either
+                empty += 1
                 continue
             match = route(msg.topic)
             if match is None:
@@ -209,6 +213,7 @@ class BatchDecoder:
             quarantine=quarantine_table(quarantined, self._max_payload),
             messages=fresh,
             duplicates=duplicates,
+            empty=empty,
             retained=retained,
             identities=identities,
             reading_identities=reading_identities,
