@@ -89,7 +89,7 @@ class MqttConfig(_Model):
     subscriptions: list[Subscription] = Field(
         default_factory=lambda: [
             Subscription(topic="sensors/#", qos=1),
-            Subscription(topic="zigbee2mqtt/+", qos=1),
+            Subscription(topic="zigbee2mqtt/#", qos=1),
             Subscription(topic="tele/+/SENSOR", qos=1),
         ],
         min_length=1,
@@ -114,6 +114,8 @@ DecoderName = Literal[
     "statestream",
     "shelly",
     "sparkplug",
+    "availability",
+    "ignore",
 ]
 
 
@@ -154,7 +156,8 @@ class RouteConfig(_Model):
 
     @model_validator(mode="after")
     def _names_device(self) -> RouteConfig:
-        if "{device}" not in self.pattern.split("/") and self.device is None:
+        levels = self.pattern.split("/")
+        if not {"{device}", "{device...}"} & set(levels) and self.device is None:
             raise ValueError(f"{self.pattern!r}: needs a {{device}} level or a fixed `device:`")
         return self
 
@@ -163,9 +166,13 @@ class RouteConfig(_Model):
     def _pattern_levels(cls, pattern: str) -> str:
         names: set[str] = set()
         levels = pattern.split("/")
+        rest = 0
         for i, level in enumerate(levels):
             if level.startswith("{") and level.endswith("}"):
                 name = level[1:-1]
+                if name.endswith("..."):  # a multi-level capture: one or more levels
+                    name = name[:-3]
+                    rest += 1
                 if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                     raise ValueError(f"{pattern!r}: {level!r} is not a valid segment name")
                 if name in names:
@@ -175,13 +182,24 @@ class RouteConfig(_Model):
                 raise ValueError(f"{pattern!r}: '#' must be the last level")
             elif any(c in level for c in "{}+#") and level not in ("+", "#"):
                 raise ValueError(f"{pattern!r}: level {level!r} mixes a wildcard with text")
+        if rest > 1:
+            raise ValueError(f"{pattern!r}: only one multi-level capture {{name...}} per pattern")
+        if rest and levels[-1] == "#":
+            raise ValueError(f"{pattern!r}: a multi-level capture {{name...}} and '#' cannot mix")
         return pattern
 
 
 def _default_routes() -> list[RouteConfig]:
     return [
         RouteConfig(pattern="sensors/{site}/{device}/{metric}", decoder="auto"),
-        RouteConfig(pattern="zigbee2mqtt/{device}", decoder="zigbee2mqtt"),
+        # Zigbee2MQTT: friendly names may hold `/` (`kitchen/door`); its own sub-topics first.
+        RouteConfig(pattern="zigbee2mqtt/bridge/#", decoder="ignore", device="zigbee2mqtt"),
+        RouteConfig(pattern="zigbee2mqtt/{device...}/availability", decoder="availability"),
+        RouteConfig(pattern="zigbee2mqtt/{device...}/set", decoder="ignore"),
+        RouteConfig(pattern="zigbee2mqtt/{device...}/set/+", decoder="ignore"),
+        RouteConfig(pattern="zigbee2mqtt/{device...}/get", decoder="ignore"),
+        RouteConfig(pattern="zigbee2mqtt/{device...}/get/+", decoder="ignore"),
+        RouteConfig(pattern="zigbee2mqtt/{device...}", decoder="zigbee2mqtt"),
         RouteConfig(pattern="tele/{device}/SENSOR", decoder="tasmota"),
         RouteConfig(pattern="tele/{device}/STATE", decoder="tasmota"),
         RouteConfig(pattern="{device}/events/rpc", decoder="shelly"),

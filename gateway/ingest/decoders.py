@@ -15,6 +15,7 @@ import orjson
 
 from gateway.config import DecoderName
 from gateway.errors import DecodeError
+from gateway.ingest.availability import decode_availability
 from gateway.ingest.statestream import decode_statestream
 from gateway.model import Decoded
 
@@ -239,6 +240,13 @@ def decode_tasmota(payload: bytes, metric: str | None) -> list[Decoded]:
     return readings
 
 
+def decode_ignore(payload: bytes, metric: str | None) -> list[Decoded]:
+    """No readings: for topics that carry none (commands to devices, a bridge's logs). The
+    message is taken and acknowledged like any other."""
+    del payload, metric
+    return []
+
+
 DECODERS: dict[DecoderName, Decoder] = {
     "auto": decode_auto,
     "number": decode_number,
@@ -247,5 +255,7 @@ DECODERS: dict[DecoderName, Decoder] = {
     "zigbee2mqtt": decode_zigbee2mqtt,
     "tasmota": decode_tasmota,
     "statestream": decode_statestream,
+    "availability": decode_availability,
+    "ignore": decode_ignore,
 }
 # "shelly" and "sparkplug" keep state per device: see gateway/ingest/stateful.py.

@@ -27,7 +27,10 @@ class RouteMatch:
 
 
 class _CompiledRoute:
-    __slots__ = ("config", "has_hash", "index", "levels", "times")
+    """A route's pattern split at its one multi-level capture, if any: `zigbee2mqtt/{device...}
+    /availability` is the levels before it, its name, and the levels after it."""
+
+    __slots__ = ("config", "has_hash", "head", "index", "levels", "rest", "tail", "times")
 
     def __init__(self, index: int, config: RouteConfig) -> None:
         self.index = index
@@ -35,8 +38,17 @@ class _CompiledRoute:
         self.times = DeviceTimes(config)
         self.levels = config.pattern.split("/")
         self.has_hash = self.levels[-1] == "#"
+        self.rest: str | None = None  # the name of the multi-level capture
+        self.head = self.levels
+        self.tail: list[str] = []
+        for i, level in enumerate(self.levels):
+            if level.endswith("...}"):
+                self.rest = level[1:-4]
+                self.head, self.tail = self.levels[:i], self.levels[i + 1 :]
 
     def match(self, parts: list[str]) -> dict[str, str] | None:
+        if self.rest is not None:
+            return self._match_rest(parts)
         levels = self.levels
         if self.has_hash:
             if len(parts) < len(levels) - 1:
@@ -45,16 +57,39 @@ class _CompiledRoute:
         elif len(parts) != len(levels):
             return None
         named: dict[str, str] = {}
-        for level, part in zip(levels, parts, strict=False):
-            if level == "+":
-                continue
-            if level.startswith("{"):
-                if not part:
-                    return None
-                named[level[1:-1]] = part
-            elif level != part:
-                return None
+        if not _match_levels(levels, parts, named):
+            return None
         return named
+
+    def _match_rest(self, parts: list[str]) -> dict[str, str] | None:
+        head, tail = self.head, self.tail
+        end = len(parts) - len(tail)
+        if end <= len(head):  # the capture takes one level at least
+            return None
+        named: dict[str, str] = {}
+        if not _match_levels(head, parts, named) or not _match_levels(tail, parts[end:], named):
+            return None
+        captured = parts[len(head) : end]
+        if not all(captured):
+            return None
+        assert self.rest is not None
+        # Metric names are dotted paths everywhere (a JSON field `relay.0`); other names keep
+        # the topic's levels (a Zigbee2MQTT friendly name `kitchen/door`).
+        named[self.rest] = (".".join if self.rest == "metric" else "/".join)(captured)
+        return named
+
+
+def _match_levels(levels: list[str], parts: list[str], named: dict[str, str]) -> bool:
+    for level, part in zip(levels, parts, strict=False):
+        if level == "+":
+            continue
+        if level.startswith("{"):
+            if not part:
+                return False
+            named[level[1:-1]] = part
+        elif level != part:
+            return False
+    return True
 
 
 class TopicRouter:
