@@ -194,6 +194,49 @@ class ReadingColumns:
 
 
 @dataclass(slots=True)
+class DeviceSeen:
+    """What the messages of one batch (or, summed, all of them) say about one device. Times are
+    arrival times in epoch microseconds: a device's own clock may be wrong."""
+
+    first_seen: int
+    last_seen: int
+    messages: int = 0  # messages its routes took, quarantined ones too
+    readings: int = 0
+    quarantined: int = 0
+    availability: str | None = None  # online / offline, the latest said
+    availability_since: int | None = None  # when it last changed
+    availability_changes: int = 0  # how often it went on- or offline
+    model: str | None = None
+    vendor: str | None = None
+    routes: set[str] = field(default_factory=set)  # the patterns of the routes it came by
+    # Availability as this batch said it, in order, repeats left out: (state, arrival).
+    availability_log: list[tuple[str, int]] = field(default_factory=list)
+
+    def said_availability(self, state: str, at: int) -> None:
+        """One availability reading, in arrival order."""
+        log = self.availability_log
+        if not log or log[-1][0] != state:
+            log.append((state, at))
+
+    def add(self, later: DeviceSeen) -> None:
+        """Fold in what a later batch saw of the same device."""
+        self.first_seen = min(self.first_seen, later.first_seen)
+        self.last_seen = max(self.last_seen, later.last_seen)
+        self.messages += later.messages
+        self.readings += later.readings
+        self.quarantined += later.quarantined
+        for state, at in later.availability_log:
+            if state == self.availability:
+                continue
+            if self.availability is not None:
+                self.availability_changes += 1
+            self.availability, self.availability_since = state, at
+        self.model = later.model or self.model
+        self.vendor = later.vendor or self.vendor
+        self.routes |= later.routes
+
+
+@dataclass(slots=True)
 class IngestBatch:
     """What one commit writes (decoded readings, quarantined messages) and the messages to ack."""
 
@@ -213,6 +256,8 @@ class IngestBatch:
     # (None off dedup routes), so the buffer can drop the rows of a copy it already holds.
     reading_identities: list[int | None] = field(default_factory=list)
     quarantine_identities: list[int | None] = field(default_factory=list)
+    # Per device: what this batch's messages said of it (the device registry's input).
+    devices: dict[str, DeviceSeen] = field(default_factory=dict)
 
     @property
     def reading_count(self) -> int:

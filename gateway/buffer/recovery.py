@@ -37,6 +37,7 @@ TABLES = (
     "content_identities",
     "counters",
     "dead_letters",
+    "devices",
 )
 _POSITIONED = {
     "readings": "readings_total",

@@ -67,6 +67,20 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS counters (
         name VARCHAR PRIMARY KEY,
         value BIGINT NOT NULL)""",
+    # The device registry (gateway/buffer/devices.py): one row per device, times are arrivals.
+    """CREATE TABLE IF NOT EXISTS devices (
+        device VARCHAR NOT NULL,
+        first_seen TIMESTAMPTZ NOT NULL,
+        last_seen TIMESTAMPTZ NOT NULL,
+        messages BIGINT NOT NULL,
+        readings BIGINT NOT NULL,
+        quarantined BIGINT NOT NULL,
+        availability VARCHAR,
+        availability_since TIMESTAMPTZ,
+        availability_changes BIGINT NOT NULL,
+        model VARCHAR,
+        vendor VARCHAR,
+        routes VARCHAR[] NOT NULL)""",
     # Records a sink refused for good (too large, schema); the sink's cursor moved past them.
     """CREATE TABLE IF NOT EXISTS dead_letters (
         sink VARCHAR NOT NULL,
@@ -80,7 +94,7 @@ DDL = [
 
 # Tables a buffer file written before they existed lacks until the gateway's next start creates
 # them (CREATE TABLE IF NOT EXISTS); reading such a file treats them as empty.
-ADDED_LATER = frozenset({"retained_readings", "content_identities"})
+ADDED_LATER = frozenset({"retained_readings", "content_identities", "devices"})
 
 COUNTERS = (
     "readings_total",

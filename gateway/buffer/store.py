@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from gateway.buffer import outbox, retention
 from gateway.buffer.connection import add_counters, connect, scalar, used_bytes
+from gateway.buffer.devices import DeviceRegistry
 from gateway.buffer.fence import ReopenFence
 from gateway.buffer.schema import COUNTERS, DDL, SCHEMA_VERSION
 from gateway.buffer.sql import run_query
@@ -88,6 +89,12 @@ class BufferStore:
         self._check_length()
         self._prepare()
         self._event_prefix = f"{self.buffer_uid}-"
+        # Made once: across reopens the registry in memory is ahead of its table.
+        try:
+            self.registry = DeviceRegistry(self._con, self._next_reading_id)
+        except duckdb.Error as exc:
+            self._con.close()
+            raise BufferStoreError(f"buffer {self.path}: cannot read the devices: {exc}") from None
 
     def _prepare(self) -> None:
         try:
@@ -257,6 +264,12 @@ class BufferStore:
         return result
 
     def close(self) -> None:
+        if self.registry.due(now=float("inf")):
+            try:
+                self.write(self.registry.write)
+                self.registry.written()
+            except (duckdb.Error, BufferStoreError) as exc:
+                logger.warning("buffer %s: writing the devices on close failed: %s", self.path, exc)
         with self._fence.exclusive():
             try:
                 self._con.execute("CHECKPOINT")
@@ -299,6 +312,7 @@ class BufferStore:
         self._ensure_open()
         landed = self._landed_before(batch)
         if landed is not None:
+            self.registry.add(batch.devices, self._next_reading_id - 1)
             return landed
         readings, quarantine, retained, identities, copies = self._without_copies(batch)
         n = readings.num_rows
@@ -354,6 +368,9 @@ class BufferStore:
                 duplicates_dropped_total=batch.duplicates + copies,
                 empty_payloads_total=batch.empty,
             )
+            registry_due = self.registry.due()
+            if registry_due:  # what the batches before this one said, once a second
+                self.registry.write(con)
             con.commit()
         except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):
@@ -364,6 +381,9 @@ class BufferStore:
         self._failed = None
         self._next_reading_id += n
         self._next_quarantine_id += q.num_rows
+        if registry_due:
+            self.registry.written()
+        self.registry.add(batch.devices, self._next_reading_id - 1)
         self._committed()
         return CommitResult(first, readings, q.num_rows, copies)
 

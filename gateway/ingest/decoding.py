@@ -17,6 +17,7 @@ from gateway.model import (
     DECODED_QUARANTINE_SCHEMA,
     HISTORICAL_TAG,
     Decoded,
+    DeviceSeen,
     IngestBatch,
     RawMessage,
     ReadingColumns,
@@ -31,6 +32,9 @@ QUARANTINE_KEEP_BYTES = 4096  # how much of an oversized payload the quarantine 
 # time is impossible, not just wrong (1e20 would be stored as the year 290309 BC, 3e17 as a year
 # past 9999 that no sink can encode): the message is quarantined with the reason.
 PLAUSIBLE_TIMES = (0.0, 4_102_444_800.0)
+
+# Readings the device registry also keeps as a device's facts (gateway/buffer/devices.py).
+REGISTRY_FACTS = frozenset({"availability", "model", "vendor"})
 
 
 def stateful_decoders() -> dict[str, Callable[[], MessageDecoder]]:
@@ -66,6 +70,17 @@ def _device_time(
     if times.skewed(when, received) and not (tags_json and HISTORICAL_TAG in tags_json):
         tags_json = with_skew_tag(tags_json, times.verdict)
     return int(when * 1e6), tags_json
+
+
+def _registry_fact(owner: DeviceSeen, d: Decoded, received: int) -> None:
+    if d.text is None:
+        return
+    if d.metric == "availability":
+        owner.said_availability(d.text, received)
+    elif d.metric == "model":
+        owner.model = d.text
+    else:
+        owner.vendor = d.text
 
 
 class BatchDecoder:
@@ -120,6 +135,15 @@ class BatchDecoder:
             duplicates = len(messages) - len(fresh)
         identity: int | None = None  # of the message before: its rows are the ones not filled
         empty = 0
+        devices: dict[str, DeviceSeen] = {}
+
+        def seen(name: str, at: int) -> DeviceSeen:
+            entry = devices.get(name)
+            if entry is None:
+                entry = devices[name] = DeviceSeen(at, at)
+            elif at > entry.last_seen:
+                entry.last_seen = at
+            return entry
 
         def fill(identity: int | None) -> None:
             reading_identities.extend([identity] * (len(device) - len(reading_identities)))
@@ -146,6 +170,10 @@ class BatchDecoder:
             if match is None:
                 quarantined.append((msg, "no route matches this topic"))
                 continue
+            received = int(msg.received_at * 1e6)
+            source = seen(match.device, received)
+            source.messages += 1
+            source.routes.add(match.pattern)
             plain = DECODERS.get(match.decoder)
             try:
                 if plain is None:
@@ -154,17 +182,19 @@ class BatchDecoder:
                     decoded = plain(msg.payload, match.metric)
             except DecodeError as exc:
                 quarantined.append((msg, f"{match.decoder} decoder: {exc}"))
+                source.quarantined += 1
                 continue
             except (UnicodeDecodeError, RecursionError, ValueError) as exc:
                 quarantined.append((msg, f"{match.decoder} decoder: {type(exc).__name__}: {exc}"))
+                source.quarantined += 1
                 continue
             impossible = _impossible_time(decoded)
             if impossible is not None:
                 quarantined.append((msg, f"{match.decoder} decoder: {impossible}"))
+                source.quarantined += 1
                 continue
             if msg.retain:
                 retained.extend(range(len(device), len(device) + len(decoded)))
-            received = int(msg.received_at * 1e6)
             if plain is None:  # stateful readings may name their own device and tags
                 for d in decoded:
                     own = d if isinstance(d, TaggedDecoded) else None
@@ -176,7 +206,12 @@ class BatchDecoder:
                         micros, tagged = _device_time(when, d, match, msg.received_at, tagged)
                         event_time.append(micros)
                     ingest_time.append(received)
-                    device.append(own.device or match.device if own else match.device)
+                    name = own.device or match.device if own else match.device
+                    device.append(name)
+                    owner = source if name == match.device else seen(name, received)
+                    owner.readings += 1
+                    if d.metric in REGISTRY_FACTS:
+                        _registry_fact(owner, d, received)
                     metric.append(d.metric)
                     value.append(d.value)
                     text.append(d.text)
@@ -184,7 +219,10 @@ class BatchDecoder:
                     topic.append(msg.topic)
                     tags.append(tagged)
                 continue
+            source.readings += len(decoded)
             for d in decoded:
+                if d.metric in REGISTRY_FACTS:
+                    _registry_fact(source, d, received)
                 tagged = match.tags_json
                 when = d.event_time
                 if when is None:
@@ -218,6 +256,7 @@ class BatchDecoder:
             identities=identities,
             reading_identities=reading_identities,
             quarantine_identities=quarantine_identities,
+            devices=devices,
         )
 
     def committed(self, batch: IngestBatch) -> None:

@@ -17,6 +17,7 @@ class RouteMatch:
     """Where a topic's readings belong; `metric` is None when the payload names metrics."""
 
     route_index: int
+    pattern: str
     decoder: DecoderName
     device: str
     metric: str | None
@@ -125,6 +126,7 @@ class TopicRouter:
             tags = {**config.tags, **named}
             return RouteMatch(
                 route_index=route.index,
+                pattern=config.pattern,
                 decoder=config.decoder,
                 device=device,
                 metric=metric,

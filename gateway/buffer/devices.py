@@ -1,0 +1,164 @@
+"""The device registry: one row per device in the `devices` table, kept from the batches.
+
+Each batch brings what its messages said of each device (`IngestBatch.devices`: first and last
+arrival, message, reading and quarantine counts, availability, model and vendor, the routes it
+came by). The writer folds it into the registry in memory once the batch is committed, and
+writes the devices that changed at most once a second, inside the transaction of a batch
+commit, with the reading position the registry has seen up to (`meta.devices_position`).
+A DuckDB statement costs milliseconds here, so a row per device per commit would double the
+cost of a small commit.
+
+After a crash the registry is up to a second behind the readings. Opening the buffer brings
+it level with what the readings themselves tell (arrivals, reading counts, availability,
+model and vendor after the position); the message and quarantine counts of that last second
+are lost, the readings are not.
+
+Owned by the writer thread; readers query the table.
+"""
+
+from __future__ import annotations
+
+import time
+
+import duckdb
+import pyarrow as pa
+
+from gateway.model import UTC_MICROS, DeviceSeen
+
+WRITE_INTERVAL = 1.0  # seconds between writes of the registry while batches commit
+
+_COLUMNS = (
+    "device",
+    "first_seen",
+    "last_seen",
+    "messages",
+    "readings",
+    "quarantined",
+    "availability",
+    "availability_since",
+    "availability_changes",
+    "model",
+    "vendor",
+    "routes",
+)
+
+
+class DeviceRegistry:
+    """The registry in memory, and which of its devices the table does not hold yet."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, next_reading_id: int) -> None:
+        self.devices: dict[str, DeviceSeen] = {}
+        self._dirty: set[str] = set()
+        self._written_at = float("-inf")
+        self.position = 0  # the highest reading id the registry has counted
+        self._load(con)
+        self._catch_up(con, next_reading_id)
+
+    def add(self, devices: dict[str, DeviceSeen], last_id: int) -> None:
+        """A committed batch's devices; `last_id` is its highest reading id."""
+        registry = self.devices
+        for name, seen in devices.items():
+            known = registry.get(name)
+            if known is None:
+                known = registry[name] = DeviceSeen(seen.first_seen, seen.last_seen)
+            known.add(seen)
+        self._dirty.update(devices)
+        self.position = max(self.position, last_id)
+
+    def due(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        return bool(self._dirty) and now - self._written_at >= WRITE_INTERVAL
+
+    def write(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Write the changed devices and the position, inside the caller's transaction; the
+        caller calls `written` once that transaction committed."""
+        names = sorted(self._dirty)
+        con.execute("DELETE FROM devices WHERE device IN (SELECT unnest(?::VARCHAR[]))", [names])
+        con.from_arrow(self._table(names)).insert_into("devices")
+        con.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('devices_position', ?)", [str(self.position)]
+        )
+
+    def written(self) -> None:
+        self._dirty.clear()
+        self._written_at = time.monotonic()
+
+    def _table(self, names: list[str]) -> pa.Table:
+        rows = [self.devices[n] for n in names]
+        micros = pa.int64()
+        return pa.table(
+            {
+                "device": pa.array(names, pa.string()),
+                "first_seen": pa.array([r.first_seen for r in rows], micros).view(UTC_MICROS),
+                "last_seen": pa.array([r.last_seen for r in rows], micros).view(UTC_MICROS),
+                "messages": pa.array([r.messages for r in rows], pa.int64()),
+                "readings": pa.array([r.readings for r in rows], pa.int64()),
+                "quarantined": pa.array([r.quarantined for r in rows], pa.int64()),
+                "availability": pa.array([r.availability for r in rows], pa.string()),
+                "availability_since": pa.array([r.availability_since for r in rows], micros).view(
+                    UTC_MICROS
+                ),
+                "availability_changes": pa.array(
+                    [r.availability_changes for r in rows], pa.int64()
+                ),
+                "model": pa.array([r.model for r in rows], pa.string()),
+                "vendor": pa.array([r.vendor for r in rows], pa.string()),
+                "routes": pa.array([sorted(r.routes) for r in rows], pa.list_(pa.string())),
+            }
+        )
+
+    def _load(self, con: duckdb.DuckDBPyConnection) -> None:
+        row = con.execute("SELECT value FROM meta WHERE key = 'devices_position'").fetchone()
+        self.position = int(row[0]) if row else 0
+        query = f"""SELECT {", ".join(_COLUMNS[:-1])}, routes FROM (
+            SELECT * REPLACE (
+                epoch_us(first_seen) AS first_seen, epoch_us(last_seen) AS last_seen,
+                epoch_us(availability_since) AS availability_since)
+            FROM devices)"""
+        for values in con.execute(query).fetchall():
+            name, first, last, messages, readings, quarantined = values[:6]
+            availability, since, changes, model, vendor, routes = values[6:]
+            self.devices[name] = DeviceSeen(
+                first,
+                last,
+                messages,
+                readings,
+                quarantined,
+                availability,
+                since,
+                changes,
+                model,
+                vendor,
+                set(routes),
+            )
+
+    def _catch_up(self, con: duckdb.DuckDBPyConnection, next_reading_id: int) -> None:
+        """Count the readings committed after the registry's last write (a crash between two
+        writes), as far as the readings tell."""
+        after = self.position
+        if after >= next_reading_id - 1:
+            return
+        seen: dict[str, DeviceSeen] = {}
+        for name, count, first, last in con.execute(
+            "SELECT device, count(*), epoch_us(min(ingest_time)), epoch_us(max(ingest_time)) "
+            "FROM readings WHERE id > ? GROUP BY device",
+            [after],
+        ).fetchall():
+            seen[name] = DeviceSeen(first, last, readings=count)
+        for name, metric, text, at in con.execute(
+            "SELECT device, metric, text, epoch_us(ingest_time) FROM readings WHERE id > ? "
+            "AND metric IN ('availability', 'model', 'vendor') AND text IS NOT NULL ORDER BY id",
+            [after],
+        ).fetchall():
+            entry = seen[name]
+            if metric == "availability":
+                entry.said_availability(text, at)
+            elif metric == "model":
+                entry.model = text
+            else:
+                entry.vendor = text
+        self.add(seen, next_reading_id - 1)
+        con.begin()
+        self.write(con)
+        con.commit()
+        self.written()
