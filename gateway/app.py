@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.api.telemetry import Telemetry
 from gateway.apiclient import runtime_file
+from gateway.buffer.devices import WRITE_INTERVAL as REGISTRY_WRITE_INTERVAL
 from gateway.buffer.store import BufferStore
 from gateway.config import GatewayConfig
 from gateway.errors import BufferStoreError
@@ -145,6 +146,7 @@ class Gateway:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(pipeline.run(stop))
                 tasks.create_task(self._retention_loop(stop, store))
+                tasks.create_task(self._registry_loop(stop, store))
                 tasks.create_task(self.liveness.run(stop, self._writer.submit))
                 for task in self.background:
                     tasks.create_task(task(stop))
@@ -166,6 +168,19 @@ class Gateway:
         path = runtime_file(self.config.buffer.path)
         path.write_text(json.dumps(info))
         path.chmod(0o600)
+
+    async def _registry_loop(self, stop: asyncio.Event, store: BufferStore) -> None:
+        """Writes the device registry's changes once a second (gateway/buffer/devices.py)."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=REGISTRY_WRITE_INTERVAL)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.on_writer(store.write_devices)
+            except BufferStoreError as exc:
+                logger.error("%s", exc)
 
     async def _retention_loop(self, stop: asyncio.Event, store: BufferStore) -> None:
         retention = self.config.buffer.retention

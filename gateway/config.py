@@ -116,6 +116,7 @@ DecoderName = Literal[
     "sparkplug",
     "availability",
     "ignore",
+    "zigbee2mqtt_devices",
 ]
 
 
@@ -193,6 +194,11 @@ def _default_routes() -> list[RouteConfig]:
     return [
         RouteConfig(pattern="sensors/{site}/{device}/{metric}", decoder="auto"),
         # Zigbee2MQTT: friendly names may hold `/` (`kitchen/door`); its own sub-topics first.
+        RouteConfig(
+            pattern="zigbee2mqtt/bridge/devices",
+            decoder="zigbee2mqtt_devices",
+            device="zigbee2mqtt",
+        ),
         RouteConfig(pattern="zigbee2mqtt/bridge/#", decoder="ignore", device="zigbee2mqtt"),
         RouteConfig(pattern="zigbee2mqtt/{device...}/availability", decoder="availability"),
         RouteConfig(pattern="zigbee2mqtt/{device...}/set", decoder="ignore"),

@@ -218,8 +218,21 @@ class DeviceSeen:
         if not log or log[-1][0] != state:
             log.append((state, at))
 
+    def join(self, later: DeviceSeen) -> None:
+        """Join what a later batch saw of the same device, into one batch's view."""
+        self.first_seen = min(self.first_seen, later.first_seen)
+        self.last_seen = max(self.last_seen, later.last_seen)
+        self.messages += later.messages
+        self.readings += later.readings
+        self.quarantined += later.quarantined
+        for state, at in later.availability_log:
+            self.said_availability(state, at)
+        self.model = later.model or self.model
+        self.vendor = later.vendor or self.vendor
+        self.routes |= later.routes
+
     def add(self, later: DeviceSeen) -> None:
-        """Fold in what a later batch saw of the same device."""
+        """Fold in what a later batch saw of the same device, into the registry's view."""
         self.first_seen = min(self.first_seen, later.first_seen)
         self.last_seen = max(self.last_seen, later.last_seen)
         self.messages += later.messages
@@ -234,6 +247,19 @@ class DeviceSeen:
         self.model = later.model or self.model
         self.vendor = later.vendor or self.vendor
         self.routes |= later.routes
+
+
+def joined_devices(batches: list[dict[str, DeviceSeen]]) -> dict[str, DeviceSeen]:
+    """The devices of batches committed as one, in their order (the parts are consumed)."""
+    joined: dict[str, DeviceSeen] = {}
+    for devices in batches:
+        for name, seen in devices.items():
+            known = joined.get(name)
+            if known is None:
+                joined[name] = seen
+            else:
+                known.join(seen)
+    return joined
 
 
 @dataclass(slots=True)

@@ -31,7 +31,7 @@ import pyarrow as pa
 from gateway.config import BufferConfig
 from gateway.errors import BufferStoreError
 from gateway.ingest.redelivery import InflightEntry
-from gateway.model import IngestBatch, RawMessage, ReadingColumns
+from gateway.model import IngestBatch, RawMessage, ReadingColumns, joined_devices
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +172,7 @@ def merge(parts: list[_Decoded]) -> _Decoded:
         identities=[i for b in batches for i in b.identities],
         reading_identities=[i for b in batches for i in b.reading_identities],
         quarantine_identities=[i for b in batches for i in b.quarantine_identities],
+        devices=joined_devices([b.devices for b in batches]),
     )
     return _Decoded(
         messages=[m for p in parts for m in p.messages],

@@ -212,7 +212,7 @@ def _make_handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
     token = api.config.token.get_secret_value() if api.config.token else None
     json_views: dict[str, Callable[[], Any]] = {
         "/api/status": api.status,
-        "/api/devices": lambda: {"devices": views.devices(api)},
+        "/api/devices": lambda: {"devices": views.devices(api), "registry": views.registry(api)},
         "/api/rules": lambda: views.rules(api),
         "/api/alerts": lambda: views.alerts(api),
         "/api/sinks": lambda: {"sinks": api.sinks()},

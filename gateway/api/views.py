@@ -81,6 +81,15 @@ def devices(api: ApiView) -> list[dict[str, Any]]:
     return telemetry.devices()
 
 
+def registry(api: ApiView, limit: int = 1000) -> list[dict[str, Any]]:
+    """The device registry: one row per device, offline ones first (gateway/buffer/devices.py).
+    Written at most once a second, so up to a second behind the readings."""
+    if api.parts.store is None:
+        return []
+    with api.reader() as con:
+        return figures.registry(con, limit)
+
+
 def rules(api: ApiView) -> dict[str, Any]:
     service = api.parts.rules
     activity = api.telemetry.rule_activity()
@@ -144,6 +153,7 @@ def snapshot(api: ApiView) -> dict[str, Any]:
         "status": status(api),
         "throughput": api.telemetry.throughput_series(),
         "devices": devices(api)[:500],
+        "registry": registry(api, limit=500),
         "alerts": alerts(api, limit=20),
         "rules": rules_view["rules"],
         "firings": rules_view["recent_firings"][:20],

@@ -3,10 +3,9 @@
 Each batch brings what its messages said of each device (`IngestBatch.devices`: first and last
 arrival, message, reading and quarantine counts, availability, model and vendor, the routes it
 came by). The writer folds it into the registry in memory once the batch is committed, and
-writes the devices that changed at most once a second, inside the transaction of a batch
-commit, with the reading position the registry has seen up to (`meta.devices_position`).
-A DuckDB statement costs milliseconds here, so a row per device per commit would double the
-cost of a small commit.
+writes the devices that changed once a second, in a transaction of its own, with the reading
+position the registry has counted up to (`meta.devices_position`). A DuckDB statement costs
+milliseconds here: an upsert per commit would double the cost of a small commit.
 
 After a crash the registry is up to a second behind the readings. Opening the buffer brings
 it level with what the readings themselves tell (arrivals, reading counts, availability,

@@ -101,3 +101,20 @@ def memory_by_tag(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
         "WHERE memory_usage_bytes > 0 ORDER BY tag"
     ).fetchall()
     return {str(tag).lower(): int(used) for tag, used in rows}
+
+
+def registry(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, Any]]:
+    """The device registry, devices offline first, then the most recently seen; times in epoch
+    seconds. A buffer file from before the registry has none."""
+    if not con.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = 'devices'").fetchall():
+        return []
+    return _dicts(
+        con.execute(
+            "SELECT device, availability, epoch_us(availability_since) / 1e6 AS "
+            "availability_since, availability_changes, epoch_us(first_seen) / 1e6 AS first_seen, "
+            "epoch_us(last_seen) / 1e6 AS last_seen, messages, readings, quarantined, model, "
+            "vendor, routes FROM devices "
+            "ORDER BY availability = 'offline' DESC NULLS LAST, last_seen DESC, device LIMIT ?",
+            [limit],
+        )
+    )

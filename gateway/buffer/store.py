@@ -263,13 +263,22 @@ class BufferStore:
         self._committed()
         return result
 
+    def write_devices(self, force: bool = False) -> None:
+        """Write the device registry's changes when a second has passed since the last write
+        (or `force`), in a transaction of their own (gateway/buffer/devices.py)."""
+        if not self.registry.due(now=float("inf") if force else None):
+            return
+        try:
+            self.write(self.registry.write)
+        except duckdb.Error as exc:
+            raise BufferStoreError(f"buffer {self.path}: cannot write the devices: {exc}") from exc
+        self.registry.written()
+
     def close(self) -> None:
-        if self.registry.due(now=float("inf")):
-            try:
-                self.write(self.registry.write)
-                self.registry.written()
-            except (duckdb.Error, BufferStoreError) as exc:
-                logger.warning("buffer %s: writing the devices on close failed: %s", self.path, exc)
+        try:
+            self.write_devices(force=True)
+        except BufferStoreError as exc:
+            logger.warning("buffer %s: writing the devices on close failed: %s", self.path, exc)
         with self._fence.exclusive():
             try:
                 self._con.execute("CHECKPOINT")
@@ -368,9 +377,6 @@ class BufferStore:
                 duplicates_dropped_total=batch.duplicates + copies,
                 empty_payloads_total=batch.empty,
             )
-            registry_due = self.registry.due()
-            if registry_due:  # what the batches before this one said, once a second
-                self.registry.write(con)
             con.commit()
         except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):
@@ -381,8 +387,6 @@ class BufferStore:
         self._failed = None
         self._next_reading_id += n
         self._next_quarantine_id += q.num_rows
-        if registry_due:
-            self.registry.written()
         self.registry.add(batch.devices, self._next_reading_id - 1)
         self._committed()
         return CommitResult(first, readings, q.num_rows, copies)

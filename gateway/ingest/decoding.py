@@ -41,8 +41,13 @@ def stateful_decoders() -> dict[str, Callable[[], MessageDecoder]]:
     """Factories by decoder name; imported on first use so a gateway without them loads nothing."""
     from gateway.ingest.shelly import ShellyDecoder
     from gateway.ingest.sparkplug import SparkplugDecoder
+    from gateway.ingest.zigbee2mqtt_bridge import Zigbee2MqttDevices
 
-    return {"shelly": ShellyDecoder, "sparkplug": SparkplugDecoder}
+    return {
+        "shelly": ShellyDecoder,
+        "sparkplug": SparkplugDecoder,
+        "zigbee2mqtt_devices": Zigbee2MqttDevices,
+    }
 
 
 def _impossible_time(decoded: list[Decoded]) -> str | None:

@@ -123,7 +123,7 @@ def publish_scenario(host: str, port: int) -> Sent:
             payload = json.dumps({"power": 10.0 + i, "voltage": 230.0})
             infos.append(client.publish("zigbee2mqtt/plug-1", payload, qos=1))
         sent.latest[("plug-1", "power")] = 19.0
-        sent.by_route["zigbee2mqtt/{device}"] = 20  # two readings per message
+        sent.by_route["zigbee2mqtt/{device...}"] = 20  # two readings per message
         infos.append(client.publish("zigbee2mqtt/plug-2", b"{not json", qos=1))
         infos.append(client.publish("sensors/too/many/levels/here", b"1", qos=1))
         sent.quarantined = 2

@@ -63,7 +63,7 @@ def gateway_config(tmp_path: Path, broker: Mosquitto, token: str | None = None) 
             host=broker.host,
             port=broker.port,
             client_id="dashboard-test",
-            subscriptions=[Subscription(topic="sensors/#"), Subscription(topic="zigbee2mqtt/+")],
+            subscriptions=[Subscription(topic="sensors/#"), Subscription(topic="zigbee2mqtt/#")],
         ),
         buffer=BufferConfig(path=tmp_path / "buffer.duckdb"),
         api=ApiConfig(port=0, token=SecretStr(token) if token else None),
@@ -132,6 +132,7 @@ def test_dashboard_shows_devices_alerts_and_sql_results(broker: Mosquitto, tmp_p
             publish(broker, everyday_readings(3, start=n * 3 + 1))
             time.sleep(0.4)  # spreads the readings over seconds; nothing waits on a result
         publish(broker, [("zigbee2mqtt/door-sensor", "{broken json")])
+        publish(broker, [("zigbee2mqtt/freezer-plug/availability", '{"state": "offline"}')])
 
     with dashboard(gateway_config(tmp_path, broker), tmp_path, some_history) as page:
         # Devices arrive over the live event stream.
@@ -139,7 +140,7 @@ def test_dashboard_shows_devices_alerts_and_sql_results(broker: Mosquitto, tmp_p
         row.wait_for(timeout=TIMEOUT_MS)
         sync_api.expect(page.locator("#live")).to_have_text("live", timeout=TIMEOUT_MS)
         rows = page.locator("#devices tbody tr")
-        sync_api.expect(rows).to_have_count(8)  # 3 rooms x 2 metrics, the plug x 2
+        sync_api.expect(rows).to_have_count(9)  # 3 rooms x 2 metrics, the plug x 3
         sync_api.expect(page.locator("#gateway-id")).to_have_text("cellar-1")
         assert row.locator("svg.spark polyline").count() == 1
         sync_api.expect(page.locator("#quarantine-reasons li")).to_have_count(1)
@@ -157,6 +158,13 @@ def test_dashboard_shows_devices_alerts_and_sql_results(broker: Mosquitto, tmp_p
         # Each device's timeline in the rules: plain numbers carry no time, so arrival time.
         clock = page.locator('#clocks tr[data-device="cellar"]')
         sync_api.expect(clock.locator("td").nth(1)).to_have_text("arrival", timeout=TIMEOUT_MS)
+        # The registry: one row per device, the plug that went offline first.
+        registry = page.locator("#registry tbody tr")
+        sync_api.expect(registry).to_have_count(5, timeout=TIMEOUT_MS)  # 3 rooms, plug, door
+        sync_api.expect(registry.first).to_have_attribute("data-device", "freezer-plug")
+        sync_api.expect(registry.first.locator("td.availability")).to_have_text("offline")
+        door = page.locator('#registry tr[data-device="door-sensor"] td')
+        sync_api.expect(door.nth(5)).to_have_text("1")  # its one message was quarantined
 
         # The SQL box answers with a table and a chart.
         page.fill(

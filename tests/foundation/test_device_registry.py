@@ -17,7 +17,7 @@ from gateway.config import GatewayConfig
 from gateway.ingest.decoding import BatchDecoder
 from gateway.ingest.redelivery import RedeliveryFilter
 from gateway.ingest.routing import TopicRouter
-from gateway.model import RawMessage
+from gateway.model import RawMessage, joined_devices
 
 T0 = 1_800_000_000.0
 
@@ -56,8 +56,7 @@ def test_registry_counts_messages_readings_quarantine_routes_and_availability(
     )
     store.append(batch, [])
     store.append(dec.decode([msg("sensors/home/boiler/temperature", b"61", T0 + 5)]), [])
-    # The registry is written with the commit after the batch it counts.
-    store.append(dec.decode([]), [])
+    store.write_devices()
     rows = registry_rows(store)
     door = rows["kitchen/door"]
     assert (door["messages"], door["readings"], door["quarantined"]) == (4, 3, 1)
@@ -102,8 +101,10 @@ def test_registry_is_written_at_most_once_a_second(
     store = BufferStore(tmp_path / "b.duckdb")
     dec = decoder()
     store.append(dec.decode([msg("sensors/a/d1/t", b"1", T0)]), [])
-    store.append(dec.decode([msg("sensors/a/d2/t", b"1", T0)]), [])  # writes d1 (first write)
-    store.append(dec.decode([msg("sensors/a/d3/t", b"1", T0)]), [])  # within the hour: not
+    store.write_devices()  # the first write
+    store.append(dec.decode([msg("sensors/a/d2/t", b"1", T0)]), [])
+    store.write_devices()  # within the hour: not
+    store.append(dec.decode([msg("sensors/a/d3/t", b"1", T0)]), [])
     assert set(registry_rows(store)) == {"d1"}
     store.close()
     store = BufferStore(tmp_path / "b.duckdb")
@@ -115,6 +116,7 @@ def _commit_then_die(path: str) -> None:
     store = BufferStore(Path(path))
     dec = decoder()
     store.append(dec.decode([msg("zigbee2mqtt/plug/availability", b"online", T0)]), [])
+    store.write_devices()
     registry_module.WRITE_INTERVAL = 3600.0  # the next batches are committed, not registered
     store.append(dec.decode([msg("sensors/a/plug/power", b"12.5", T0 + 1)]), [])
     store.append(dec.decode([msg("zigbee2mqtt/plug/availability", b"offline", T0 + 2)]), [])
@@ -143,9 +145,84 @@ def test_a_crash_between_two_writes_is_caught_up_from_the_readings(tmp_path: Pat
 def test_registry_rows_show_in_the_sql_surface_with_time_types(tmp_path: Path) -> None:
     store = BufferStore(tmp_path / "b.duckdb")
     store.append(decoder().decode([msg("sensors/a/d1/t", b"1", time.time())]), [])
-    store.append(decoder().decode([]), [])
+    store.write_devices()
     table = store.query("SELECT device, last_seen, routes FROM devices")
     assert table.column("device").to_pylist() == ["d1"]
     kind = table.schema.field("last_seen").type
     assert isinstance(kind, pa.TimestampType) and kind.tz is not None
     store.close()
+
+
+BRIDGE_DEVICES = b"""[
+ {"ieee_address": "0x00124b0018e2b6c2", "type": "Coordinator", "friendly_name": "Coordinator",
+  "definition": null, "interview_completed": true, "interviewing": false},
+ {"ieee_address": "0x00158d00018255df", "type": "Router", "friendly_name": "kitchen/plug",
+  "power_source": "Mains (single phase)", "interviewing": false,
+  "definition": {"model": "ZNCZ02LM", "vendor": "Xiaomi", "description": "Mi power plug"}},
+ {"ieee_address": "0x0017880104e45517", "type": "EndDevice", "friendly_name": "new-one",
+  "interviewing": true, "definition": null}
+]"""
+
+
+def test_bridge_devices_give_each_device_its_model_and_vendor(tmp_path: Path) -> None:
+    store = BufferStore(tmp_path / "b.duckdb")
+    dec = decoder()
+    batch = dec.decode([msg("zigbee2mqtt/bridge/devices", BRIDGE_DEVICES, T0)])
+    assert batch.quarantine_count == 0
+    stored = {
+        (d, m, t)
+        for d, m, t in zip(
+            *(batch.readings.column(c).to_pylist() for c in ("device", "metric", "text")),
+            strict=True,
+        )
+    }
+    assert stored == {
+        ("Coordinator", "ieee_address", "0x00124b0018e2b6c2"),
+        ("kitchen/plug", "model", "ZNCZ02LM"),
+        ("kitchen/plug", "vendor", "Xiaomi"),
+        ("kitchen/plug", "ieee_address", "0x00158d00018255df"),
+        ("kitchen/plug", "power_source", "Mains (single phase)"),
+    }
+    store.append(batch, [])
+    store.append(dec.decode([msg("zigbee2mqtt/kitchen/plug", b'{"power": 12}', T0 + 1)]), [])
+    store.write_devices()
+    rows = registry_rows(store)
+    plug = rows["kitchen/plug"]
+    assert (plug["model"], plug["vendor"], plug["readings"], plug["messages"]) == (
+        "ZNCZ02LM",
+        "Xiaomi",
+        5,
+        1,  # its own message; the bridge's list is the bridge's
+    )
+    assert rows["zigbee2mqtt"]["messages"] == 1 and rows["zigbee2mqtt"]["readings"] == 0
+    bad = dec.decode([msg("zigbee2mqtt/bridge/devices", b'{"not": "a list"}', T0)])
+    assert "zigbee2mqtt_devices decoder: bridge/devices must be a JSON array" in str(
+        bad.quarantine.column("reason")[0]
+    )
+    store.close()
+
+
+def test_batches_committed_as_one_keep_every_device_and_availability_in_order() -> None:
+    dec = decoder()
+    first = dec.decode(
+        [
+            msg("zigbee2mqtt/plug/availability", b"online", T0),
+            msg("zigbee2mqtt/door", b"{broken", T0 + 1),
+        ]
+    )
+    second = dec.decode(
+        [
+            msg("zigbee2mqtt/plug/availability", b"offline", T0 + 2),
+            msg("sensors/a/boiler/t", b"60", T0 + 3),
+        ]
+    )
+    joined = joined_devices([first.devices, second.devices])
+    assert set(joined) == {"plug", "door", "boiler"}
+    plug = joined["plug"]
+    assert plug.availability_log == [("online", int(T0 * 1e6)), ("offline", int((T0 + 2) * 1e6))]
+    assert (plug.messages, plug.first_seen, plug.last_seen) == (
+        2,
+        int(T0 * 1e6),
+        int((T0 + 2) * 1e6),
+    )
+    assert joined["door"].quarantined == 1

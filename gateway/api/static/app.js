@@ -144,6 +144,7 @@ function render(snap) {
   $("buffer-size").textContent = fmtBytes(st.buffer.file_bytes);
   chart($("throughput"), [{ name: "readings/s", points: snap.throughput }], { time: true });
   renderDevices(snap.devices, snap.time);
+  renderRegistry(snap.registry, snap.time);
   renderAlerts(snap.alerts.active);
   renderFirings(snap.firings);
   renderSinks(snap.sinks);
@@ -161,6 +162,24 @@ function renderClocks(timelines) {
       el("td", { class: "num" }, fmtNumber(t.late_dropped)),
       el("td", { class: "num" }, fmtNumber(t.clock_skew_adjusted)),
       el("td", { class: "num" }, fmtNumber(t.clock_skew_dropped)))));
+}
+
+function renderRegistry(registry, now) {
+  $("registry-count").textContent = registry.length;
+  $("registry-empty").hidden = registry.length > 0;
+  $("registry").hidden = registry.length === 0;
+  $("registry").tBodies[0].replaceChildren(...registry.map((d) => {
+    const model = [d.vendor, d.model].filter((x) => x).join(" ") || "–";
+    return el("tr", { "data-device": d.device, "data-availability": d.availability || "" },
+      el("td", {}, d.device),
+      el("td", { class: "availability " + (d.availability || "unknown") }, d.availability || "–"),
+      el("td", { class: "num" }, d.availability_since ? fmtAge(now - d.availability_since) : "–"),
+      el("td", { class: "num" }, fmtAge(now - d.last_seen)),
+      el("td", { class: "num" }, fmtNumber(d.messages)),
+      el("td", { class: "num" }, fmtNumber(d.quarantined)),
+      el("td", {}, model),
+      el("td", { class: "hint" }, d.routes.join(", ")));
+  }));
 }
 
 function renderDevices(devices, now) {
