@@ -15,7 +15,7 @@ Decoder semantics (per `<group>/<node>`):
 - `seq` runs 0..255 and wraps; a message whose `seq` is not the previous + 1 counts a gap, and the
   node's cumulative gap count is emitted as the reading `sparkplug.seq_gaps`.
 - `is_historical` metrics are stored with the tag `"historical": "true"`; live rules skip them.
-- NDEATH/DDEATH yield the reading `sparkplug.online` = false; births yield it as true.
+- NDEATH/DDEATH yield the reading `availability` = offline (0); births yield it online (1).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from typing import Any
 import orjson
 
 from gateway.errors import DecodeError
+from gateway.ingest.availability import METRIC as AVAILABILITY
+from gateway.ingest.availability import OFFLINE, ONLINE
 from gateway.ingest.routing import RouteMatch
 from gateway.ingest.stateful import TaggedDecoded
 from gateway.model import Decoded, RawMessage
@@ -356,7 +358,7 @@ class SparkplugDecoder:
 
         if kind == "NDEATH":
             # NDEATH carries only bdSeq and no seq; it is the MQTT will of the node's session.
-            return [tagged("sparkplug.online", 0.0, "false", False, base_time)]
+            return [tagged(AVAILABILITY, 0.0, OFFLINE, False, base_time)]
         gap = False
         if payload.seq is not None:
             expected = None if state.last_seq is None else (state.last_seq + 1) % 256
@@ -371,13 +373,7 @@ class SparkplugDecoder:
         if birth or kind == "DDEATH":
             online = birth
             out.append(
-                tagged(
-                    "sparkplug.online",
-                    float(online),
-                    "true" if online else "false",
-                    False,
-                    base_time,
-                )
+                tagged(AVAILABILITY, float(online), ONLINE if online else OFFLINE, False, base_time)
             )
         for metric in payload.metrics:
             name = metric.name

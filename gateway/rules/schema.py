@@ -130,6 +130,16 @@ class StateTrigger(_Model):
     for_: Duration = Field(default=0.0, alias="for")
 
 
+class AvailabilityTrigger(_Model):
+    """Fires when a device goes offline (or online, with `to: online`), held for `for`: the
+    `availability` reading every format's online/offline message becomes (docs/ingest-formats.md).
+    It sees `availability` readings only; `silence` covers devices that just stop."""
+
+    type: Literal["availability"]
+    to: Literal["online", "offline"] = "offline"
+    for_: Duration = Field(default=0.0, alias="for")
+
+
 class RateTrigger(Level):
     """Fires when the change per `per` over the last `window` crosses the level."""
 
@@ -188,6 +198,7 @@ class SunTrigger(_Model):
 Trigger = Annotated[
     ThresholdTrigger
     | StateTrigger
+    | AvailabilityTrigger
     | RateTrigger
     | SilenceTrigger
     | WindowTrigger
@@ -367,6 +378,24 @@ class Rule(_Model):
     cooldown: Duration = 0.0
     mode: Literal["ignore", "restart", "queue"] = "ignore"
     max_queued: int = Field(default=10, ge=1, le=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _availability_selects_its_metric(cls, data: Any) -> Any:
+        """An availability trigger sees the `availability` readings of the selected devices."""
+        if not isinstance(data, dict):
+            return data
+        trigger = data.get("trigger")
+        if not isinstance(trigger, dict) or trigger.get("type") != "availability":
+            return data
+        select = data.get("select") or {}
+        if not isinstance(select, dict):
+            return data
+        if select.get("metric") not in (None, "availability", ["availability"]):
+            raise ValueError(
+                "an availability trigger reads the metric `availability`: drop select.metric"
+            )
+        return {**data, "select": {**select, "metric": "availability"}}
 
     @field_validator("on_clear")
     @classmethod

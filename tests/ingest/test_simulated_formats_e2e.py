@@ -65,7 +65,7 @@ def test_formats_tour_is_decoded_with_nothing_quarantined(
         named = {n for g in scenario.fleet if g.format != "statestream" for n, _ in g.names()}
         assert named <= set(devices)
         assert {"kitchen_smoke_smoke", "bedroom_co2_co2", "house_meter_power"} <= set(devices)
-        assert devices["utility-edge"] == ["sparkplug.online"]
+        assert devices["utility-edge"] == ["availability"]
         # Gateway layout, Zigbee2MQTT and Tasmota: metrics as the device reports them.
         assert {"temperature", "humidity", "battery"} <= set(devices["kitchen-climate"])
         assert {"temperature", "humidity", "battery", "linkquality"} <= set(
@@ -81,7 +81,7 @@ def test_formats_tour_is_decoded_with_nothing_quarantined(
             devices["house_meter_power"]
         )
         # Sparkplug B: aliases in DDATA resolved to the names born in DBIRTH.
-        assert {"temperature", "door", "sparkplug.online"} <= set(devices["garage-freezer"])
+        assert {"temperature", "door", "availability"} <= set(devices["garage-freezer"])
         tags = rows(gw, "SELECT DISTINCT tags FROM readings WHERE device = 'garage-freezer'")
         # The tour runs faster than real time: device times run ahead of their arrival, and
         # the route's skew policy marks those that are further off than it trusts.

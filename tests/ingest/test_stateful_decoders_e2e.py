@@ -109,7 +109,7 @@ def test_sparkplug_aliases_seq_gaps_history_and_death(broker: Mosquitto, tmp_pat
         )
         press = [(r["metric"], r["value"]) for r in readings if r["device"] == "press-7"]
         assert press == [
-            ("sparkplug.online", 1.0),
+            ("availability", 1.0),
             ("Pressure", 101.5),
             ("Running", 1.0),
             ("Pressure", 102.0),
@@ -128,11 +128,9 @@ def test_sparkplug_aliases_seq_gaps_history_and_death(broker: Mosquitto, tmp_pat
         live = [r for r in readings if r["value"] == 102.0]
         assert "historical" not in orjson.loads(str(live[0]["tags"]))
         node_states = [
-            r["text"]
-            for r in readings
-            if r["device"] == "edge-1" and r["metric"] == "sparkplug.online"
+            r["text"] for r in readings if r["device"] == "edge-1" and r["metric"] == "availability"
         ]
-        assert node_states == ["true", "false"]  # NBIRTH, then NDEATH from the will
+        assert node_states == ["online", "offline"]  # NBIRTH, then NDEATH from the will
         reasons = [r["reason"] for r in rows(gw, "SELECT reason FROM quarantine ORDER BY id")]
         assert len(reasons) == 2
         assert "alias 42 was not declared" in str(reasons[0])

@@ -7,7 +7,7 @@ from gateway.rules.triggers.base import Host, Runner, TriggerContext
 from gateway.rules.triggers.rate import RateRunner
 from gateway.rules.triggers.schedule import ScheduleRunner
 from gateway.rules.triggers.silence import SilenceRunner
-from gateway.rules.triggers.state import StateRunner
+from gateway.rules.triggers.state import AvailabilityRunner, StateRunner
 from gateway.rules.triggers.sun import SunRunner
 from gateway.rules.triggers.threshold import ThresholdRunner
 from gateway.rules.triggers.window import WindowRunner
@@ -16,6 +16,7 @@ from gateway.rules.triggers.window import WindowRunner
 RUNNERS: dict[str, type[Runner]] = {
     "threshold": ThresholdRunner,
     "state": StateRunner,
+    "availability": AvailabilityRunner,
     "rate": RateRunner,
     "silence": SilenceRunner,
     "window": WindowRunner,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.rules.conditions import normalize_expected, normalize_state
-from gateway.rules.schema import StateTrigger
+from gateway.rules.schema import AvailabilityTrigger, StateTrigger
 from gateway.rules.triggers.base import (
     ACTIVE,
     IDLE,
@@ -109,3 +109,15 @@ class StateRunner(Runner):
             st.last_t = float("-inf") if last_t is None else last_t
             if st.phase == PENDING:
                 self.host.at_watermark(st.deadline, self, key, None)
+
+
+class AvailabilityRunner(StateRunner):
+    """A state trigger on the `availability` reading (the rule selects only that metric)."""
+
+    kind = "availability"
+
+    def __init__(
+        self, rule: int, host: Host, spec: AvailabilityTrigger, context: TriggerContext
+    ) -> None:
+        state = StateTrigger.model_validate({"type": "state", "to": [spec.to], "for": spec.for_})
+        super().__init__(rule, host, state, context)
