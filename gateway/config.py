@@ -314,6 +314,33 @@ class GatewayConfig(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     logging: LoggingConfig = LoggingConfig()
 
+    def warnings(self) -> list[str]:
+        """What is valid but likely wrong: a route written in the file that the subscriptions
+        deliver only part of, or nothing of (the default routes cover formats a box may not
+        run, so they are left alone)."""
+        from gateway.topics import covers, overlaps, route_filter
+
+        if "routes" not in self.model_fields_set:
+            return []
+        subscribed = [s.topic for s in self.mqtt.subscriptions]
+        found: list[str] = []
+        for index, route in enumerate(self.routes):
+            needed = route_filter(route.pattern)
+            if any(covers(topic, needed) for topic in subscribed):
+                continue
+            some = [topic for topic in subscribed if overlaps(topic, needed)]
+            where = f"routes[{index}] {route.pattern!r}"
+            if some:
+                found.append(
+                    f"{where}: mqtt.subscriptions receive only some of its topics "
+                    f"({', '.join(some)}); subscribe to {needed!r} to receive them all"
+                )
+            else:
+                found.append(
+                    f"{where}: no subscription receives its topics; subscribe to {needed!r}"
+                )
+        return found
+
     @model_validator(mode="after")
     def _released_sinks_exist(self) -> GatewayConfig:
         names = {sink.name for sink in self.sinks}

@@ -53,3 +53,41 @@ def matcher(topic_filter: str) -> Callable[[str], bool]:
 
 def matches(topic_filter: str, topic: str) -> bool:
     return matcher(topic_filter)(topic)
+
+
+def route_filter(pattern: str) -> str:
+    """The narrowest MQTT filter that receives every topic a route pattern matches: `{name}`
+    is `+`, a multi-level `{name...}` and all after it `#`."""
+    levels: list[str] = []
+    for level in pattern.split("/"):
+        if level.endswith("...}"):
+            levels.append("#")
+            break
+        levels.append("+" if level.startswith("{") else level)
+    return "/".join(levels)
+
+
+def covers(topic_filter: str, other: str) -> bool:
+    """Whether every topic `other` (a valid filter) matches also matches `topic_filter`."""
+    mine, theirs = topic_filter.split("/"), other.split("/")
+    for i, level in enumerate(mine):
+        if level == "#":
+            return True
+        if i >= len(theirs) or theirs[i] == "#":
+            return False
+        if level != "+" and (theirs[i] == "+" or theirs[i] != level):
+            return False
+    return len(mine) == len(theirs)
+
+
+def overlaps(topic_filter: str, other: str) -> bool:
+    """Whether some topic matches both filters."""
+    mine, theirs = topic_filter.split("/"), other.split("/")
+    for i, level in enumerate(mine):
+        if level == "#" or (i < len(theirs) and theirs[i] == "#"):
+            return True
+        if i >= len(theirs):
+            return False
+        if "+" not in (level, theirs[i]) and level != theirs[i]:
+            return False
+    return len(mine) == len(theirs) or (len(theirs) == len(mine) + 1 and theirs[-1] == "#")

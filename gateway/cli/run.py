@@ -21,6 +21,10 @@ def run(config: ConfigOption = None) -> None:
     setup_logging(
         cfg.log_level, cfg.logging.format, cfg.logging.repeat_window, cfg.logging.repeat_burst
     )
+    import logging
+
+    for warning in cfg.warnings():
+        logging.getLogger("gateway.config").warning("config: %s", warning)
 
     async def main() -> None:
         stop = asyncio.Event()

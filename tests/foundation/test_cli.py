@@ -155,3 +155,37 @@ def test_export_into_a_missing_directory_is_refused_before_reading(tmp_path: Pat
     result = cli("export", "--buffer", str(path), str(out))
     assert result.returncode == 2
     assert f"{out}: directory {out.parent} does not exist" in result.stderr
+
+
+def test_config_check_warns_of_routes_the_subscriptions_do_not_deliver(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "mqtt:\n"
+        "  subscriptions:\n"
+        "    - {topic: 'zigbee2mqtt/+'}\n"
+        "    - {topic: 'sensors/#'}\n"
+        "routes:\n"
+        "  - pattern: 'zigbee2mqtt/{device...}'\n"
+        "    decoder: zigbee2mqtt\n"
+        "  - pattern: 'sensors/{site}/{device}/{metric}'\n"
+        "  - pattern: 'tele/{device}/LWT'\n"
+        "    decoder: availability\n"
+        "  - pattern: 'z/{device...}/{metric}'\n"
+    )
+    result = cli("config", "check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert f"{config}: ok" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        f"{config}: warning: routes[0] 'zigbee2mqtt/{{device...}}': mqtt.subscriptions receive "
+        "only some of its topics (zigbee2mqtt/+); subscribe to 'zigbee2mqtt/#' to receive them all",
+        f"{config}: warning: routes[2] 'tele/{{device}}/LWT': no subscription receives its "
+        "topics; subscribe to 'tele/+/LWT'",
+        f"{config}: warning: routes[3] 'z/{{device...}}/{{metric}}': no subscription receives its "
+        "topics; subscribe to 'z/#'",
+    ]
+    multi = tmp_path / "bad.yaml"
+    multi.write_text("routes:\n  - pattern: 'a/{device...}/{metric...}'\n")
+    refused = cli("config", "check", str(multi))
+    assert refused.returncode == 1
+    assert "routes.0.pattern" in refused.stderr and "only one multi-level capture" in refused.stderr

@@ -6,7 +6,14 @@ import re
 
 import pytest
 
-from gateway.topics import matches, validate_filter, validate_publish_topic
+from gateway.topics import (
+    covers,
+    matches,
+    overlaps,
+    route_filter,
+    validate_filter,
+    validate_publish_topic,
+)
 
 
 @pytest.mark.parametrize(
@@ -48,3 +55,31 @@ def test_an_invalid_filter_is_refused_with_the_reason(topic_filter: str, error: 
 def test_a_publish_topic_has_no_wildcards(topic: str) -> None:
     with pytest.raises(ValueError, match="no \\+ or #"):
         validate_publish_topic(topic)
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "other", "covered", "overlapping"),
+    [
+        ("zigbee2mqtt/#", "zigbee2mqtt/#", True, True),
+        ("zigbee2mqtt/+", "zigbee2mqtt/#", False, True),
+        ("#", "a/+/b", True, True),
+        ("a/+/b", "a/x/b", True, True),
+        ("a/x/b", "a/+/b", False, True),
+        ("a/+", "a/+/b", False, False),
+        ("a/#", "a", True, True),
+        ("b/#", "a/#", False, False),
+        ("tele/+/SENSOR", "tele/+/LWT", False, False),
+        ("a/+/+", "a/#", False, True),
+    ],
+)
+def test_filter_covers_and_overlaps(
+    topic_filter: str, other: str, covered: bool, overlapping: bool
+) -> None:
+    assert covers(topic_filter, other) is covered
+    assert overlaps(topic_filter, other) is overlapping
+
+
+def test_route_filter_is_the_narrowest_that_receives_a_pattern() -> None:
+    assert route_filter("sensors/{site}/{device}/{metric}") == "sensors/+/+/+"
+    assert route_filter("zigbee2mqtt/{device...}/availability") == "zigbee2mqtt/#"
+    assert route_filter("legacy/{device}/#") == "legacy/+/#"
