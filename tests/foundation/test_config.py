@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config, parse_config
+from gateway.config import GatewayConfig, load_config, parse_config
 from gateway.errors import ConfigError
 
 
@@ -89,3 +89,5 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).parents[2] / "deploy" / "gateway.example.yaml"
     config = load_config(example)
     assert config.mqtt.subscriptions
+    assert config.warnings() == []  # every route it lists is subscribed to
+    assert config.routes == GatewayConfig().routes  # it shows the default routes
