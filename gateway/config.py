@@ -210,6 +210,8 @@ def _default_routes() -> list[RouteConfig]:
         RouteConfig(pattern="tele/{device}/STATE", decoder="tasmota"),
         RouteConfig(pattern="{device}/events/rpc", decoder="shelly"),
         RouteConfig(pattern="homeassistant/{domain}/{device}/{metric}", decoder="statestream"),
+        # A Sparkplug host application's own online state (its id is the device).
+        RouteConfig(pattern="spBv1.0/STATE/{device}", decoder="availability"),
         # Node messages name the node as device; device messages the device (tags: group, node).
         RouteConfig(pattern="spBv1.0/{group}/+/{device}", decoder="sparkplug"),
         RouteConfig(pattern="spBv1.0/{group}/+/{node}/{device}", decoder="sparkplug"),

@@ -42,6 +42,26 @@ ZIGBEE2MQTT_UNITS = {
 }
 
 
+# Device times a reading may carry: from 1970-01-01 to before 2100-01-01 (UTC). Outside it a
+# time is impossible, not just wrong (1e20 would be stored as the year 290309 BC, 3e17 as a year
+# past 9999 that no sink can encode): the message is quarantined with the reason.
+PLAUSIBLE_TIMES = (0.0, 4_102_444_800.0)
+
+
+def impossible_time(decoded: list[Decoded]) -> str | None:
+    """Why one of these readings' device times cannot be, or None. Decoders that keep state
+    ask before they keep anything of the message; the batch decoder asks of every message."""
+    low, high = PLAUSIBLE_TIMES
+    for d in decoded:
+        when = d.event_time
+        if when is not None and not low <= when < high:  # also NaN
+            return (
+                f"event time {when!r} (epoch seconds) of {d.metric!r} is outside 1970-01-01 "
+                "to 2099-12-31 UTC: an impossible device time"
+            )
+    return None
+
+
 def parse_event_time(raw: Any) -> float:
     """Epoch seconds from ISO 8601 text or epoch seconds/milliseconds/microseconds."""
     return parse_device_time(raw)[0]

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from gateway.errors import DecodeError
 from gateway.ingest.content import content_identity
-from gateway.ingest.decoders import DECODERS
+from gateway.ingest.decoders import DECODERS, impossible_time
 from gateway.ingest.redelivery import RedeliveryFilter
 from gateway.ingest.routing import RouteMatch, TopicRouter
 from gateway.ingest.skew import with_skew_tag
@@ -28,11 +28,6 @@ BeforeTables = Callable[[ReadingColumns, list[int]], None]
 
 QUARANTINE_KEEP_BYTES = 4096  # how much of an oversized payload the quarantine keeps
 
-# Device times a reading may carry: from 1970-01-01 to before 2100-01-01 (UTC). Outside it a
-# time is impossible, not just wrong (1e20 would be stored as the year 290309 BC, 3e17 as a year
-# past 9999 that no sink can encode): the message is quarantined with the reason.
-PLAUSIBLE_TIMES = (0.0, 4_102_444_800.0)
-
 # Readings the device registry also keeps as a device's facts (gateway/buffer/devices.py).
 REGISTRY_FACTS = frozenset({"availability", "model", "vendor"})
 
@@ -48,18 +43,6 @@ def stateful_decoders() -> dict[str, Callable[[], MessageDecoder]]:
         "sparkplug": SparkplugDecoder,
         "zigbee2mqtt_devices": Zigbee2MqttDevices,
     }
-
-
-def _impossible_time(decoded: list[Decoded]) -> str | None:
-    low, high = PLAUSIBLE_TIMES
-    for d in decoded:
-        when = d.event_time
-        if when is not None and not low <= when < high:  # also NaN
-            return (
-                f"event time {when!r} (epoch seconds) of {d.metric!r} is outside 1970-01-01 "
-                "to 2099-12-31 UTC: an impossible device time"
-            )
-    return None
 
 
 def _device_time(
@@ -193,7 +176,7 @@ class BatchDecoder:
                 quarantined.append((msg, f"{match.decoder} decoder: {type(exc).__name__}: {exc}"))
                 source.quarantined += 1
                 continue
-            impossible = _impossible_time(decoded)
+            impossible = impossible_time(decoded)
             if impossible is not None:
                 quarantined.append((msg, f"{match.decoder} decoder: {impossible}"))
                 source.quarantined += 1

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import DecodeError
-from gateway.ingest.decoders import parse_event_time
+from gateway.ingest.decoders import impossible_time, parse_event_time
 from gateway.ingest.routing import RouteMatch
 from gateway.model import Decoded, RawMessage
 
@@ -108,13 +108,19 @@ class ShellyDecoder:
         components = {k: v for k, v in params.items() if isinstance(v, dict)}
         if not components:
             raise DecodeError(f"{method} holds no component status")
+        # The merge is made on a copy and kept only once the whole message has decoded: a
+        # message quarantined for any reason must not change what the device is known to be.
         if method == "NotifyFullStatus":
-            if device not in self._status and len(self._status) >= _MAX_DEVICES:
-                self._status.clear()  # a flood of invented device ids must not grow memory
-            status = self._status[device] = orjson.loads(orjson.dumps(components))
+            status = orjson.loads(orjson.dumps(components))
         else:
-            status = self._status.setdefault(device, {})
+            status = orjson.loads(orjson.dumps(self._status.get(device, {})))
             _merge(status, orjson.loads(orjson.dumps(components)))
         for component in components:
             _leaves(status[component], component, ts, out)
+        impossible = impossible_time(out)
+        if impossible is not None:
+            raise DecodeError(impossible)
+        if device not in self._status and len(self._status) >= _MAX_DEVICES:
+            self._status.clear()  # a flood of invented device ids must not grow memory
+        self._status[device] = status
         return out

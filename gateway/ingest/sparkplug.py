@@ -15,7 +15,11 @@ Decoder semantics (per `<group>/<node>`):
 - `seq` runs 0..255 and wraps; a message whose `seq` is not the previous + 1 counts a gap, and the
   node's cumulative gap count is emitted as the reading `sparkplug.seq_gaps`.
 - `is_historical` metrics are stored with the tag `"historical": "true"`; live rules skip them.
-- NDEATH/DDEATH yield the reading `availability` = offline (0); births yield it online (1).
+- NDEATH/DDEATH yield the reading `availability` = offline (0); births yield it online (1). An
+  NDEATH is its devices' death too; one whose bdSeq is not the last NBIRTH's is a late will of
+  an earlier session, and ignored.
+- DATA metrics without a datatype (the specification says they should not repeat it) are read
+  as the datatype their birth declared, so a negative Int16 stays negative.
 """
 
 from __future__ import annotations
@@ -274,9 +278,28 @@ def decode_payload(buf: bytes) -> Payload:
 @dataclass(slots=True)
 class _NodeState:
     aliases: dict[int, tuple[str, int]] = field(default_factory=dict)
+    types: dict[str, int] = field(default_factory=dict)  # each born metric's datatype, by name
     last_seq: int | None = None
     seq_gaps: int = 0
     bd_seq: int | None = None
+    devices: set[str] = field(default_factory=set)  # born (DBIRTH) and not dead (DDEATH)
+
+
+def _resigned(value: int, datatype: int) -> int:
+    """An integer decoded without its datatype (DATA messages should not repeat it), read
+    again as the datatype its birth declared: -3 as an Int16, not 4294967293."""
+    if datatype in _INT_TYPES:
+        return _signed(value & 0xFFFFFFFF, _INT_TYPES[datatype])
+    if datatype in _LONG_TYPES:
+        return _signed(value, _LONG_TYPES[datatype])
+    return value
+
+
+def _bd_seq(payload: Payload) -> int | None:
+    for metric in payload.metrics:
+        if metric.name == "bdSeq" and isinstance(metric.value, int):
+            return metric.value
+    return None
 
 
 _MAX_NODES = 100_000
@@ -358,7 +381,19 @@ class SparkplugDecoder:
 
         if kind == "NDEATH":
             # NDEATH carries only bdSeq and no seq; it is the MQTT will of the node's session.
-            return [tagged(AVAILABILITY, 0.0, OFFLINE, False, base_time)]
+            # One whose bdSeq is not the last NBIRTH's is the will of an earlier session that
+            # the broker delivered late: the node is online (Sparkplug 3.0, bdSeq).
+            dead = _bd_seq(payload)
+            if dead is not None and state.bd_seq is not None and dead != state.bd_seq:
+                return []
+            # The node's death is its devices' too.
+            out = [tagged(AVAILABILITY, 0.0, OFFLINE, False, base_time)]
+            for born in sorted(state.devices):
+                gone = tagged(AVAILABILITY, 0.0, OFFLINE, False, base_time)
+                gone.device = born
+                out.append(gone)
+            state.devices.clear()
+            return out
         gap = False
         if payload.seq is not None:
             expected = None if state.last_seq is None else (state.last_seq + 1) % 256
@@ -370,6 +405,10 @@ class SparkplugDecoder:
             gaps.device = node  # `seq` counts the node's messages, so the gap is the node's
             out.append(gaps)
         birth = kind in ("NBIRTH", "DBIRTH")
+        if kind == "DBIRTH":
+            state.devices.add(device)
+        elif kind == "DDEATH":
+            state.devices.discard(device)
         if birth or kind == "DDEATH":
             online = birth
             out.append(
@@ -383,6 +422,7 @@ class SparkplugDecoder:
                     raise DecodeError(f"{kind} metric without a name (alias {metric.alias})")
                 if metric.alias is not None:
                     state.aliases[metric.alias] = (name, datatype)
+                state.types[name] = datatype
             elif name is None:
                 if metric.alias is None:
                     raise DecodeError(f"{kind} metric with neither name nor alias")
@@ -394,6 +434,12 @@ class SparkplugDecoder:
                 name, born_type = known
                 if not datatype:
                     datatype = born_type
+                    if isinstance(metric.value, int) and not isinstance(metric.value, bool):
+                        metric.value = _resigned(metric.value, datatype)
+            elif not datatype and name in state.types:
+                datatype = state.types[name]
+                if isinstance(metric.value, int) and not isinstance(metric.value, bool):
+                    metric.value = _resigned(metric.value, datatype)
             if name == "bdSeq":
                 state.bd_seq = metric.value if isinstance(metric.value, int) else None
                 continue

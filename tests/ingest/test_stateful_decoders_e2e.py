@@ -115,6 +115,7 @@ def test_sparkplug_aliases_seq_gaps_history_and_death(broker: Mosquitto, tmp_pat
             ("Pressure", 102.0),
             ("Running", 0.0),
             ("Pressure", 99.0),
+            ("availability", 0.0),  # the node's death is its devices' too
         ]
         gaps = [r for r in readings if r["metric"] == "sparkplug.seq_gaps"]
         assert [(g["device"], g["value"]) for g in gaps] == [("edge-1", 1.0)]
