@@ -25,23 +25,6 @@ TIME_FIELDS = ("ts", "time", "timestamp")
 _MAX_DEPTH = 8
 _MAX_FIELDS = 1000
 
-# Units of the fields Zigbee2MQTT exposes most often.
-ZIGBEE2MQTT_UNITS = {
-    "temperature": "°C",
-    "humidity": "%",
-    "battery": "%",
-    "linkquality": "lqi",
-    "illuminance_lux": "lx",
-    "illuminance": "lx",
-    "pressure": "hPa",
-    "power": "W",
-    "energy": "kWh",
-    "voltage": "V",
-    "current": "A",
-    "co2": "ppm",
-}
-
-
 # Device times a reading may carry: from 1970-01-01 to before 2100-01-01 (UTC). Outside it a
 # time is impossible, not just wrong (1e20 would be stored as the year 290309 BC, 3e17 as a year
 # past 9999 that no sink can encode): the message is quarantined with the reason.
@@ -131,7 +114,7 @@ def _loads(payload: bytes) -> Any:
         raise DecodeError(f"malformed JSON: {exc}") from None
 
 
-def _object_readings(
+def object_readings(
     obj: dict[str, Any],
     metric: str | None,
     units: dict[str, str] | None = None,
@@ -198,7 +181,7 @@ def decode_json(payload: bytes, metric: str | None) -> list[Decoded]:
     """A JSON object (each scalar field one reading) or a JSON scalar."""
     data = _loads(payload)
     if isinstance(data, dict):
-        return _object_readings(data, metric)
+        return object_readings(data, metric)
     if metric is None:
         raise DecodeError("a JSON scalar needs a topic route that names the metric")
     reading = _scalar(metric, data, None, None)
@@ -230,14 +213,6 @@ def decode_auto(payload: bytes, metric: str | None) -> list[Decoded]:
     return [Decoded(metric, value, None)]
 
 
-def decode_zigbee2mqtt(payload: bytes, metric: str | None) -> list[Decoded]:
-    """Zigbee2MQTT device state: a JSON object of fields (`linkquality`, `battery`, ...)."""
-    data = _loads(payload)
-    if not isinstance(data, dict):
-        raise DecodeError("Zigbee2MQTT payload must be a JSON object")
-    return _object_readings(data, metric, ZIGBEE2MQTT_UNITS, time_fields=())
-
-
 def decode_tasmota(payload: bytes, metric: str | None) -> list[Decoded]:
     """Tasmota `tele/<topic>/SENSOR`: `{"Time": ..., "AM2301": {"Temperature": 21.1}, ...}`."""
     data = _loads(payload)
@@ -246,7 +221,7 @@ def decode_tasmota(payload: bytes, metric: str | None) -> list[Decoded]:
     temp_unit = data.pop("TempUnit", None)
     data.pop("PressureUnit", None)
     ts, zoned = parse_device_time(data.pop("Time")) if "Time" in data else (None, True)
-    readings = _object_readings(data, None, time_fields=())
+    readings = object_readings(data, None, time_fields=())
     for reading in readings:
         reading.event_time = ts
         reading.zoned = zoned
@@ -272,10 +247,9 @@ DECODERS: dict[DecoderName, Decoder] = {
     "number": decode_number,
     "text": decode_text,
     "json": decode_json,
-    "zigbee2mqtt": decode_zigbee2mqtt,
     "tasmota": decode_tasmota,
     "statestream": decode_statestream,
     "availability": decode_availability,
     "ignore": decode_ignore,
 }
-# "shelly" and "sparkplug" keep state per device: see gateway/ingest/stateful.py.
+# "shelly", "sparkplug" and "zigbee2mqtt" keep state per device: see gateway/ingest/stateful.py.

@@ -36,12 +36,13 @@ def stateful_decoders() -> dict[str, Callable[[], MessageDecoder]]:
     """Factories by decoder name; imported on first use so a gateway without them loads nothing."""
     from gateway.ingest.shelly import ShellyDecoder
     from gateway.ingest.sparkplug import SparkplugDecoder
-    from gateway.ingest.zigbee2mqtt_bridge import Zigbee2MqttDevices
+    from gateway.ingest.zigbee2mqtt import Zigbee2Mqtt
 
     return {
         "shelly": ShellyDecoder,
         "sparkplug": SparkplugDecoder,
-        "zigbee2mqtt_devices": Zigbee2MqttDevices,
+        "zigbee2mqtt": Zigbee2Mqtt,
+        "zigbee2mqtt_devices": Zigbee2Mqtt,  # the same instance: the list teaches it units
     }
 
 
@@ -85,13 +86,19 @@ class BatchDecoder:
         # the ones decoded but not committed yet are known here, until `committed`.
         self._dedups = router.dedups
         self._uncommitted: set[int] = set()
-        # One instance of each stateful decoder (Shelly, Sparkplug) per gateway, made on first use.
+        # One instance of each stateful decoder (Shelly, Sparkplug, Zigbee2MQTT) per gateway,
+        # made on first use; decoder names served by one class share its instance.
         self._stateful: dict[str, MessageDecoder] = {}
+        self._instances: dict[Callable[[], MessageDecoder], MessageDecoder] = {}
 
     def _stateful_decoder(self, name: str) -> MessageDecoder:
         decoder = self._stateful.get(name)
         if decoder is None:
-            decoder = self._stateful[name] = stateful_decoders()[name]()
+            factory = stateful_decoders()[name]
+            decoder = self._instances.get(factory)
+            if decoder is None:
+                decoder = self._instances[factory] = factory()
+            self._stateful[name] = decoder
         return decoder
 
     def decode(

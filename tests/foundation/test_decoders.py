@@ -13,9 +13,9 @@ from gateway.ingest.decoders import (
     decode_number,
     decode_tasmota,
     decode_text,
-    decode_zigbee2mqtt,
     parse_event_time,
 )
+from gateway.ingest.zigbee2mqtt import decode_state
 from gateway.model import Decoded
 
 
@@ -91,7 +91,7 @@ def test_event_time_units() -> None:
 
 def test_zigbee2mqtt_fields_with_units() -> None:
     payload = b'{"temperature": 19.2, "humidity": 55, "battery": 97, "linkquality": 120}'
-    readings = {r.metric: r for r in decode_zigbee2mqtt(payload, None)}
+    readings = {r.metric: r for r in decode_state(payload)}
     assert readings["temperature"].unit == "°C"
     assert readings["linkquality"].value == 120.0 and readings["linkquality"].unit == "lqi"
     assert readings["battery"].unit == "%"
