@@ -111,9 +111,13 @@ DecoderName = Literal[
     "json",
     "zigbee2mqtt",
     "tasmota",
+    "tasmota_stat",
     "statestream",
     "shelly",
+    "shelly_gen1",
     "sparkplug",
+    "esphome",
+    "homie",
     "availability",
     "ignore",
 ]
@@ -207,6 +211,37 @@ def _default_routes() -> list[RouteConfig]:
         # Node messages name the node as device; device messages the device (tags: group, node).
         RouteConfig(pattern="spBv1.0/{group}/+/{device}", decoder="sparkplug"),
         RouteConfig(pattern="spBv1.0/{group}/+/{node}/{device}", decoder="sparkplug"),
+        # The routes below come after all of the above, so none of them can take a topic from
+        # those; among them the specific come first and the general (ESPHome's) last.
+        # Tasmota beyond telemetry: its will, boot info, answers to commands, commands.
+        RouteConfig(pattern="tele/{device}/LWT", decoder="availability"),
+        RouteConfig(pattern="tele/{device}/INFO1", decoder="ignore"),
+        RouteConfig(pattern="tele/{device}/INFO2", decoder="ignore"),
+        RouteConfig(pattern="tele/{device}/INFO3", decoder="ignore"),
+        RouteConfig(pattern="stat/{device}/{metric}", decoder="tasmota_stat"),
+        RouteConfig(pattern="cmnd/{device}/+", decoder="ignore"),
+        # Home Assistant's own birth and will (its statestream has 4 levels).
+        RouteConfig(pattern="homeassistant/status", decoder="availability", device="homeassistant"),
+        # Shelly Gen1: announcements, commands and the full status dump are not readings.
+        RouteConfig(pattern="shellies/announce", decoder="ignore", device="shellies"),
+        RouteConfig(pattern="shellies/command", decoder="ignore", device="shellies"),
+        RouteConfig(pattern="shellies/{device}/online", decoder="availability"),
+        RouteConfig(pattern="shellies/{device}/announce", decoder="ignore"),
+        RouteConfig(pattern="shellies/{device}/info", decoder="ignore"),
+        RouteConfig(pattern="shellies/{device}/command", decoder="ignore"),
+        RouteConfig(pattern="shellies/{device}/{metric...}/command", decoder="ignore"),
+        RouteConfig(pattern="shellies/{device}/{metric...}/command/+", decoder="ignore"),
+        RouteConfig(pattern="shellies/{device}/{metric...}/set", decoder="ignore"),
+        RouteConfig(pattern="shellies/{device}/{metric...}", decoder="shelly_gen1"),
+        # Homie v3/v4: values, attributes, $state and commands, told apart by the decoder.
+        RouteConfig(pattern="homie/{device}/{metric...}", decoder="homie"),
+        # Shelly Gen2's will; ESPHome's birth and will, log, commands and states. These begin
+        # with the device, so they match any first level: they stay last.
+        RouteConfig(pattern="{device}/online", decoder="availability"),
+        RouteConfig(pattern="{device}/status", decoder="availability"),
+        RouteConfig(pattern="{device}/debug", decoder="ignore"),
+        RouteConfig(pattern="{device}/{component}/{metric...}/command", decoder="ignore"),
+        RouteConfig(pattern="{device}/{component}/{metric...}/state", decoder="esphome"),
     ]
 
 

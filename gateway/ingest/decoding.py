@@ -35,10 +35,11 @@ PLAUSIBLE_TIMES = (0.0, 4_102_444_800.0)
 
 def stateful_decoders() -> dict[str, Callable[[], MessageDecoder]]:
     """Factories by decoder name; imported on first use so a gateway without them loads nothing."""
+    from gateway.ingest.homie import HomieDecoder
     from gateway.ingest.shelly import ShellyDecoder
     from gateway.ingest.sparkplug import SparkplugDecoder
 
-    return {"shelly": ShellyDecoder, "sparkplug": SparkplugDecoder}
+    return {"shelly": ShellyDecoder, "sparkplug": SparkplugDecoder, "homie": HomieDecoder}
 
 
 def _impossible_time(decoded: list[Decoded]) -> str | None:

@@ -1,8 +1,8 @@
 """Values as devices publish them one to a topic: a number, an on/off word, text, or JSON.
 
-ESPHome (`21.5`, `ON`), Shelly Gen1 (`on`, `true`, `{"event":"S","event_cnt":2}`), Tasmota's
-`stat/<t>/POWER` (`ON`), Home Assistant statestream and Homie values without a known datatype
-all read the same way, so a rule or a query sees one convention whatever the format:
+ESPHome (`21.5`, `ON`), Shelly Gen1 (`on`, `true`, `{"event":"S","event_cnt":2}`), Home
+Assistant statestream and Homie values without a known datatype all read the same way, so a rule
+or a query sees one convention whatever the format:
 
 - a number is a value (`21.5`); one that is not finite (`nan`, ESPHome's sensor without a
   state) is text without a value, as is ESPHome's `None`;
