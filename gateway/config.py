@@ -111,9 +111,13 @@ DecoderName = Literal[
     "json",
     "zigbee2mqtt",
     "tasmota",
+    "tasmota_stat",
     "statestream",
     "shelly",
+    "shelly_gen1",
     "sparkplug",
+    "esphome",
+    "homie",
     "availability",
     "ignore",
     "zigbee2mqtt_devices",
@@ -215,6 +219,37 @@ def _default_routes() -> list[RouteConfig]:
         # Node messages name the node as device; device messages the device (tags: group, node).
         RouteConfig(pattern="spBv1.0/{group}/+/{device}", decoder="sparkplug"),
         RouteConfig(pattern="spBv1.0/{group}/+/{node}/{device}", decoder="sparkplug"),
+        # The routes below come after all of the above, so none of them can take a topic from
+        # those; among them the specific come first and the general (ESPHome's) last.
+        # Tasmota beyond telemetry: its will, boot info, answers to commands, commands.
+        RouteConfig(pattern="tele/{device}/LWT", decoder="availability"),
+        RouteConfig(pattern="tele/{device}/INFO1", decoder="ignore"),
+        RouteConfig(pattern="tele/{device}/INFO2", decoder="ignore"),
+        RouteConfig(pattern="tele/{device}/INFO3", decoder="ignore"),
+        RouteConfig(pattern="stat/{device}/{metric}", decoder="tasmota_stat"),
+        RouteConfig(pattern="cmnd/{device}/+", decoder="ignore"),
+        # Home Assistant's own birth and will (its statestream has 4 levels).
+        RouteConfig(pattern="homeassistant/status", decoder="availability", device="homeassistant"),
+        # Shelly Gen1: announcements, commands and the full status dump are not readings.
+        RouteConfig(pattern="shellies/announce", decoder="ignore", device="shellies"),
+        RouteConfig(pattern="shellies/command", decoder="ignore", device="shellies"),
+        RouteConfig(pattern="shellies/{device}/online", decoder="availability"),
+        RouteConfig(pattern="shellies/{device}/announce", decoder="ignore"),
+        RouteConfig(pattern="shellies/{device}/info", decoder="ignore"),
+        RouteConfig(pattern="shellies/{device}/command", decoder="ignore"),
+        RouteConfig(pattern="shellies/{device}/{metric...}/command", decoder="ignore"),
+        RouteConfig(pattern="shellies/{device}/{metric...}/command/+", decoder="ignore"),
+        RouteConfig(pattern="shellies/{device}/{metric...}/set", decoder="ignore"),
+        RouteConfig(pattern="shellies/{device}/{metric...}", decoder="shelly_gen1"),
+        # Homie v3/v4: values, attributes, $state and commands, told apart by the decoder.
+        RouteConfig(pattern="homie/{device}/{metric...}", decoder="homie"),
+        # Shelly Gen2's will; ESPHome's birth and will, log, commands and states. These begin
+        # with the device, so they match any first level: they stay last.
+        RouteConfig(pattern="{device}/online", decoder="availability"),
+        RouteConfig(pattern="{device}/status", decoder="availability"),
+        RouteConfig(pattern="{device}/debug", decoder="ignore"),
+        RouteConfig(pattern="{device}/{component}/{metric...}/command", decoder="ignore"),
+        RouteConfig(pattern="{device}/{component}/{metric...}/state", decoder="esphome"),
     ]
 
 
@@ -319,7 +354,9 @@ class GatewayConfig(_Model):
     def warnings(self) -> list[str]:
         """What is valid but likely wrong: a route written in the file that the subscriptions
         deliver only part of, or nothing of (the default routes cover formats a box may not
-        run, so they are left alone)."""
+        run, so they are left alone). Routes that ignore what they match need no subscription;
+        a route whose first level is a wildcard (`{device}/status`) is meant to be subscribed
+        to in part (one node's `livingroom/#`), so only receiving nothing of it is worth a word."""
         from gateway.topics import covers, overlaps, route_filter
 
         if "routes" not in self.model_fields_set:
@@ -327,19 +364,21 @@ class GatewayConfig(_Model):
         subscribed = [s.topic for s in self.mqtt.subscriptions]
         found: list[str] = []
         for index, route in enumerate(self.routes):
+            if route.decoder == "ignore":
+                continue
             needed = route_filter(route.pattern)
             if any(covers(topic, needed) for topic in subscribed):
                 continue
             some = [topic for topic in subscribed if overlaps(topic, needed)]
             where = f"routes[{index}] {route.pattern!r}"
-            if some:
+            if not some:
+                found.append(
+                    f"{where}: no subscription receives its topics; subscribe to {needed!r}"
+                )
+            elif needed.split("/")[0] not in ("+", "#"):
                 found.append(
                     f"{where}: mqtt.subscriptions receive only some of its topics "
                     f"({', '.join(some)}); subscribe to {needed!r} to receive them all"
-                )
-            else:
-                found.append(
-                    f"{where}: no subscription receives its topics; subscribe to {needed!r}"
                 )
         return found
 

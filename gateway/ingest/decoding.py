@@ -34,6 +34,7 @@ REGISTRY_FACTS = frozenset({"availability", "model", "vendor"})
 
 def stateful_decoders() -> dict[str, Callable[[], MessageDecoder]]:
     """Factories by decoder name; imported on first use so a gateway without them loads nothing."""
+    from gateway.ingest.homie import HomieDecoder
     from gateway.ingest.shelly import ShellyDecoder
     from gateway.ingest.sparkplug import SparkplugDecoder
     from gateway.ingest.zigbee2mqtt import Zigbee2Mqtt
@@ -41,6 +42,7 @@ def stateful_decoders() -> dict[str, Callable[[], MessageDecoder]]:
     return {
         "shelly": ShellyDecoder,
         "sparkplug": SparkplugDecoder,
+        "homie": HomieDecoder,
         "zigbee2mqtt": Zigbee2Mqtt,
         "zigbee2mqtt_devices": Zigbee2Mqtt,  # the same instance: the list teaches it units
     }

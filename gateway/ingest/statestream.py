@@ -17,23 +17,8 @@ import math
 import orjson
 
 from gateway.errors import DecodeError
+from gateway.ingest.values import word_reading
 from gateway.model import Decoded
-
-_BINARY = {"on": 1.0, "off": 0.0, "true": 1.0, "false": 0.0}
-
-
-def _state(metric: str, text: str) -> Decoded:
-    word = text.strip()
-    binary = _BINARY.get(word.lower())
-    if binary is not None:
-        return Decoded(metric, binary, word)
-    try:
-        value = float(word)
-    except ValueError:
-        return Decoded(metric, None, word)
-    if not math.isfinite(value):
-        return Decoded(metric, None, word)
-    return Decoded(metric, value, None)
 
 
 def _unquoted(text: str) -> str:
@@ -58,14 +43,14 @@ def decode_statestream(payload: bytes, metric: str | None) -> list[Decoded]:
         raise DecodeError("statestream payload is not UTF-8 text") from None
     if metric in ("state", "last_changed", "last_updated"):
         text = _unquoted(text.strip())
-        return [_state(metric, text) if metric == "state" else Decoded(metric, None, text)]
+        return [word_reading(metric, text) if metric == "state" else Decoded(metric, None, text)]
     if metric == "config":
         # Home Assistant MQTT discovery shares the `homeassistant/` prefix; it is not a reading.
         raise DecodeError("an MQTT discovery `config` message, not a statestream attribute")
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return [_state(metric, text)]  # older releases published some attributes unquoted
+        return [word_reading(metric, text)]  # older releases published some attributes unquoted
     if isinstance(data, bool):
         return [Decoded(metric, float(data), "true" if data else "false")]
     if isinstance(data, int | float):

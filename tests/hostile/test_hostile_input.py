@@ -37,7 +37,8 @@ def examples(ci: int) -> int:
     return int(os.environ.get("FUZZ_EXAMPLES", ci))
 
 
-DECODERS = ["auto", "number", "text", "json", "zigbee2mqtt", "tasmota", "statestream", "shelly"]
+DECODERS = ["auto", "number", "text", "json", "zigbee2mqtt", "tasmota", "statestream", "shelly",
+            "tasmota_stat", "shelly_gen1", "esphome", "homie", "availability"]  # fmt: skip
 ROUTES = [
     RouteConfig(pattern=f"{name}/{{site}}/{{device}}/{{metric}}", decoder=name)  # type: ignore[arg-type]
     for name in DECODERS
