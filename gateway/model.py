@@ -76,6 +76,10 @@ class RawMessage:
     # message not yet acked (its in-flight window is over 65,535): the id says nothing about
     # the earlier message.
     id_reused: bool = False
+    # Delivered for a subscription other than the first that matches its topic (MQTT 5 names
+    # it): a broker may send a message once per matching subscription, and this is not the
+    # copy the gateway keeps. Acked, counted as a duplicate, not read.
+    extra_copy: bool = False
 
 
 @dataclass(slots=True)

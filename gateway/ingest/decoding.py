@@ -121,7 +121,8 @@ class BatchDecoder:
         quarantined: list[tuple[RawMessage, str]] = []
         retained: list[int] = []
         route = self._router.route
-        fresh = [m for m in messages if not self._redelivery.is_redelivery(m)]
+        redelivery = self._redelivery.is_redelivery
+        fresh = [m for m in messages if not m.extra_copy and not redelivery(m)]
         duplicates = len(messages) - len(fresh)
         identities: list[tuple[int, float]] = []
         message_identities: list[int | None] = []

@@ -51,6 +51,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.config import MqttConfig
 from gateway.errors import BrokerError
 from gateway.model import RawMessage
+from gateway.topics import matcher
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ _JITTER = random.Random()
 
 _PUBACK_HEADER = bytes([PUBACK, 2])
 _READ_SIZE = 256 * 1024  # bytes asked of the socket at once (see _IngestClient.loop_read)
+_OWNERS_CACHE = 100_000  # topics whose first matching subscription is remembered
 _AGAIN = MQTTErrorCode.MQTT_ERR_AGAIN
 # Packets parsed per turn of the event loop before the pipeline gets its turn: a rule's reading
 # waits behind at most this many (~15 us each), and acks and commands go out in between.
@@ -86,7 +88,8 @@ class _IngestClient(paho.Client):
     _need = 0
     _parts_size = 0
     # A QoS 0/1 PUBLISH read in place: topic (bytes), payload, qos, packet id, dup, retain.
-    on_packet: Callable[[bytes, bytes, int, int, bool, bool], None] | None = None
+    # topic, payload, qos, mid, dup, retain, the subscription identifiers (MQTT 5) or ()
+    on_packet: Callable[[bytes, bytes, int, int, bool, bool, tuple[int, ...]], None] | None = None
     hold = False  # backpressure: stop parsing packets (MqttIngest pauses the reader)
     opened: Any = None  # the socket `open_socket` connected, for `reconnect` to use
     on_write_interest: Callable[[bool], None] | None = None  # bytes wait to be written, or not
@@ -213,14 +216,27 @@ class _IngestClient(paho.Client):
         at = topic_end + 2 if qos else topic_end
         if topic_end == start + 2 or at > end:
             return False  # an empty topic (MQTT 3.1.1 forbids it; 5 needs an alias) or short
+        subscriptions: tuple[int, ...] = ()
         if self._protocol == paho.MQTTv5:
-            if at >= end or data[at] != 0:
-                return False  # properties (a topic alias, user properties, ...): paho's job
-            at += 1
+            if at >= end:
+                return False
+            if data[at] == 0:
+                at += 1
+            else:
+                read = _subscription_identifiers(data, at, end)
+                if read is None:
+                    return False  # other properties (a topic alias, user properties): paho's
+                subscriptions, at = read
         mid = data[topic_end] << 8 | data[topic_end + 1] if qos else 0
         assert self.on_packet is not None
         self.on_packet(
-            data[start + 2 : topic_end], data[at:end], qos, mid, bool(header & 8), bool(header & 1)
+            data[start + 2 : topic_end],
+            data[at:end],
+            qos,
+            mid,
+            bool(header & 8),
+            bool(header & 1),
+            subscriptions,
         )
         return True
 
@@ -362,6 +378,42 @@ class _IngestClient(paho.Client):
         return ssl_sock
 
 
+def _varint(data: bytes, at: int, end: int) -> tuple[int, int] | None:
+    """An MQTT variable byte integer at `at`: its value and where it ends, None if cut off."""
+    value, shift = 0, 0
+    while at < end and shift <= 21:
+        byte = data[at]
+        at += 1
+        value |= (byte & 127) << shift
+        if byte < 128:
+            return value, at
+        shift += 7
+    return None
+
+
+def _subscription_identifiers(data: bytes, at: int, end: int) -> tuple[tuple[int, ...], int] | None:
+    """A PUBLISH's MQTT 5 properties at `at` when they hold only subscription identifiers
+    (property 0x0B, what the gateway's own subscriptions add): the identifiers and where the
+    payload starts. None for anything else, which paho then reads."""
+    read = _varint(data, at, end)
+    if read is None:
+        return None
+    length, at = read
+    stop = at + length
+    if stop > end:
+        return None
+    found: list[int] = []
+    while at < stop:
+        if data[at] != 0x0B:
+            return None
+        read = _varint(data, at + 1, stop)
+        if read is None:
+            return None
+        value, at = read
+        found.append(value)
+    return tuple(found), stop
+
+
 def _remaining_length(n: int) -> bytes:
     """MQTT's variable-length integer."""
     out = bytearray()
@@ -405,6 +457,10 @@ class MqttIngest:
         self._clock = clock
         self._pending: list[RawMessage] = []
         self._pending_bytes = 0
+        # Each subscription's identifier (MQTT 5) and matcher, and per topic the first that
+        # matches it: the copy delivered for that one is the message (`_copy`).
+        self._matchers = [(n, matcher(s.topic)) for n, s in enumerate(config.subscriptions, 1)]
+        self._owners: dict[str, int] = {}
         # Packet ids of messages the broker may still hold in flight (id -> how many): received
         # on the live connection, and not yet acked with a barrier confirming the ack arrived.
         # A second message under one of them means the broker reuses ids in flight. Until the
@@ -655,11 +711,15 @@ class MqttIngest:
         )
         if cfg.protocol == "5":
             # Retain handling 1: retained messages only for a subscription the broker did not
-            # have yet, so a reconnect does not replay them as new readings.
-            topics: list[tuple[str, Any]] = [
-                (s.topic, SubscribeOptions(qos=s.qos, retainHandling=1)) for s in cfg.subscriptions
-            ]
-            client.subscribe(topics)
+            # have yet, so a reconnect does not replay them as new readings. One SUBSCRIBE per
+            # subscription, each with its identifier (its place in the config, from 1): a
+            # broker may deliver a message once per matching subscription, and the identifier
+            # tells the gateway which copy to keep (`_copy`).
+            for number, sub in enumerate(cfg.subscriptions, start=1):
+                identifier = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+                identifier.SubscriptionIdentifier = number
+                options = SubscribeOptions(qos=sub.qos, retainHandling=1)
+                client.subscribe(sub.topic, options=options, properties=identifier)
         elif not flags.session_present:
             # 3.1.1: the persistent session keeps our subscriptions; subscribing again would
             # make the broker resend retained messages as if they were new.
@@ -682,6 +742,10 @@ class MqttIngest:
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         """A message paho read itself (QoS 2, or MQTT 5 properties)."""
+        raw = getattr(getattr(message, "properties", None), "SubscriptionIdentifier", None)
+        identifiers = (
+            tuple(raw) if isinstance(raw, list) else (raw,) if isinstance(raw, int) else ()
+        )
         self._on_packet(
             message._topic,
             bytes(message.payload),
@@ -689,10 +753,32 @@ class MqttIngest:
             message.mid,
             bool(message.dup),
             bool(message.retain),
+            identifiers,
         )
 
+    def _copy(self, topic: str, identifiers: tuple[int, ...]) -> bool:
+        """Whether a message came for a subscription other than the first (in config order)
+        that matches its topic: another copy of a message the broker also sends for that
+        one. MQTT 5 names the subscriptions a copy is for; without identifiers, it is not."""
+        if not identifiers:
+            return False
+        owner = self._owners.get(topic)
+        if owner is None:
+            owner = next((n for n, match in self._matchers if match(topic)), 0)
+            if len(self._owners) >= _OWNERS_CACHE:
+                self._owners.clear()  # a topic flood must not grow memory without bound
+            self._owners[topic] = owner
+        return owner != 0 and owner not in identifiers
+
     def _on_packet(
-        self, topic_bytes: bytes, payload: bytes, qos: int, mid: int, dup: bool, retain: bool
+        self,
+        topic_bytes: bytes,
+        payload: bytes,
+        qos: int,
+        mid: int,
+        dup: bool,
+        retain: bool,
+        identifiers: tuple[int, ...] = (),
     ) -> None:
         try:
             topic = topic_bytes.decode("utf-8")
@@ -717,6 +803,7 @@ class MqttIngest:
             self.connects,
             self.session,
             bool(held),
+            self._copy(topic, identifiers),
         )
         pending = self._pending
         pending.append(raw)

@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 
 from gateway.ingest.mqtt import _IngestClient
 
-Packet = tuple[bytes, bytes, int, int, bool, bool]
+Packet = tuple[bytes, bytes, int, int, bool, bool, tuple[int, ...]]
 
 
 class ChunkedSocket:
@@ -135,7 +135,7 @@ def test_every_packet_comes_out_whole_once_in_order_however_the_stream_is_cut(
         payload = payload[:size]
         mid = 65_535 - n if qos else 0
         dup, retain = n % 3 == 0, n % 5 == 0
-        sent.append((topic, payload, qos, mid, dup, retain))
+        sent.append((topic, payload, qos, mid, dup, retain, ()))
         stream += publish(topic, payload, qos, mid, dup=dup, retain=retain)
     c = client(MQTTProtocolVersion.MQTTv311, cut(stream, sizes))
     got: list[Packet] = []
@@ -165,6 +165,27 @@ def test_mqtt5_publishes_without_properties_are_read_in_place_and_with_them_by_p
     c.on_message = on_message
     assert set(drain(c)) == {MQTTErrorCode.MQTT_ERR_SUCCESS}
     assert order == [("in place", b"plain"), ("paho", b"typed"), ("in place", b"plain again")]
+
+
+def test_mqtt5_subscription_identifiers_are_read_in_place() -> None:
+    def identifiers(*numbers: int) -> bytes:
+        return b"".join(b"\x0b" + varint(n) for n in numbers)
+
+    stream = (
+        publish(b"a/1", b"one", qos=1, mid=7, properties=identifiers(1))
+        + publish(b"a/2", b"two", qos=1, mid=8, properties=identifiers(3, 200_000))
+        + publish(b"a/3", b"", qos=0, properties=identifiers(2))
+    )
+    c = client(MQTTProtocolVersion.MQTTv5, cut(stream, [3]))
+    got: list[Packet] = []
+    c.on_packet = lambda *packet: got.append(packet)
+    c.on_message = lambda *_: pytest.fail("paho should not have read these")
+    assert set(drain(c)) == {MQTTErrorCode.MQTT_ERR_SUCCESS}
+    assert got == [
+        (b"a/1", b"one", 1, 7, False, False, (1,)),
+        (b"a/2", b"two", 1, 8, False, False, (3, 200_000)),
+        (b"a/3", b"", 0, 0, False, False, (2,)),
+    ]
 
 
 @pytest.mark.parametrize(
