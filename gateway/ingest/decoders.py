@@ -13,12 +13,7 @@ from typing import Any
 
 import orjson
 
-from gateway.config import DecoderName
 from gateway.errors import DecodeError
-from gateway.ingest.availability import decode_availability
-from gateway.ingest.esphome import decode_esphome
-from gateway.ingest.shelly_gen1 import decode_shelly_gen1
-from gateway.ingest.statestream import decode_statestream
 from gateway.model import Decoded
 
 Decoder = Callable[[bytes, str | None], list[Decoded]]
@@ -109,7 +104,7 @@ def _flatten(obj: dict[str, Any], prefix: str, out: list[tuple[str, Any]], depth
             raise DecodeError(f"JSON object has more than {_MAX_FIELDS} fields")
 
 
-def _loads(payload: bytes) -> Any:
+def loads(payload: bytes) -> Any:
     try:
         return orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -181,7 +176,7 @@ def decode_text(payload: bytes, metric: str | None) -> list[Decoded]:
 
 def decode_json(payload: bytes, metric: str | None) -> list[Decoded]:
     """A JSON object (each scalar field one reading) or a JSON scalar."""
-    data = _loads(payload)
+    data = loads(payload)
     if isinstance(data, dict):
         return object_readings(data, metric)
     if metric is None:
@@ -215,93 +210,8 @@ def decode_auto(payload: bytes, metric: str | None) -> list[Decoded]:
     return [Decoded(metric, value, None)]
 
 
-def decode_tasmota(payload: bytes, metric: str | None) -> list[Decoded]:
-    """Tasmota `tele/<topic>/SENSOR`: `{"Time": ..., "AM2301": {"Temperature": 21.1}, ...}`."""
-    data = _loads(payload)
-    if not isinstance(data, dict):
-        raise DecodeError("Tasmota payload must be a JSON object")
-    return _tasmota_fields(data)
-
-
-def _tasmota_fields(data: dict[str, Any]) -> list[Decoded]:
-    """A SENSOR or STATE object's fields (also a STATUS answer's sections): `Time` is the
-    device's local time, without a zone; `TempUnit` the unit of its temperatures."""
-    temp_unit = data.pop("TempUnit", None)
-    data.pop("PressureUnit", None)
-    ts, zoned = parse_device_time(data.pop("Time")) if "Time" in data else (None, True)
-    readings = object_readings(data, None, time_fields=())
-    for reading in readings:
-        reading.event_time = ts
-        reading.zoned = zoned
-        leaf = reading.metric.rsplit(".", 1)[-1]
-        if leaf in ("Temperature", "DewPoint") and isinstance(temp_unit, str):
-            reading.unit = f"°{temp_unit}"
-        elif leaf == "Humidity":
-            reading.unit = "%"
-        elif leaf == "Power":
-            reading.unit = "W"
-    return readings
-
-
-# The sections of a STATUS answer that hold readings: StatusSNS (STATUS8/10) is a SENSOR
-# message, StatusSTS (STATUS11) a STATE one; the others describe the device (network, firmware,
-# memory, settings) and are not readings.
-_TASMOTA_STATUS_READINGS = ("StatusSNS", "StatusSTS")
-_TASMOTA_NO_READING = {"Time", "TempUnit", "PressureUnit"}
-
-
-def decode_tasmota_stat(payload: bytes, metric: str | None) -> list[Decoded]:
-    """Tasmota `stat/<topic>/<name>`: answers to commands. `metric` is the topic's last level:
-    `RESULT` (or the command's name with SetOption4) holds a JSON object read like STATE,
-    `STATUS<n>` the sections above, `POWER<n>` a plain `ON`/`OFF`: text, as `POWER` is in
-    STATE and RESULT."""
-    if metric is None:
-        raise DecodeError("Tasmota stat needs a route that names the metric (stat/{device}/...)")
-    if metric.startswith("STATUS"):
-        data = _loads(payload)
-        if not isinstance(data, dict):
-            raise DecodeError(f"Tasmota {metric} answer must be a JSON object")
-        readings: list[Decoded] = []
-        for section in _TASMOTA_STATUS_READINGS:
-            if section in data:
-                part = data[section]
-                if not isinstance(part, dict):
-                    raise DecodeError(f"Tasmota {metric}: {section} is not a JSON object")
-                if part.keys() - _TASMOTA_NO_READING:  # a device without sensors: only Time
-                    readings += _tasmota_fields(part)
-        return readings
-    if payload[:1] == b"{":
-        data = _loads(payload)
-        if not isinstance(data, dict):
-            raise DecodeError("Tasmota command answer must be a JSON object")
-        # {"Command":"Unknown"} / "Error": the answer to a command it could not run.
-        data.pop("Command", None)
-        return _tasmota_fields(data) if data else []
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DecodeError("payload is not UTF-8 text") from None
-    return [Decoded(metric, None, text.strip())]
-
-
 def decode_ignore(payload: bytes, metric: str | None) -> list[Decoded]:
     """No readings: for topics that carry none (commands to devices, a bridge's logs). The
     message is taken and acknowledged like any other."""
     del payload, metric
     return []
-
-
-DECODERS: dict[DecoderName, Decoder] = {
-    "auto": decode_auto,
-    "number": decode_number,
-    "text": decode_text,
-    "json": decode_json,
-    "tasmota": decode_tasmota,
-    "tasmota_stat": decode_tasmota_stat,
-    "statestream": decode_statestream,
-    "shelly_gen1": decode_shelly_gen1,
-    "esphome": decode_esphome,
-    "availability": decode_availability,
-    "ignore": decode_ignore,
-}
-# "shelly", "sparkplug" and "zigbee2mqtt" keep state per device: see gateway/ingest/stateful.py.

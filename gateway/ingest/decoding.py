@@ -6,13 +6,27 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
+from gateway.config import DecoderName
 from gateway.errors import DecodeError
+from gateway.ingest.availability import decode_availability
 from gateway.ingest.content import content_identity
-from gateway.ingest.decoders import DECODERS, impossible_time
+from gateway.ingest.decoders import (
+    Decoder,
+    decode_auto,
+    decode_ignore,
+    decode_json,
+    decode_number,
+    decode_text,
+    impossible_time,
+)
+from gateway.ingest.esphome import decode_esphome
 from gateway.ingest.redelivery import RedeliveryFilter
 from gateway.ingest.routing import RouteMatch, TopicRouter
+from gateway.ingest.shelly_gen1 import decode_shelly_gen1
 from gateway.ingest.skew import with_skew_tag
 from gateway.ingest.stateful import MessageDecoder, TaggedDecoded
+from gateway.ingest.statestream import decode_statestream
+from gateway.ingest.tasmota import decode_tasmota, decode_tasmota_stat
 from gateway.model import (
     DECODED_QUARANTINE_SCHEMA,
     HISTORICAL_TAG,
@@ -30,6 +44,23 @@ QUARANTINE_KEEP_BYTES = 4096  # how much of an oversized payload the quarantine 
 
 # Readings the device registry also keeps as a device's facts (gateway/buffer/devices.py).
 REGISTRY_FACTS = frozenset({"availability", "model", "vendor"})
+
+
+# The plain decoders, functions of the payload; "shelly", "sparkplug", "homie" and
+# "zigbee2mqtt" keep state per device (`stateful_decoders`, gateway/ingest/stateful.py).
+DECODERS: dict[DecoderName, Decoder] = {
+    "auto": decode_auto,
+    "number": decode_number,
+    "text": decode_text,
+    "json": decode_json,
+    "tasmota": decode_tasmota,
+    "tasmota_stat": decode_tasmota_stat,
+    "statestream": decode_statestream,
+    "shelly_gen1": decode_shelly_gen1,
+    "esphome": decode_esphome,
+    "availability": decode_availability,
+    "ignore": decode_ignore,
+}
 
 
 def stateful_decoders() -> dict[str, Callable[[], MessageDecoder]]:

@@ -11,10 +11,10 @@ from gateway.ingest.decoders import (
     decode_auto,
     decode_json,
     decode_number,
-    decode_tasmota,
     decode_text,
     parse_event_time,
 )
+from gateway.ingest.tasmota import decode_tasmota
 from gateway.ingest.zigbee2mqtt import decode_state
 from gateway.model import Decoded
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.errors import DecodeError
-from gateway.ingest.decoders import decode_tasmota, decode_tasmota_stat
+from gateway.ingest.tasmota import decode_tasmota, decode_tasmota_stat
 from gateway.model import Decoded
 
 NOON = datetime(2024, 3, 1, 12, tzinfo=UTC).timestamp()
@@ -37,7 +37,9 @@ def test_command_answers_are_read_like_state() -> None:
         "POWER": (None, "ON"),
         "Dimmer": (50.0, None),
         "Color": (None, "FF8000"),
-        "Channel": (None, "[100,50,0]"),
+        "Channel.1": (100.0, None),  # a list of numbers: one reading per channel
+        "Channel.2": (50.0, None),
+        "Channel.3": (0.0, None),
     }
     assert all(r.event_time is None for r in answer)  # answers carry no time: arrival time
     # SetOption4 sends the answer on stat/<t>/<COMMAND> instead of RESULT.
@@ -113,3 +115,22 @@ def test_stat_refusals_say_why(name: str, payload: bytes, reason: str) -> None:
 def test_stat_needs_the_topic_level_as_metric() -> None:
     with pytest.raises(DecodeError, match="names the metric"):
         decode_tasmota_stat(b"ON", None)
+
+
+def test_units_follow_the_message_and_energy_channels_are_numbers() -> None:
+    sensor = (
+        b'{"Time":"2024-03-01T12:00:00","BME280":{"Pressure":988.6,"SeaPressure":1013.2},'
+        b'"PressureUnit":"mmHg","ENERGY":{"Power":[52,5],"Voltage":235,"Total":1.5,"Factor":0.9},'
+        b'"ZbReceived":{"0x3476":{"Power":1}}}'
+    )
+    readings = {r.metric: (r.value, r.unit) for r in decode_tasmota(sensor, None)}
+    assert readings == {
+        "BME280.Pressure": (988.6, "mmHg"),
+        "BME280.SeaPressure": (1013.2, "mmHg"),
+        "ENERGY.Power.1": (52.0, "W"),
+        "ENERGY.Power.2": (5.0, "W"),
+        "ENERGY.Voltage": (235.0, "V"),
+        "ENERGY.Total": (1.5, "kWh"),
+        "ENERGY.Factor": (0.9, None),
+        "ZbReceived.0x3476.Power": (1.0, None),  # a switch's state, not watts
+    }
