@@ -84,10 +84,11 @@ def _instrument(marks: list[tuple[str, float]]) -> None:
         mid: int,
         dup: bool,
         retain: bool,
+        identifiers: tuple[int, ...] = (),
     ) -> None:
         if topic_bytes.endswith(PROBE):
             marks.append(("message", clock()))
-        on_packet(self, topic_bytes, payload, qos, mid, dup, retain)
+        on_packet(self, topic_bytes, payload, qos, mid, dup, retain, identifiers)
 
     def timed_take(self: MqttIngest, max_count: int, max_bytes: int | None = None) -> Any:
         taken = take(self, max_count, max_bytes)
