@@ -2,10 +2,11 @@
 
 Each batch brings what its messages said of each device (`IngestBatch.devices`: first and last
 arrival, message, reading and quarantine counts, availability, model and vendor, the routes it
-came by). The writer folds it into the registry in memory once the batch is committed, and
-writes the devices that changed once a second, in a transaction of its own, with the reading
-position the registry has counted up to (`meta.devices_position`). A DuckDB statement costs
-milliseconds here: an upsert per commit would double the cost of a small commit.
+came by). Once a batch is committed the writer joins it to what is pending, and once a second
+it folds that into the devices' rows (read, added to, written back) in a transaction of its
+own, with the reading position the registry has counted up to (`meta.devices_position`). A
+DuckDB statement costs milliseconds here: an upsert per commit would double the cost of a
+small commit. Memory holds only the devices heard from since the last write.
 
 After a crash the registry is up to a second behind the readings. Opening the buffer brings
 it level with what the readings themselves tell (arrivals, reading counts, availability,
@@ -43,93 +44,52 @@ _COLUMNS = (
 
 
 class DeviceRegistry:
-    """The registry in memory, and which of its devices the table does not hold yet."""
+    """What committed batches said of each device since the registry's last write. Memory holds
+    only those devices (the ones heard from since then), not every device seen: a flood of
+    invented device names grows the table on disk, not the process."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, next_reading_id: int) -> None:
-        self.devices: dict[str, DeviceSeen] = {}
-        self._dirty: set[str] = set()
+        self._pending: dict[str, DeviceSeen] = {}
         self._written_at = float("-inf")
-        self.position = 0  # the highest reading id the registry has counted
-        self._load(con)
+        row = con.execute("SELECT value FROM meta WHERE key = 'devices_position'").fetchone()
+        self.position = int(row[0]) if row else 0  # the highest reading id counted
         self._catch_up(con, next_reading_id)
 
     def add(self, devices: dict[str, DeviceSeen], last_id: int) -> None:
         """A committed batch's devices; `last_id` is its highest reading id."""
-        registry = self.devices
+        pending = self._pending
         for name, seen in devices.items():
-            known = registry.get(name)
+            known = pending.get(name)
             if known is None:
-                known = registry[name] = DeviceSeen(seen.first_seen, seen.last_seen)
-            known.add(seen)
-        self._dirty.update(devices)
+                known = pending[name] = DeviceSeen(seen.first_seen, seen.last_seen)
+            known.join(seen)
         self.position = max(self.position, last_id)
 
     def due(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
-        return bool(self._dirty) and now - self._written_at >= WRITE_INTERVAL
+        return bool(self._pending) and now - self._written_at >= WRITE_INTERVAL
 
     def write(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Write the changed devices and the position, inside the caller's transaction; the
-        caller calls `written` once that transaction committed."""
-        names = sorted(self._dirty)
+        """Fold what is pending into the devices' rows and write them with the position,
+        inside the caller's transaction; the caller calls `written` once it committed (until
+        then a retry folds the same again into the rows as they were)."""
+        names = sorted(self._pending)
+        rows = _stored(con, names)
+        for name in names:
+            seen = self._pending[name]
+            row = rows.get(name)
+            if row is None:
+                row = rows[name] = DeviceSeen(seen.first_seen, seen.last_seen)
+            row.add(seen)
         con.execute("DELETE FROM devices WHERE device IN (SELECT unnest(?::VARCHAR[]))", [names])
-        con.from_arrow(self._table(names)).insert_into("devices")
+        con.from_arrow(_table(names, [rows[n] for n in names])).insert_into("devices")
         con.execute(
             "INSERT OR REPLACE INTO meta VALUES ('devices_position', ?)", [str(self.position)]
         )
 
     def written(self) -> None:
-        self._dirty.clear()
+        self._pending.clear()
         self._written_at = time.monotonic()
-
-    def _table(self, names: list[str]) -> pa.Table:
-        rows = [self.devices[n] for n in names]
-        micros = pa.int64()
-        return pa.table(
-            {
-                "device": pa.array(names, pa.string()),
-                "first_seen": pa.array([r.first_seen for r in rows], micros).view(UTC_MICROS),
-                "last_seen": pa.array([r.last_seen for r in rows], micros).view(UTC_MICROS),
-                "messages": pa.array([r.messages for r in rows], pa.int64()),
-                "readings": pa.array([r.readings for r in rows], pa.int64()),
-                "quarantined": pa.array([r.quarantined for r in rows], pa.int64()),
-                "availability": pa.array([r.availability for r in rows], pa.string()),
-                "availability_since": pa.array([r.availability_since for r in rows], micros).view(
-                    UTC_MICROS
-                ),
-                "availability_changes": pa.array(
-                    [r.availability_changes for r in rows], pa.int64()
-                ),
-                "model": pa.array([r.model for r in rows], pa.string()),
-                "vendor": pa.array([r.vendor for r in rows], pa.string()),
-                "routes": pa.array([sorted(r.routes) for r in rows], pa.list_(pa.string())),
-            }
-        )
-
-    def _load(self, con: duckdb.DuckDBPyConnection) -> None:
-        row = con.execute("SELECT value FROM meta WHERE key = 'devices_position'").fetchone()
-        self.position = int(row[0]) if row else 0
-        query = f"""SELECT {", ".join(_COLUMNS[:-1])}, routes FROM (
-            SELECT * REPLACE (
-                epoch_us(first_seen) AS first_seen, epoch_us(last_seen) AS last_seen,
-                epoch_us(availability_since) AS availability_since)
-            FROM devices)"""
-        for values in con.execute(query).fetchall():
-            name, first, last, messages, readings, quarantined = values[:6]
-            availability, since, changes, model, vendor, routes = values[6:]
-            self.devices[name] = DeviceSeen(
-                first,
-                last,
-                messages,
-                readings,
-                quarantined,
-                availability,
-                since,
-                changes,
-                model,
-                vendor,
-                set(routes),
-            )
 
     def _catch_up(self, con: duckdb.DuckDBPyConnection, next_reading_id: int) -> None:
         """Count the readings committed after the registry's last write (a crash between two
@@ -161,3 +121,52 @@ class DeviceRegistry:
         self.write(con)
         con.commit()
         self.written()
+
+
+def _table(names: list[str], rows: list[DeviceSeen]) -> pa.Table:
+    micros = pa.int64()
+    return pa.table(
+        {
+            "device": pa.array(names, pa.string()),
+            "first_seen": pa.array([r.first_seen for r in rows], micros).view(UTC_MICROS),
+            "last_seen": pa.array([r.last_seen for r in rows], micros).view(UTC_MICROS),
+            "messages": pa.array([r.messages for r in rows], pa.int64()),
+            "readings": pa.array([r.readings for r in rows], pa.int64()),
+            "quarantined": pa.array([r.quarantined for r in rows], pa.int64()),
+            "availability": pa.array([r.availability for r in rows], pa.string()),
+            "availability_since": pa.array([r.availability_since for r in rows], micros).view(
+                UTC_MICROS
+            ),
+            "availability_changes": pa.array([r.availability_changes for r in rows], pa.int64()),
+            "model": pa.array([r.model for r in rows], pa.string()),
+            "vendor": pa.array([r.vendor for r in rows], pa.string()),
+            "routes": pa.array([sorted(r.routes) for r in rows], pa.list_(pa.string())),
+        }
+    )
+
+
+def _stored(con: duckdb.DuckDBPyConnection, names: list[str]) -> dict[str, DeviceSeen]:
+    """The rows the table holds for these devices."""
+    query = f"""SELECT {", ".join(_COLUMNS)} FROM (
+        SELECT * REPLACE (
+            epoch_us(first_seen) AS first_seen, epoch_us(last_seen) AS last_seen,
+            epoch_us(availability_since) AS availability_since)
+        FROM devices WHERE device IN (SELECT unnest(?::VARCHAR[])))"""
+    found: dict[str, DeviceSeen] = {}
+    for values in con.execute(query, [names]).fetchall():
+        name, first, last, messages, readings, quarantined = values[:6]
+        availability, since, changes, model, vendor, routes = values[6:]
+        found[name] = DeviceSeen(
+            first,
+            last,
+            messages,
+            readings,
+            quarantined,
+            availability,
+            since,
+            changes,
+            model,
+            vendor,
+            set(routes),
+        )
+    return found

@@ -226,3 +226,20 @@ def test_batches_committed_as_one_keep_every_device_and_availability_in_order() 
         int((T0 + 2) * 1e6),
     )
     assert joined["door"].quarantined == 1
+
+
+def test_memory_holds_only_the_devices_heard_from_since_the_last_write(tmp_path: Path) -> None:
+    store = BufferStore(tmp_path / "b.duckdb")
+    dec = decoder()
+    for start in range(0, 3000, 1000):
+        names = [f"sensors/a/flood-{i}/t" for i in range(start, start + 1000)]
+        store.append(dec.decode([msg(topic, b"1", T0) for topic in names]), [])
+        assert len(store.registry._pending) == 1000
+        store.write_devices()
+        assert not store.registry._pending
+    assert store.query("SELECT count(*) AS n FROM devices")["n"][0].as_py() == 3000
+    store.append(dec.decode([msg("sensors/a/flood-7/t", b"2", T0 + 1)]), [])
+    store.write_devices()
+    again = registry_rows(store)["flood-7"]
+    assert (again["messages"], again["readings"]) == (2, 2)  # read, added to, written back
+    store.close()
