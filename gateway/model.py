@@ -223,31 +223,29 @@ class DeviceSeen:
             log.append((state, at))
 
     def join(self, later: DeviceSeen) -> None:
-        """Join what a later batch saw of the same device, into one batch's view."""
-        self.first_seen = min(self.first_seen, later.first_seen)
-        self.last_seen = max(self.last_seen, later.last_seen)
-        self.messages += later.messages
-        self.readings += later.readings
-        self.quarantined += later.quarantined
+        """Join what a later batch saw of the same device, into one batch's view (the
+        availability said, in order)."""
+        self._sum(later)
         for state, at in later.availability_log:
             self.said_availability(state, at)
-        self.model = later.model or self.model
-        self.vendor = later.vendor or self.vendor
-        self.routes |= later.routes
 
     def add(self, later: DeviceSeen) -> None:
-        """Fold in what a later batch saw of the same device, into the registry's view."""
-        self.first_seen = min(self.first_seen, later.first_seen)
-        self.last_seen = max(self.last_seen, later.last_seen)
-        self.messages += later.messages
-        self.readings += later.readings
-        self.quarantined += later.quarantined
+        """Fold in what a later batch saw of the same device, into the registry's view (where
+        availability stands, since when, how often it changed)."""
+        self._sum(later)
         for state, at in later.availability_log:
             if state == self.availability:
                 continue
             if self.availability is not None:
                 self.availability_changes += 1
             self.availability, self.availability_since = state, at
+
+    def _sum(self, later: DeviceSeen) -> None:
+        self.first_seen = min(self.first_seen, later.first_seen)
+        self.last_seen = max(self.last_seen, later.last_seen)
+        self.messages += later.messages
+        self.readings += later.readings
+        self.quarantined += later.quarantined
         self.model = later.model or self.model
         self.vendor = later.vendor or self.vendor
         self.routes |= later.routes

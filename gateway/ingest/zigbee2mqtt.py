@@ -17,10 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from gateway.errors import DecodeError
-from gateway.ingest.decoders import object_readings
+from gateway.ingest.decoders import loads, object_readings
 from gateway.ingest.routing import RouteMatch
 from gateway.ingest.stateful import TaggedDecoded
 from gateway.model import Decoded, RawMessage
@@ -45,10 +43,7 @@ _MAX_DEVICES = 100_000
 
 def decode_state(payload: bytes, units: dict[str, str] | None = None) -> list[Decoded]:
     """A device's state message; `units` are the device's own (from its definition)."""
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"malformed JSON: {exc}") from None
+    data = loads(payload)
     if not isinstance(data, dict):
         raise DecodeError("Zigbee2MQTT payload must be a JSON object")
     return object_readings(data, None, {**USUAL_UNITS, **units} if units else USUAL_UNITS, ())
@@ -70,10 +65,7 @@ class Zigbee2Mqtt:
         return decode_state(msg.payload, self._units.get(match.device))
 
     def _device_list(self, payload: bytes) -> list[Decoded]:
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise DecodeError(f"malformed JSON: {exc}") from None
+        data = loads(payload)
         if not isinstance(data, list):
             raise DecodeError("bridge/devices must be a JSON array of devices")
         readings: list[Decoded] = []
