@@ -153,3 +153,22 @@ def publisher(host: str, port: int, client_id: str = "test-publisher") -> paho.C
     client.connect(host, port)
     client.loop_start()
     return client
+
+
+def listener(
+    host: str, port: int, topic_filter: str, client_id: str = "test-listener"
+) -> tuple[paho.Client, list[tuple[str, bytes]]]:
+    """A paho client subscribed (QoS 1, SUBACK received) to `topic_filter`, and the list each
+    message it receives is appended to as (topic, payload); call `loop_stop()` when done."""
+    heard: list[tuple[str, bytes]] = []
+    subscribed = threading.Event()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.on_message = lambda c, u, m: heard.append((m.topic, bytes(m.payload)))
+    client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.connect(host, port)
+    client.loop_start()
+    if not subscribed.wait(10):
+        client.loop_stop()
+        raise TimeoutError(f"no SUBACK for {topic_filter!r} from {host}:{port}")
+    return client, heard

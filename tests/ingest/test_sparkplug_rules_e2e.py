@@ -6,13 +6,10 @@ backfill out of live rules here; the `historical` tag marks them for anyone read
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import orjson
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import (
     ApiConfig,
@@ -24,7 +21,7 @@ from gateway.config import (
 )
 from gateway.ingest import sparkplug as spb
 from gateway.services.mosquitto import Mosquitto
-from gateway.testing import GatewayThread, publisher, wait_until
+from gateway.testing import GatewayThread, listener, publisher, wait_until
 
 RULE = """
 rules:
@@ -52,15 +49,7 @@ def test_backfilled_history_is_stored_tagged_and_does_not_fire_live_rules(
         api=ApiConfig(enabled=False),
         rules=RulesConfig(files=[rules]),
     )
-    commands: list[bytes] = []
-    listening = threading.Event()
-    watcher = paho.Client(CallbackAPIVersion.VERSION2, client_id="watcher")
-    watcher.on_message = lambda c, u, m: commands.append(bytes(m.payload))
-    watcher.on_connect = lambda c, *_: c.subscribe("commands/#", qos=1)
-    watcher.on_subscribe = lambda *_: listening.set()
-    watcher.connect(broker.host, broker.port)
-    watcher.loop_start()
-    assert listening.wait(10)
+    watcher, heard = listener(broker.host, broker.port, "commands/#")
 
     now = int(time.time() * 1000)
     node, device = "spBv1.0/plant/{}/edge-1", "spBv1.0/plant/{}/edge-1/press-7"
@@ -100,8 +89,8 @@ def test_backfilled_history_is_stored_tagged_and_does_not_fire_live_rules(
             assert wait_until(lambda: gw.gateway.stats.messages >= len(sent))
             # Commands go out in the order of the readings that caused them: had the historical
             # 170 fired the rule, its command would come first.
-            assert wait_until(lambda: len(commands) >= 1)
-            assert commands[0] == b"stop at 150"
+            assert wait_until(lambda: len(heard) >= 1)
+            assert heard[0][1] == b"stop at 150"
             assert gw.gateway.store is not None
             stored = gw.gateway.store.query(
                 "SELECT value, tags FROM readings WHERE metric = 'Pressure' ORDER BY id",

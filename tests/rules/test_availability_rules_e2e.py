@@ -5,7 +5,6 @@ comes back (on_clear), and the device registry shows where each stands."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.config import BufferConfig, GatewayConfig, MqttConfig, RulesConfig, Subscription
 from gateway.ingest import sparkplug as spb
 from gateway.services.mosquitto import Mosquitto
-from gateway.testing import GatewayThread, publisher, wait_until
+from gateway.testing import GatewayThread, listener, publisher, wait_until
 
 RULES = """
 rules:
@@ -44,15 +43,7 @@ def test_a_device_going_offline_fires_its_rule_and_shows_in_the_registry(
         buffer=BufferConfig(path=tmp_path / "buffer.duckdb"),
         rules=RulesConfig(files=[rules]),
     )
-    heard: list[tuple[str, str]] = []
-    listening = threading.Event()
-    watcher = paho.Client(CallbackAPIVersion.VERSION2, client_id="watcher")
-    watcher.on_message = lambda c, u, m: heard.append((m.topic, m.payload.decode()))
-    watcher.on_connect = lambda c, *_: c.subscribe("alerts/#", qos=1)
-    watcher.on_subscribe = lambda *_: listening.set()
-    watcher.connect(broker.host, broker.port)
-    watcher.loop_start()
-    assert listening.wait(10)
+    watcher, heard = listener(broker.host, broker.port, "alerts/#")
 
     # A Sparkplug edge node: NBIRTH, and its NDEATH as the will the broker sends for it.
     death = spb.encode_payload(spb.Payload(metrics=[spb.Metric("bdSeq", 0, spb.INT64)]))
@@ -69,9 +60,9 @@ def test_a_device_going_offline_fires_its_rule_and_shows_in_the_registry(
             ]
             for topic, payload in sent:
                 client.publish(topic, payload, qos=1).wait_for_publish(10)
-            assert wait_until(lambda: ("alerts/offline", "kitchen/plug went offline") in heard)
+            assert wait_until(lambda: ("alerts/offline", b"kitchen/plug went offline") in heard)
             client.publish("zigbee2mqtt/kitchen/plug/availability", "online", qos=1)
-            assert wait_until(lambda: ("alerts/online", "kitchen/plug is back") in heard)
+            assert wait_until(lambda: ("alerts/online", b"kitchen/plug is back") in heard)
 
             node.connect(broker.host, broker.port)
             node.loop_start()
@@ -82,7 +73,7 @@ def test_a_device_going_offline_fires_its_rule_and_shows_in_the_registry(
             sock = node.socket()
             assert sock is not None
             sock.close()  # the connection dies: the broker publishes the will
-            assert wait_until(lambda: ("alerts/offline", "edge-7 went offline") in heard, 20)
+            assert wait_until(lambda: ("alerts/offline", b"edge-7 went offline") in heard, 20)
         finally:
             client.loop_stop()
             watcher.loop_stop()
@@ -113,4 +104,4 @@ def test_a_device_going_offline_fires_its_rule_and_shows_in_the_registry(
             2,
             5,
         )
-    assert heard.count(("alerts/offline", "kitchen/plug went offline")) == 1
+    assert heard.count(("alerts/offline", b"kitchen/plug went offline")) == 1
